@@ -1,0 +1,34 @@
+# capos-sched: two entry points (see README Quick start).
+#   make demo   set up .venv and run the demo on the embedded default manifest
+#   make test   set up .venv, lint, and run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11+ required)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/capos-sched demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check capos_sched tests bench services
+	$(BIN)/ruff format --check capos_sched tests bench services
+
+# The whole suite, slow tests included (CI runs this).
+test: lint
+	$(BIN)/python -m pytest -q
+
+# Everything but the slow benchmark-style tests.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,40 @@
+"""The ``capos-sched`` command: one click group, one sub-command per job.
+
+Sub-commands live beside the layer they drive (``capos_sched/*/commands.py``)
+and are registered here, so this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import click
+
+from capos_sched.logs import configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    help="Minimum level of the structured log (written to stderr).",
+)
+@click.version_option(package_name="capos-sched")
+def main(log_level: str) -> None:
+    """capos-sched: a capability-secured weighted-fair scheduler service.
+
+    Threads declared in CUE-style manifests run on simulated CPUs under the
+    capOS Phase D weighted-fair policy; scheduling authority is handed out only
+    as Cap'n Proto capabilities.
+    """
+    configure_logging(log_level)
+
+
+def _register() -> None:
+    from capos_sched.commands import bench, demo
+
+    main.add_command(demo)
+    main.add_command(bench)
+
+
+_register()

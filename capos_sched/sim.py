@@ -1,0 +1,335 @@
+"""A deterministic simulator: the core driven by modelled workloads on virtual time.
+
+Nothing here reads a clock or does I/O. An event heap orders CPU stops and
+timer expiries by virtual time (ties by insertion order); a seeded
+``random.Random`` adds optional jitter to run lengths, so a run is fast and
+exactly reproducible from ``(threads, cpus, policy, seed)``.
+
+Workload models (``capos_sched.workload``):
+- Spin: computes for whole budgets (until ``total_ns`` if finite);
+- Hash: computes ``blocks * block_size * rounds * HASH_NS_PER_BYTE`` ns;
+- Sleeper: ``burst_ns`` then a timer of ``period_ns``;
+- IpcClient: ``burst_ns`` then a call on its endpoint, blocked until the reply;
+- IpcServer: waits on its endpoint, ``service_ns`` per call, then reply-and-wait.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+import statistics
+
+import attrs
+
+from capos_sched.core import (
+    SLICE_NS,
+    LastCpu,
+    LatencyClass,
+    Policy,
+    Scheduler,
+    ThreadRef,
+    ThreadState,
+    WakeReason,
+)
+from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload, is_finite
+
+HASH_NS_PER_BYTE = 1
+"""Modelled cost of hashing one byte (order of hashlib's blake2b on these machines)."""
+
+
+class Stop(enum.Enum):
+    """Why a modelled run segment ended."""
+
+    EXPIRED = "expired"
+    SLEEP = "sleep"
+    CALL = "call"
+    WAIT = "wait"
+    REPLY = "reply"
+    FINISHED = "finished"
+
+
+@attrs.define
+class Program:
+    """A thread's progress through its workload.
+
+    Invariant: ``burst_left_ns`` is the CPU time still needed before the next
+    stop that is not a slice expiry (None: never, a hog without total).
+    """
+
+    spec: Workload
+    burst_left_ns: int | None
+    completed: int = 0
+    done: bool = False
+
+    @classmethod
+    def start(cls, spec: Workload) -> Program:
+        match spec:
+            case Spin(total_ns=total):
+                return cls(spec, total)
+            case Hash(blocks=b, block_size=size, rounds=r):
+                return cls(spec, b * size * r * HASH_NS_PER_BYTE)
+            case Sleeper(burst_ns=burst) | IpcClient(burst_ns=burst):
+                return cls(spec, burst)
+            case IpcServer():
+                return cls(spec, 0)
+        raise TypeError(f"not a workload: {spec!r}")
+
+    def run(self, budget_ns: int) -> tuple[int, Stop]:
+        """Run for at most ``budget_ns``: how long it ran and why it stopped."""
+        if self.done:
+            return 0, Stop.FINISHED
+        if self.burst_left_ns is None:
+            return budget_ns, Stop.EXPIRED
+        if self.burst_left_ns > budget_ns:
+            self.burst_left_ns -= budget_ns
+            return budget_ns, Stop.EXPIRED
+        ran, self.burst_left_ns = self.burst_left_ns, 0
+        return ran, self._burst_done()
+
+    def _burst_done(self) -> Stop:
+        match self.spec:
+            case Spin() | Hash():
+                return Stop.FINISHED
+            case Sleeper(count=count):
+                self.completed += 1
+                return (
+                    Stop.FINISHED if count is not None and self.completed >= count else Stop.SLEEP
+                )
+            case IpcClient():
+                return Stop.CALL
+            case IpcServer():
+                return Stop.REPLY if self.completed else Stop.WAIT
+        raise TypeError(self.spec)
+
+    def resume(self) -> Stop | None:
+        """Called when the thread is woken (timer, reply, call delivered).
+
+        Returns FINISHED when the workload is over, else None.
+        """
+        match self.spec:
+            case Sleeper(burst_ns=burst):
+                self.burst_left_ns = burst
+            case IpcClient(burst_ns=burst, count=count):
+                self.completed += 1
+                if count is not None and self.completed >= count:
+                    self.done = True
+                    return Stop.FINISHED
+                self.burst_left_ns = burst
+            case IpcServer(service_ns=service):
+                self.completed += 1
+                self.burst_left_ns = service
+        return None
+
+
+@attrs.define
+class SimThread:
+    name: str
+    ref: ThreadRef
+    program: Program
+    finite: bool
+    finished_ns: int | None = None
+    woke_ns: int | None = None
+    wake_latencies: list[int] = attrs.Factory(list)
+    call_started_ns: int | None = None
+    round_trips: list[int] = attrs.Factory(list)
+
+
+def _summary(samples: list[int]) -> dict[str, int] | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return {
+        "count": len(ordered),
+        "p50": int(statistics.median_low(ordered)),
+        "p99": ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)],
+        "max": ordered[-1],
+    }
+
+
+class Simulator:
+    """Run modelled threads on the core with a virtual clock."""
+
+    def __init__(
+        self,
+        cpus: int,
+        policy: Policy | str = Policy.WFQ,
+        slice_ns: int = SLICE_NS,
+        seed: int = 0,
+        jitter: float = 0.0,
+    ) -> None:
+        self.core = Scheduler(cpus, policy, slice_ns)
+        self.now_ns = 0
+        self._rng = random.Random(seed)
+        self._jitter = jitter
+        self._events: list[tuple[int, int, str, int]] = []
+        self._seq = 0
+        self._threads: dict[int, SimThread] = {}
+        self._running: dict[int, tuple[SimThread, int, Stop]] = {}
+        self._idle: set[int] = set(range(cpus))
+
+    def add_thread(
+        self,
+        name: str,
+        workload: Workload,
+        weight: int | None = None,
+        latency_class: LatencyClass | str = LatencyClass.NORMAL,
+    ) -> ThreadRef:
+        kwargs = {} if weight is None else {"weight": weight}
+        wake = self.core.spawn(name, self.now_ns, latency_class=latency_class, **kwargs)
+        self._threads[wake.thread.tid] = SimThread(
+            name, wake.thread, Program.start(workload), is_finite(workload)
+        )
+        return wake.thread
+
+    def run(self, duration_ns: int) -> dict:
+        """Simulate until ``duration_ns`` or until every finite thread finished."""
+        for cpu in sorted(self._idle):
+            self._schedule(self.now_ns, "kick", cpu)
+        end = self.now_ns + duration_ns
+        while self._events and not self._all_finite_done():
+            at, _, kind, arg = self._events[0]
+            if at > end:
+                break
+            heapq.heappop(self._events)
+            self.now_ns = at
+            if kind == "stop":
+                self._on_stop(arg)
+            elif kind == "timer":
+                self._on_timer(arg)
+            elif kind == "kick" and arg in self._idle:
+                self._try_dispatch(arg)
+        self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
+        return self.report()
+
+    def report(self) -> dict:
+        threads = []
+        for sim in self._threads.values():
+            t = self.core.snapshot_any(sim.ref)
+            threads.append(
+                {
+                    "name": sim.name,
+                    "weight": t.weight,
+                    "class": t.latency_class.wire_name,
+                    "runtime_ns": t.runtime_ns,
+                    "virtual_runtime_ns": t.virtual_runtime_ns,
+                    "context_switches": t.context_switches,
+                    "preemptions": t.preemptions,
+                    "voluntary_blocks": t.voluntary_blocks,
+                    "migrations": t.migrations,
+                    "wake_latency_ns": _summary(sim.wake_latencies),
+                    "ipc_round_trip_ns": _summary(sim.round_trips),
+                    "finished_ns": sim.finished_ns,
+                }
+            )
+        return {
+            "policy": self.core.policy.value,
+            "cpus": len(self.core.cpus),
+            "slice_ns": self.core.slice_ns,
+            "elapsed_ns": self.now_ns,
+            "threads": threads,
+        }
+
+    # ---------------------------------------------------------------- internals
+
+    def _schedule(self, at: int, kind: str, arg: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, kind, arg))
+
+    def _all_finite_done(self) -> bool:
+        finite = [s for s in self._threads.values() if s.finite]
+        return bool(finite) and all(s.finished_ns is not None for s in finite)
+
+    def _try_dispatch(self, cpu: int) -> None:
+        dispatch = self.core.pick_next(cpu, self.now_ns)
+        if dispatch is None:
+            self._idle.add(cpu)
+            return
+        self._idle.discard(cpu)
+        sim = self._threads[dispatch.thread.tid]
+        if sim.woke_ns is not None:
+            sim.wake_latencies.append(self.now_ns - sim.woke_ns)
+            sim.woke_ns = None
+        ran, stop = sim.program.run(dispatch.budget_ns)
+        if self._jitter and ran > 0:
+            ran = max(1, int(ran * (1.0 + self._rng.uniform(-self._jitter, self._jitter))))
+        self._running[cpu] = (sim, ran, stop)
+        self._schedule(self.now_ns + ran, "stop", cpu)
+
+    def _on_stop(self, cpu: int) -> None:
+        sim, ran, stop = self._running.pop(cpu)
+        now, core = self.now_ns, self.core
+        match stop:
+            case Stop.EXPIRED:
+                core.preempt_current(cpu, now, ran)
+            case Stop.FINISHED:
+                core.exit_current(cpu, now, ran)
+                sim.finished_ns = now
+            case Stop.SLEEP:
+                core.block_current(cpu, now, ran)
+                self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
+            case Stop.CALL:
+                sim.call_started_ns = now
+                woken = core.ipc_call(cpu, now, ran, sim.program.spec.endpoint)
+                if woken is not None:
+                    self._deliver_call(woken.thread)
+            case Stop.WAIT:
+                if core.ipc_wait(cpu, now, ran, sim.program.spec.endpoint) is not None:
+                    self._deliver_call(sim.ref)
+            case Stop.REPLY:
+                woken, caller = core.ipc_reply_and_wait(cpu, now, ran, sim.program.spec.endpoint)
+                if woken is not None:
+                    self._on_reply(woken.thread)
+                    self._kick(woken.kick)
+                if caller is not None:
+                    self._deliver_call(sim.ref)
+        self._try_dispatch(cpu)
+
+    def _deliver_call(self, server: ThreadRef) -> None:
+        self._threads[server.tid].program.resume()
+
+    def _on_reply(self, client: ThreadRef) -> None:
+        sim = self._threads[client.tid]
+        if sim.call_started_ns is not None:
+            sim.round_trips.append(self.now_ns - sim.call_started_ns)
+            sim.call_started_ns = None
+        sim.program.resume()  # a client past its count exits on its next dispatch
+
+    def _on_timer(self, tid: int) -> None:
+        sim = self._threads[tid]
+        if self.core.snapshot_any(sim.ref).state is not ThreadState.BLOCKED:
+            return
+        sim.program.resume()
+        wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)
+        sim.woke_ns = self.now_ns
+        self._kick(wake.kick)
+        if wake.preempt is not None and wake.preempt in self._running:
+            self._preempt(wake.preempt)
+
+    def _kick(self, cpu: int | None) -> None:
+        if cpu is not None and cpu in self._idle:
+            self._idle.discard(cpu)
+            self._schedule(self.now_ns, "kick", cpu)
+
+    def _preempt(self, cpu: int) -> None:
+        """Cut a slice short now (wake-up preemption); a segment that ends in a
+        voluntary stop is left to end by itself."""
+        sim, planned, stop = self._running[cpu]
+        if stop is not Stop.EXPIRED:
+            return
+        started = self.core.cpus[cpu].current.last_started_ns or self.now_ns
+        ran = self.now_ns - started
+        unrun = planned - ran
+        if sim.program.burst_left_ns is not None:
+            sim.program.burst_left_ns += unrun
+        self._running[cpu] = (sim, ran, Stop.EXPIRED)
+        self._events = [e for e in self._events if not (e[2] == "stop" and e[3] == cpu)]
+        heapq.heapify(self._events)
+        self._schedule(self.now_ns, "stop", cpu)
+
+    def _charge_partial(self, end: int) -> None:
+        """Charge running segments up to ``end`` so the report covers the window."""
+        for cpu in self._running:
+            started = self.core.cpus[cpu].current.last_started_ns or end
+            self.core.charge_current(cpu, max(0, end - started))
+        self.now_ns = end
