@@ -31,9 +31,8 @@ def main(log_level: str) -> None:
 
 
 def _register() -> None:
-    from capos_sched.commands import bench, demo
+    from capos_sched.commands import bench
 
-    main.add_command(demo)
     main.add_command(bench)
 
 

@@ -253,6 +253,10 @@ class Scheduler:
             return _snapshot(self.resolve(ref))  # raises the stale error
         return _snapshot(thread)
 
+    def is_live(self, ref: ThreadRef) -> bool:
+        """True while ``ref`` names its thread and the thread has not exited."""
+        return self._is_live(ref)
+
     def runnable_count(self) -> int:
         return sum(1 for t in self._threads.values() if t.owner is not None)
 

@@ -1,0 +1,101 @@
+"""The scheduling host: who owns the core and the plan's thread names.
+
+Exactly one thread (the trio thread in the daemon) owns a host and calls its
+methods; the RPC layer hands every mutation to that thread instead of taking
+locks. ``PlanHost`` is the bookkeeping every host shares: it spawns a plan's
+threads into a core ``Scheduler``, maps full names (``process/thread``) to
+generation-checked references, and swaps plans atomically. The trio runtime
+extends it with CPUs and workers; tests of the capability layer use it alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from capos_sched.core import Policy, Scheduler, ThreadRef
+
+if TYPE_CHECKING:
+    from capos_sched.manifest import Plan, ThreadPlan
+
+
+@attrs.frozen
+class PlanChange:
+    """What ``apply_plan`` did, by thread full name."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+class PlanHost:
+    """A core Scheduler populated from a manifest plan.
+
+    Invariants: ``_refs`` maps every thread of the current plan to a live or
+    exited (never reaped) thread of ``scheduler``; a name removed by
+    ``apply_plan`` no longer resolves, and its old ref is stale in the core.
+    """
+
+    def __init__(self, plan: Plan, policy: Policy | str | None = None, cpus: int | None = None):
+        self._plan = plan
+        self.scheduler = Scheduler(
+            cpus or plan.machine.cpus,
+            policy or plan.machine.policy,
+            plan.machine.slice_ns,
+        )
+        self._refs: dict[str, ThreadRef] = {}
+        for thread_plan in plan.threads():
+            self._spawn(thread_plan, 0)
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    def thread_ref(self, full_name: str) -> ThreadRef | None:
+        """The reference of the plan's thread ``full_name`` (None if not in the plan)."""
+        return self._refs.get(full_name)
+
+    def thread_refs(self) -> dict[str, ThreadRef]:
+        return dict(self._refs)
+
+    def apply_plan(self, plan: Plan, now_ns: int) -> PlanChange:
+        """Replace the plan: spawn new threads, kill removed ones, and give kept
+        threads the new plan's weight and class. The plan is already validated,
+        so every step here succeeds or nothing is changed."""
+        old = {t.full_name: t for t in self._plan.threads()}
+        new = {t.full_name: t for t in plan.threads()}
+        # Validate everything before the first mutation (atomicity).
+        for thread_plan in new.values():
+            _ = thread_plan.weight, thread_plan.latency_class
+        removed = tuple(n for n in old if n not in new)
+        added = tuple(n for n in new if n not in old)
+        kept = tuple(n for n in new if n in old)
+        for name in removed:
+            ref = self._refs.pop(name)
+            if self.scheduler.is_live(ref):
+                self.scheduler.kill(ref, now_ns)
+            self.on_thread_removed(name, ref)
+        for name in kept:
+            ref = self._refs[name]
+            if self.scheduler.is_live(ref):
+                self.scheduler.set_weight(ref, new[name].weight)
+                self.scheduler.set_latency_class(ref, new[name].latency_class)
+        for name in added:
+            self._spawn(new[name], now_ns)
+        self._plan = plan
+        return PlanChange(added, removed, kept)
+
+    def on_thread_added(self, thread_plan: ThreadPlan, ref: ThreadRef) -> None:
+        """Hook for subclasses (the runtime attaches a workload here)."""
+
+    def on_thread_removed(self, full_name: str, ref: ThreadRef) -> None:
+        """Hook for subclasses (the runtime drops the workload here)."""
+
+    def _spawn(self, thread_plan: ThreadPlan, now_ns: int) -> ThreadRef:
+        wake = self.scheduler.spawn(
+            thread_plan.full_name, now_ns, thread_plan.weight, thread_plan.latency_class
+        )
+        self._refs[thread_plan.full_name] = wake.thread
+        self.on_thread_added(thread_plan, wake.thread)
+        return wake.thread
