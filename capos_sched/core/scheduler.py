@@ -15,7 +15,7 @@ The policy, in one page
   computed afresh at every enqueue; ties break by enqueue order.
 * ``pick_next(cpu)`` takes, in order: the CPU's direct-IPC slot (a server woken
   by a call made on this CPU), else the front of its queue. A CPU whose queue
-  is empty steals; a CPU whose front is more than ``balance_threshold_ns`` of
+  is empty steals; a CPU whose front is at least ``balance_threshold_ns`` of
   virtual time behind a sibling's front pulls that sibling's front instead (so
   per-CPU queues approximate one global virtual-time order, which is what
   makes shares fair across CPUs). Either way one thread moves, chosen by
@@ -335,13 +335,16 @@ class Scheduler:
         own_head = own.head()
         if own_head is not None and self.policy is Policy.FIFO:
             return None
-        best_key = None if own_head is None else own_head[0] - self.balance_threshold_ns
-        victim = None
+        # Pull only from a sibling at least a threshold behind: "key <= limit".
+        limit = None if own_head is None else own_head[0] - self.balance_threshold_ns
+        best_key, victim = None, None
         for sibling in self.cpus:
             if sibling.queue is own:
                 continue
             head = sibling.queue.head()
-            if head is not None and (best_key is None or head[0] < best_key):
+            if head is None or (limit is not None and head[0] > limit):
+                continue
+            if best_key is None or head[0] < best_key:
                 best_key, victim = head[0], sibling
         if victim is None:
             return None

@@ -1,0 +1,79 @@
+"""The ABI: names, ordinals and constants of schema/capos.capnp, and the core's mirror."""
+
+from pathlib import Path
+
+import capnp
+import pytest
+
+from capos_sched.core import constants
+from capos_sched.core.thread import LatencyClass, ThreadState
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schema" / "capos.capnp"
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return capnp.load(str(SCHEMA))
+
+
+def enumerants(enum_type) -> dict[str, int]:
+    return dict(enum_type.schema.enumerants)
+
+
+def test_exception_type_ordinals(schema):
+    assert enumerants(schema.ExceptionType) == {
+        "failed": 0,
+        "overloaded": 1,
+        "disconnected": 2,
+        "unimplemented": 3,
+        "invalidArgument": 4,
+    }
+
+
+def test_latency_class_ordinals_match_core(schema):
+    wire = enumerants(schema.LatencyClass)
+    assert wire == {"interactive": 0, "normal": 1, "batch": 2, "ipcServer": 3}
+    assert {c.wire_name: c.value for c in LatencyClass} == wire
+
+
+def test_thread_state_ordinals_match_core(schema):
+    assert enumerants(schema.ThreadState) == {s.name.lower(): s.value for s in ThreadState}
+
+
+def test_policy_cap_methods(schema):
+    methods = schema.SchedulingPolicyCap.schema.methods
+    assert set(methods) >= {"setWeight", "setLatencyClass", "snapshot"}
+    snapshot = methods["snapshot"]
+    assert [f for f in snapshot.result_type.fieldnames] == [
+        "weight",
+        "class",
+        "runtimeNs",
+        "virtualRuntimeNs",
+    ]
+    assert list(methods["setWeight"].param_type.fieldnames) == ["thread", "weight"]
+    assert list(methods["setLatencyClass"].param_type.fieldnames) == ["thread", "class"]
+
+
+def test_thread_handle_can_tell_stale(schema):
+    assert {"describe", "isLive"} <= set(schema.ThreadHandle.schema.methods)
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "core_name"),
+    [
+        ("referenceWeight", "REFERENCE_WEIGHT"),
+        ("defaultWeight", "DEFAULT_WEIGHT"),
+        ("minWeight", "MIN_WEIGHT"),
+        ("maxWeight", "MAX_WEIGHT"),
+        ("sliceNs", "SLICE_NS"),
+        ("interactiveSliceDivisor", "INTERACTIVE_SLICE_DIVISOR"),
+        ("batchSliceMultiplier", "BATCH_SLICE_MULTIPLIER"),
+    ],
+)
+def test_constants_match_core(schema, schema_name, core_name):
+    assert getattr(schema, schema_name) == getattr(constants, core_name)
+
+
+def test_weight_bounds_are_ordered(schema):
+    assert 1 <= schema.minWeight <= schema.defaultWeight <= schema.maxWeight < 65535
+    assert schema.sliceNs % schema.interactiveSliceDivisor == 0
