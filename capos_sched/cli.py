@@ -31,9 +31,11 @@ def main(log_level: str) -> None:
 
 
 def _register() -> None:
+    from bench.dispatch import dispatch
     from capos_sched.commands import bench
 
     main.add_command(bench)
+    bench.add_command(dispatch)
 
 
 _register()

@@ -55,7 +55,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from .constants import DEFAULT_WEIGHT, SLICE_NS
+from .constants import DEFAULT_WEIGHT, REFERENCE_WEIGHT, SLICE_NS
 from .errors import InvalidArgument, InvalidState, StaleThread
 from .runqueue import FifoQueue, RunQueue, VirtualFinishQueue
 from .thread import LatencyClass, Thread, ThreadRef, ThreadState, class_slice_ns, validate_weight
@@ -108,7 +108,7 @@ class LeastLoaded:
 WakePolicy = QueueCpu | LastCpu | LeastLoaded
 
 
-@attrs.frozen
+@attrs.define  # not frozen: built on every dispatch, and frozen __init__ costs 3x
 class Dispatch:
     """What ``pick_next`` chose: run ``thread`` on ``cpu`` for at most ``budget_ns``."""
 
@@ -121,7 +121,7 @@ class Dispatch:
     """``ipcSlot``, ``queue`` or ``steal``."""
 
 
-@attrs.frozen
+@attrs.define
 class Wake:
     """The outcome of making a thread runnable.
 
@@ -171,11 +171,18 @@ class Cpu:
 
     id: int
     queue: RunQueue
+    running_owner: tuple[str, int] = attrs.field(init=False)
+    queued_owner: tuple[str, int] = attrs.field(init=False)
     current: Thread | None = None
     current_virtual_finish_ns: int = 0
     ipc_slot: ThreadRef | None = None
     virtual_time_ns: int = 0
     last_tid: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # Owner tags are compared, never mutated: build them once per CPU.
+        self.running_owner = (RUNNING, self.id)
+        self.queued_owner = (QUEUED, self.id)
 
 
 @attrs.define(eq=False)
@@ -310,46 +317,45 @@ class Scheduler:
             raise InvalidState(
                 f"pick_next on CPU {cpu_id}: CPU is running {cpu.current.name}; stop it first"
             )
-        source = "queue"
-        thread = self._take_ipc_slot(cpu)
+        thread = self._take_ipc_slot(cpu) if cpu.ipc_slot is not None else None
         if thread is not None:
-            source = "ipcSlot"
-        else:
-            if self.steal(cpu_id) is not None:
-                source = "steal"
-            thread = cpu.queue.pop()
-            if thread is None:
-                return None
+            return self._dispatch(cpu, thread, now_ns, "ipcSlot")
+        source = "steal" if self._steal_into(cpu) is not None else "queue"
+        thread = cpu.queue.pop()
+        if thread is None:
+            return None
         return self._dispatch(cpu, thread, now_ns, source)
 
     def steal(self, cpu_id: int) -> ThreadRef | None:
         """Move one thread from a sibling's queue to ``cpu_id``'s, if warranted.
 
         Warranted when this queue is empty, or (WFQ) when a sibling's front is
-        more than ``balance_threshold_ns`` of virtual finish ahead of ours. The
+        at least ``balance_threshold_ns`` of virtual finish behind ours. The
         walk visits each sibling once; the lowest head virtual finish wins and
         ties go to the lower CPU id.
         """
-        cpu = self._cpu(cpu_id)
+        return self._steal_into(self._cpu(cpu_id))
+
+    def _steal_into(self, cpu: Cpu) -> ThreadRef | None:
         own = cpu.queue
-        own_head = own.head()
-        if own_head is not None and self.policy is Policy.FIFO:
+        own_key = own.head_key()
+        if own_key is not None and self.policy is Policy.FIFO:
             return None
         # Pull only from a sibling at least a threshold behind: "key <= limit".
-        limit = None if own_head is None else own_head[0] - self.balance_threshold_ns
+        limit = None if own_key is None else own_key - self.balance_threshold_ns
         best_key, victim = None, None
         for sibling in self.cpus:
             if sibling.queue is own:
                 continue
-            head = sibling.queue.head()
-            if head is None or (limit is not None and head[0] > limit):
+            key = sibling.queue.head_key()
+            if key is None or (limit is not None and key > limit):
                 continue
-            if best_key is None or head[0] < best_key:
-                best_key, victim = head[0], sibling
+            if best_key is None or key < best_key:
+                best_key, victim = key, sibling
         if victim is None:
             return None
         thread = victim.queue.pop()
-        assert thread is not None  # head() just saw it
+        assert thread is not None  # head_key() just saw it
         self._enqueue(thread, cpu)
         return thread.ref
 
@@ -359,8 +365,9 @@ class Scheduler:
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
         thread.preemptions += 1
-        if not self._reap_if_killed(thread):
-            self._make_runnable(thread, cpu_id, now_ns)
+        if not self._kill_pending or not self._reap_if_killed(thread):
+            thread.runnable_since_ns = now_ns
+            self._enqueue(thread, cpu)  # no kick: this CPU picks next anyway
         return thread.ref
 
     def block_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
@@ -551,9 +558,12 @@ class Scheduler:
                 cpu.queue = VirtualFinishQueue()
 
     def _cpu(self, cpu_id: int) -> Cpu:
-        if not 0 <= cpu_id < len(self.cpus):
-            raise InvalidArgument(f"CPU {cpu_id} outside [0, {len(self.cpus) - 1}]")
-        return self.cpus[cpu_id]
+        if cpu_id >= 0:
+            try:
+                return self.cpus[cpu_id]
+            except IndexError:
+                pass
+        raise InvalidArgument(f"CPU {cpu_id} outside [0, {len(self.cpus) - 1}]")
 
     def _placement_cpu(self, thread: Thread | None, policy: WakePolicy) -> int:
         match policy:
@@ -578,11 +588,11 @@ class Scheduler:
         return Wake(thread.ref, cpu_id, self._kick_for(cpu), self._preempt_for(thread, cpu))
 
     def _enqueue(self, thread: Thread, cpu: Cpu) -> None:
-        if self.policy is Policy.WFQ:
+        if self.policy is Policy.WFQ and thread.cpu != cpu.id:
             self._assign_cpu(thread, cpu.id)
         self._enqueue_seq += 1
         cpu.queue.push(thread, thread.virtual_finish_ns(self.slice_ns), self._enqueue_seq)
-        thread.owner = (QUEUED, cpu.id)
+        thread.owner = cpu.queued_owner
 
     def _rekey_if_queued(self, thread: Thread) -> None:
         if thread.owner is not None and thread.owner[0] == QUEUED:
@@ -613,23 +623,24 @@ class Scheduler:
         return None
 
     def _dispatch(self, cpu: Cpu, thread: Thread, now_ns: int, source: str) -> Dispatch:
-        self._assign_cpu(thread, cpu.id)
+        if thread.cpu != cpu.id:
+            self._assign_cpu(thread, cpu.id)
         if cpu.last_tid != thread.tid:
             thread.context_switches += 1
-        cpu.last_tid = thread.tid
+            cpu.last_tid = thread.tid
         thread.state = ThreadState.RUNNING
-        thread.owner = (RUNNING, cpu.id)
+        thread.owner = cpu.running_owner
         thread.last_started_ns = now_ns
         cpu.current = thread
-        finish = thread.virtual_finish_ns(self.slice_ns)
-        cpu.current_virtual_finish_ns = finish
-        floor = thread.virtual_runtime_ns
-        head = cpu.queue.head()
-        if head is not None and head[1].virtual_runtime_ns < floor:
-            floor = head[1].virtual_runtime_ns
-        if floor > cpu.virtual_time_ns:
-            cpu.virtual_time_ns = floor
         budget = class_slice_ns(thread.latency_class, self.slice_ns)
+        vruntime = thread.virtual_runtime_ns
+        finish = vruntime + budget * REFERENCE_WEIGHT // thread.weight
+        cpu.current_virtual_finish_ns = finish
+        head = cpu.queue.head()
+        if head is not None and head[1].virtual_runtime_ns < vruntime:
+            vruntime = head[1].virtual_runtime_ns
+        if vruntime > cpu.virtual_time_ns:
+            cpu.virtual_time_ns = vruntime
         return Dispatch(cpu.id, thread.ref, thread.name, budget, finish, source)
 
     def _stop_current(self, cpu: Cpu, elapsed_ns: int) -> Thread:

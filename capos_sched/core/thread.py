@@ -130,11 +130,14 @@ class Thread:
     migrations: int = 0
     owner: tuple[str, int] | None = None
     """Who holds the thread while it is runnable: (running|queued|ipcSlot, cpu)."""
+    queue_seq: int = -1
+    """Enqueue sequence number of the thread's live run-queue entry, if any."""
+    ref: ThreadRef = attrs.field(init=False)
+    """This thread's generation-checked reference (fixed at creation)."""
     _vruntime_remainder: int = 0
 
-    @property
-    def ref(self) -> ThreadRef:
-        return ThreadRef(self.tid, self.generation)
+    def __attrs_post_init__(self) -> None:
+        self.ref = ThreadRef(self.tid, self.generation)
 
     def charge_runtime(self, elapsed_ns: int) -> None:
         """Charge ``elapsed_ns`` of wall-clock time run.
