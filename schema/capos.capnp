@@ -96,3 +96,91 @@ interface SchedulingPolicyCap {
   # Deliberately narrow: scheduling counters (context switches, preemptions,
   # voluntary blocks, migrations) are reported by stats and benchmarks only.
 }
+
+# ---------------------------------------------------------------------------
+# The capability surface of the daemon (capos-sched serve). Appended; the
+# ordinals above are unchanged.
+
+interface CapSet {
+  # A process's granted capabilities, by the grant names of its manifest.
+
+  get @0 (name :Text) -> (cap :Capability);
+  # The capability granted under `name`: a SchedulingPolicyCap or a
+  # ThreadHandle. Fails "disconnected: revoked ..." once the grant is revoked
+  # and "invalidArgument: ..." for a name the process was never granted.
+
+  list @1 () -> (names :List(Text));
+  # The names of the grants not yet revoked, sorted.
+}
+
+interface Restorer {
+  # The bootstrap capability of the daemon's --listen socket. Nothing else is
+  # reachable there without a token.
+
+  restore @0 (token :Data) -> (caps :CapSet);
+  # The CapSet of the process whose token this is. Any other token (unknown,
+  # or of a process whose grants are all revoked) fails with
+  # "disconnected: ..." and says nothing about which tokens exist.
+}
+
+interface Admin {
+  # The operator's capability, served on a Unix socket of mode 0600: whoever
+  # can open the socket is the operator.
+
+  enum GrantState {
+    granted @0;   # usable
+    revoked @1;   # revoked by the operator or by a load that dropped it
+    stale @2;     # a thread grant whose thread exited or was removed
+  }
+
+  struct Grant {
+    process @0 :Text;
+    name @1 :Text;
+    kind @2 :Text;          # "schedulingPolicy" or "thread"
+    target @3 :Text;        # full thread name for "thread", "" otherwise
+    state @4 :GrantState;
+    sessions @5 :UInt32;    # CapSets restored for this grant's process
+  }
+
+  struct ThreadStats {
+    name @0 :Text;          # process/thread
+    threadId @1 :UInt32;
+    generation @2 :UInt32;
+    state @3 :ThreadState;
+    weight @4 :UInt16;
+    class @5 :LatencyClass;
+    cpu @6 :Int32;          # -1 when the thread has never been placed
+    runtimeNs @7 :UInt64;
+    virtualRuntimeNs @8 :UInt64;
+    contextSwitches @9 :UInt64;
+    preemptions @10 :UInt64;
+    voluntaryBlocks @11 :UInt64;
+    migrations @12 :UInt64;
+  }
+
+  struct RpcStats {
+    connections @0 :UInt32;     # open client connections (both sockets)
+    callsApplied @1 :UInt64;    # mutations applied by the owner thread
+    callsRefused @2 :UInt64;    # typed errors returned to clients
+    overloaded @3 :UInt64;      # calls refused by a connection's bound
+    internalErrors @4 :UInt64;  # "failed: internal error" answers
+  }
+
+  load @0 (source :Text, name :Text)
+      -> (added :List(Text), removed :List(Text), kept :List(Text), revoked :List(Text));
+  # Replace the running plan with the manifest `source` (`name` is used in
+  # diagnostics only). Atomic: an invalid manifest changes nothing and fails
+  # "invalidArgument: <file:line:col diagnostics>". `revoked` lists the grants
+  # ("process.grant") revoked because the new manifest dropped them.
+
+  revoke @1 (process :Text, grant :Text) -> (revoked :List(Text));
+  # Revoke one grant, or every grant and the token of `process` when `grant`
+  # is empty. Returns once the revocation is in force: no call applied after
+  # that point succeeds through the revoked grants.
+
+  grants @2 () -> (grants :List(Grant));
+
+  stats @3 () -> (threads :List(ThreadStats), rpc :RpcStats, plan :Text);
+  # Every thread of the running plan with its counters; `plan` names the
+  # manifest in force.
+}
