@@ -308,8 +308,7 @@ class Simulator:
 
     def _kick(self, cpu: int | None) -> None:
         if cpu is not None and cpu in self._idle:
-            self._idle.discard(cpu)
-            self._schedule(self.now_ns, "kick", cpu)
+            self._schedule(self.now_ns, "kick", cpu)  # the handler re-checks idleness
 
     def _preempt(self, cpu: int) -> None:
         """Cut a slice short now (wake-up preemption); a segment that ends in a
