@@ -23,33 +23,46 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import click
 
 from capos_sched.core import MAX_WEIGHT, SLICE_NS, QueueCpu, Scheduler
 
 
+def median_batch_ns(run_batch: Callable[[int], None], cycles: int) -> float:
+    """Median nanoseconds per iteration over 5 batches; ``run_batch(n)`` runs n."""
+    per_batch = max(1, cycles // 5)
+    batches = []
+    for _ in range(5):
+        gc.collect()
+        start = time.perf_counter_ns()
+        run_batch(per_batch)
+        batches.append((time.perf_counter_ns() - start) / per_batch)
+    return statistics.median(batches)
+
+
 def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> float:
-    """Nanoseconds per dispatch cycle (median of 5 timed batches)."""
+    """Nanoseconds per dispatch cycle."""
     rng = random.Random(seed)
     core = Scheduler(cpus)
     for i in range(threads):
         core.spawn(f"t{i}", 0, rng.randint(1, MAX_WEIGHT), placement=QueueCpu(i % cpus))
-    now = 0
+    clock = [0]
     for cpu in range(cpus):
-        core.pick_next(cpu, now)
-    batches = []
-    per_batch = max(1, cycles // 5)
-    for _ in range(5):
-        gc.collect()
-        start = time.perf_counter_ns()
-        for i in range(per_batch):
+        core.pick_next(cpu, 0)
+
+    def run_batch(n: int) -> None:
+        now = clock[0]
+        preempt, pick = core.preempt_current, core.pick_next
+        for i in range(n):
             cpu = i % cpus
             now += SLICE_NS
-            core.preempt_current(cpu, now, SLICE_NS)
-            core.pick_next(cpu, now)
-        batches.append((time.perf_counter_ns() - start) / per_batch)
-    return statistics.median(batches)
+            preempt(cpu, now, SLICE_NS)
+            pick(cpu, now)
+        clock[0] = now
+
+    return median_batch_ns(run_batch, cycles)
 
 
 def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
@@ -63,15 +76,12 @@ def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
     heapq.heapify(heap)
     steps = [SLICE_NS * 1024 / rng.randint(1, MAX_WEIGHT) for _ in range(4096)]
     pop, push = heapq.heappop, heapq.heappush
-    batches = []
-    per_batch = max(1, cycles // 5)
-    for _ in range(5):
-        gc.collect()
-        start = time.perf_counter_ns()
-        for i in range(per_batch):
+
+    def run_batch(n: int) -> None:
+        for i in range(n):
             push(heap, pop(heap) + steps[i & 4095])
-        batches.append((time.perf_counter_ns() - start) / per_batch)
-    return statistics.median(batches)
+
+    return median_batch_ns(run_batch, cycles)
 
 
 def run(threads: int, cpus: int, cycles: int) -> dict:

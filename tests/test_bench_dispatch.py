@@ -1,0 +1,26 @@
+"""`capos-sched bench dispatch` prints the documented JSON keys (tiny sizes here)."""
+
+import json
+
+from click.testing import CliRunner
+
+from capos_sched.cli import main
+
+
+def test_bench_dispatch_json_keys():
+    result = CliRunner().invoke(
+        main, ["bench", "dispatch", "--threads", "50", "--cpus", "3", "--cycles", "500", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) >= {"threads", "cpus", "ns_per_dispatch", "heapq_ns", "ratio"}
+    assert (report["threads"], report["cpus"]) == (50, 3)
+    assert report["ns_per_dispatch"] > 0 and report["heapq_ns"] > 0
+    assert report["ratio"] == round(report["ns_per_dispatch"] / report["heapq_ns"], 2)
+
+
+def test_bench_dispatch_rejects_bad_sizes_cleanly():
+    result = CliRunner().invoke(main, ["bench", "dispatch", "--threads", "0"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "--threads" in result.output
