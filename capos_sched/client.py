@@ -1,0 +1,516 @@
+"""The asyncio client library for capos-sched.
+
+Every failure surfaces as one exception hierarchy, whatever produced it (a
+typed error from the daemon, the C++ RPC layer, or a lost connection)::
+
+    CapOSError
+    ├── InvalidArgument      invalidArgument: bad input, nothing changed
+    ├── Disconnected         disconnected: the capability or connection is gone
+    │   ├── Revoked              ... because the operator revoked the grant
+    │   └── Stale                ... because the thread exited or was replaced
+    ├── Overloaded           overloaded: too many calls in flight; retry later
+    ├── Unimplemented        unimplemented: no such method on that object
+    └── Failed               failed: anything else (internal errors carry a ref)
+
+Usage::
+
+    async with await connect("unix:/run/capos-sched/listen.sock", token=tok) as session:
+        policy = await session.policy("policy")
+        a = await session.thread("a")
+        await policy.set_weight(a, 2048)
+        snap = await policy.snapshot(a)
+
+``connect_inherited()`` does the same for a process started by the daemon
+(``exec`` in a manifest): its CapSet is the bootstrap of the socket whose fd
+is in ``CAPOS_SCHED_FD``. Sessions start pycapnp's KJ loop when the running
+asyncio loop has none, and stop it on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import capnp
+
+from capos_sched.core import MAX_WEIGHT, MIN_WEIGHT, LatencyClass, ThreadState
+from capos_sched.rpc.addr import Address, parse_address
+from capos_sched.rpc.errors import parse_remote
+from capos_sched.rpc.schema import capos
+
+T = TypeVar("T")
+
+FD_ENV = "CAPOS_SCHED_FD"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+# ------------------------------------------------------------------ errors
+
+
+class CapOSError(Exception):
+    """Base class of every error this library raises. ``str()`` is ``code: message``."""
+
+    code: ClassVar[str] = "failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidArgument(CapOSError):
+    code = "invalidArgument"
+
+
+class Disconnected(CapOSError):
+    code = "disconnected"
+
+
+class Revoked(Disconnected):
+    """The grant behind this capability was revoked (it never works again)."""
+
+
+class Stale(Disconnected):
+    """The thread behind this handle exited or was removed (it never works again)."""
+
+
+class Overloaded(CapOSError):
+    code = "overloaded"
+
+
+class Unimplemented(CapOSError):
+    code = "unimplemented"
+
+
+class Failed(CapOSError):
+    code = "failed"
+
+
+_BY_CODE: dict[str, type[CapOSError]] = {
+    "invalidArgument": InvalidArgument,
+    "disconnected": Disconnected,
+    "overloaded": Overloaded,
+    "unimplemented": Unimplemented,
+    "failed": Failed,
+}
+
+
+def error_from_text(description: str, kj_type: str | None = None) -> CapOSError:
+    """The typed error for a remote error description (see rpc/errors.py)."""
+    parsed = parse_remote(description, kj_type)
+    cls = _BY_CODE.get(parsed.code, Failed)
+    if cls is Disconnected:
+        if parsed.message.startswith("revoked"):
+            cls = Revoked
+        elif parsed.message.startswith("stale"):
+            cls = Stale
+    return cls(parsed.message)
+
+
+def translate(exc: BaseException) -> CapOSError:
+    """Map any transport or remote exception to the hierarchy."""
+    if isinstance(exc, CapOSError):
+        return exc
+    if isinstance(exc, capnp.KjException):
+        return error_from_text(
+            getattr(exc, "description", None) or str(exc), getattr(exc, "type", None)
+        )
+    if isinstance(exc, ConnectionError | EOFError | BrokenPipeError):
+        return Disconnected(f"connection lost: {exc}")
+    if isinstance(exc, OSError):
+        return Disconnected(f"cannot reach the daemon: {exc}")
+    if isinstance(exc, TimeoutError):
+        return Disconnected("no answer from the daemon in time")
+    return Failed(f"{type(exc).__name__}: {exc}")
+
+
+async def _call(awaitable: Awaitable[T], timeout: float | None = None) -> T:
+    try:
+        if timeout is None:
+            return await awaitable
+        return await asyncio.wait_for(_await(awaitable), timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise translate(exc) from None
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+# ---------------------------------------------------------------- results
+
+
+@attrs.frozen
+class Snapshot:
+    """``SchedulingPolicyCap.snapshot``: a thread's weight, class and run time."""
+
+    weight: int
+    latency_class: LatencyClass
+    runtime_ns: int
+    virtual_runtime_ns: int
+
+
+@attrs.frozen
+class ThreadInfo:
+    """``ThreadHandle.describe``."""
+
+    name: str
+    thread_id: int
+    generation: int
+    state: ThreadState
+
+
+def _enum_name(value: Any) -> str:
+    return str(value)
+
+
+# ------------------------------------------------------------ capabilities
+
+
+class ThreadHandleClient:
+    """A ThreadHandle: names one thread; needs a policy to change it."""
+
+    def __init__(self, cap: Any, name: str = "") -> None:
+        self.cap = cap
+        self.name = name
+
+    async def describe(self) -> ThreadInfo:
+        r = await _call(self.cap.describe())
+        return ThreadInfo(
+            str(r.name), int(r.threadId), int(r.generation), ThreadState[str(r.state).upper()]
+        )
+
+    async def is_live(self) -> bool:
+        r = await _call(self.cap.isLive())
+        return bool(r.live)
+
+
+def _wire_weight(weight: object) -> int:
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise InvalidArgument(f"weight {weight!r} is not an integer")
+    if not 0 <= weight <= 0xFFFF:  # cannot even be encoded; the daemon checks the domain
+        raise InvalidArgument(f"weight {weight} outside [{MIN_WEIGHT}, {MAX_WEIGHT}]")
+    return weight
+
+
+def _wire_class(value: object) -> str:
+    try:
+        return LatencyClass.parse(value).wire_name
+    except Exception as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+class SchedulingPolicyClient:
+    """A SchedulingPolicyCap. Calls on one policy take effect in the order made."""
+
+    def __init__(self, cap: Any, name: str = "") -> None:
+        self.cap = cap
+        self.name = name
+
+    async def set_weight(self, thread: ThreadHandleClient, weight: int) -> None:
+        await _call(self.cap.setWeight(thread.cap, _wire_weight(weight)))
+
+    async def set_latency_class(
+        self, thread: ThreadHandleClient, latency_class: LatencyClass | str | int
+    ) -> None:
+        request = self.cap.setLatencyClass_request()
+        request.thread = thread.cap
+        setattr(request, "class", _wire_class(latency_class))
+        await _call(request.send())
+
+    async def snapshot(self, thread: ThreadHandleClient) -> Snapshot:
+        r = await _call(self.cap.snapshot(thread.cap))
+        return Snapshot(
+            int(r.weight),
+            LatencyClass.parse(_enum_name(getattr(r, "class"))),
+            int(r.runtimeNs),
+            int(r.virtualRuntimeNs),
+        )
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class Session:
+    """A connection to the daemon holding one process's CapSet.
+
+    Invariant: after ``close()`` no capnp object of this session is used
+    again, and the socket is closed.
+    """
+
+    def __init__(self, client: Any, stream: Any, caps: Any, owns_loop: Any) -> None:
+        self._client = client
+        self._stream = stream
+        self.caps = caps
+        self._owns_loop = owns_loop
+        self._closed = False
+
+    async def list(self) -> list[str]:
+        r = await _call(self.caps.list())
+        return [str(n) for n in r.names]
+
+    async def get(self, name: str) -> Any:
+        r = await _call(self.caps.get(name))
+        return r.cap
+
+    async def policy(self, name: str = "policy") -> SchedulingPolicyClient:
+        cap = await self.get(name)
+        return SchedulingPolicyClient(cap.as_interface(capos().SchedulingPolicyCap), name)
+
+    async def thread(self, name: str) -> ThreadHandleClient:
+        cap = await self.get(name)
+        return ThreadHandleClient(cap.as_interface(capos().ThreadHandle), name)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.caps = None
+        with contextlib.suppress(Exception):
+            self._client.close()
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        if self._owns_loop is not None:
+            loop_cm, self._owns_loop = self._owns_loop, None
+            await loop_cm.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _enter_kj_loop() -> Any:
+    """Start pycapnp's KJ loop on this asyncio loop unless one is running."""
+    if getattr(asyncio.get_running_loop(), "_kj_loop", None) is not None:
+        return None
+    cm = capnp.kj_loop()
+    await cm.__aenter__()
+    return cm
+
+
+async def _open_stream(address: Address | str) -> Any:
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.kind == "unix":
+        return await capnp.AsyncIoStream.create_unix_connection(addr.path)
+    return await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+
+
+async def connect(
+    address: Address | str, *, token: str | bytes, timeout: float = DEFAULT_TIMEOUT_S
+) -> Session:
+    """Connect to ``--listen`` (``unix:PATH`` / ``tcp:HOST:PORT``) and restore ``token``."""
+    raw = token.encode() if isinstance(token, str) else bytes(token)
+    raw = raw.strip()
+    loop_cm = await _enter_kj_loop()
+    stream = client = None
+    try:
+        try:
+            stream = await asyncio.wait_for(_open_stream(address), timeout)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        except Exception as exc:
+            raise translate(exc) from None
+        client = capnp.TwoPartyClient(stream)
+        restorer = client.bootstrap().cast_as(capos().Restorer)
+        r = await _call(restorer.restore(raw), timeout)
+        return Session(client, stream, r.caps, loop_cm)
+    except BaseException:
+        await _abandon(client, stream, loop_cm)
+        raise
+
+
+async def connect_inherited(fd: int | None = None) -> Session:
+    """Connect through the socket the daemon passed (``$CAPOS_SCHED_FD``)."""
+    if fd is None:
+        text = os.environ.get(FD_ENV)
+        if not text:
+            raise Disconnected(f"${FD_ENV} is not set: this process was not started by the daemon")
+        try:
+            fd = int(text)
+        except ValueError:
+            raise InvalidArgument(f"${FD_ENV}={text!r} is not a file descriptor number") from None
+    loop_cm = await _enter_kj_loop()
+    stream = client = None
+    try:
+        try:
+            sock = socket.socket(fileno=fd)
+            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        except OSError as exc:
+            raise Disconnected(f"inherited fd {fd} is not a usable socket: {exc}") from None
+        client = capnp.TwoPartyClient(stream)
+        caps = client.bootstrap().cast_as(capos().CapSet)
+        return Session(client, stream, caps, loop_cm)
+    except BaseException:
+        await _abandon(client, stream, loop_cm)
+        raise
+
+
+async def _abandon(client: Any, stream: Any, loop_cm: Any) -> None:
+    for obj in (client, stream):
+        if obj is not None:
+            with contextlib.suppress(Exception):
+                obj.close()
+    if loop_cm is not None:
+        await loop_cm.__aexit__(None, None, None)
+
+
+def read_token(path: str | Path) -> bytes:
+    """A token file's content, stripped (what ``restore`` expects)."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read token file {path}: {exc.strerror}") from None
+    if not data:
+        raise InvalidArgument(f"token file {path} is empty")
+    return data
+
+
+# ------------------------------------------------------------------- admin
+
+
+@attrs.frozen
+class GrantInfo:
+    process: str
+    name: str
+    kind: str
+    target: str
+    state: str
+    sessions: int
+
+
+class AdminSession:
+    """A connection to ``--admin`` (the operator's capability)."""
+
+    def __init__(self, client: Any, stream: Any, admin: Any, owns_loop: Any) -> None:
+        self._client = client
+        self._stream = stream
+        self.admin = admin
+        self._owns_loop = owns_loop
+
+    async def load(self, source: str, name: str) -> dict[str, list[str]]:
+        r = await _call(self.admin.load(source, name), timeout=120)
+        return {k: [str(x) for x in getattr(r, k)] for k in ("added", "removed", "kept", "revoked")}
+
+    async def revoke(self, process: str, grant: str | None = None) -> list[str]:
+        r = await _call(self.admin.revoke(process, grant or ""))
+        return [str(x) for x in r.revoked]
+
+    async def grants(self) -> list[GrantInfo]:
+        r = await _call(self.admin.grants())
+        return [
+            GrantInfo(g.process, g.name, g.kind, g.target, str(g.state), int(g.sessions))
+            for g in r.grants
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        r = await _call(self.admin.stats())
+        threads = [
+            {
+                "name": t.name,
+                "thread_id": t.threadId,
+                "generation": t.generation,
+                "state": str(t.state),
+                "weight": t.weight,
+                "class": str(getattr(t, "class")),
+                "cpu": None if t.cpu < 0 else t.cpu,
+                "runtime_ns": t.runtimeNs,
+                "virtual_runtime_ns": t.virtualRuntimeNs,
+                "context_switches": t.contextSwitches,
+                "preemptions": t.preemptions,
+                "voluntary_blocks": t.voluntaryBlocks,
+                "migrations": t.migrations,
+            }
+            for t in r.threads
+        ]
+        rpc = r.rpc
+        return {
+            "plan": r.plan,
+            "threads": threads,
+            "rpc": {
+                "connections": rpc.connections,
+                "calls_applied": rpc.callsApplied,
+                "calls_refused": rpc.callsRefused,
+                "overloaded": rpc.overloaded,
+                "internal_errors": rpc.internalErrors,
+            },
+        }
+
+    async def close(self) -> None:
+        self.admin = None
+        for obj in (self._client, self._stream):
+            with contextlib.suppress(Exception):
+                obj.close()
+        if self._owns_loop is not None:
+            loop_cm, self._owns_loop = self._owns_loop, None
+            await loop_cm.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> AdminSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect_admin(address: Address | str, timeout: float = DEFAULT_TIMEOUT_S) -> AdminSession:
+    """Connect to the daemon's ``--admin`` socket."""
+    loop_cm = await _enter_kj_loop()
+    stream = client = None
+    try:
+        try:
+            stream = await asyncio.wait_for(_open_stream(address), timeout)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        except Exception as exc:
+            raise translate(exc) from None
+        client = capnp.TwoPartyClient(stream)
+        admin = client.bootstrap().cast_as(capos().Admin)
+        return AdminSession(client, stream, admin, loop_cm)
+    except BaseException:
+        await _abandon(client, stream, loop_cm)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def session(address: Address | str, *, token: str | bytes) -> AsyncIterator[Session]:
+    """``async with session(addr, token=...) as s:`` (connect + close)."""
+    s = await connect(address, token=token)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+__all__ = [
+    "AdminSession",
+    "CapOSError",
+    "Disconnected",
+    "Failed",
+    "GrantInfo",
+    "InvalidArgument",
+    "Overloaded",
+    "Revoked",
+    "SchedulingPolicyClient",
+    "Session",
+    "Snapshot",
+    "Stale",
+    "ThreadHandleClient",
+    "ThreadInfo",
+    "Unimplemented",
+    "connect",
+    "connect_admin",
+    "connect_inherited",
+    "read_token",
+    "session",
+]

@@ -1,0 +1,161 @@
+"""``capos-sched serve``: the trio owner thread plus the RPC thread.
+
+Threads:
+
+* the **trio thread** (the process's main thread) owns the scheduling host and
+  the grant table (``Owner``); it runs the host (``host_runner``), answers
+  signals, and drains the bridge;
+* the **RPC thread** (``RpcService``) runs pycapnp on asyncio and hands every
+  operation to the owner through the bridge.
+
+The host is pluggable: ``host_factory(plan)`` builds it and
+``host_runner(host, task_status=...)`` runs it until the daemon stops (calling
+``task_status.started()`` once it is running). ``PlanHost`` with
+``idle_runner`` keeps the plan's threads in the core without executing them;
+the trio runtime plugs in as::
+
+    run_daemon(..., host_factory=lambda plan: Runtime(plan, cpus=cpus),
+               host_runner=lambda host, task_status: host.run(
+                   stop_when_finished=False, task_status=task_status))
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from .addr import Address
+from .bridge import Bridge
+from .grants import GrantTable, HostLike
+from .owner import Owner
+from .service import PlanLoader, RpcConfig, RpcService, _check_exec
+
+log = structlog.get_logger("capos_sched.rpc")
+
+HostFactory = Callable[[Any], HostLike]
+HostRunner = Callable[..., Awaitable[None]]
+
+
+async def idle_runner(host: HostLike, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep a bare PlanHost alive: nothing executes, state changes only by RPC."""
+    task_status.started()
+    await trio.sleep_forever()
+
+
+@attrs.define
+class DaemonConfig:
+    """Everything ``serve`` needs besides the plan and the host."""
+
+    manifest_name: str
+    listen: Address | None
+    admin: Address | None
+    grants_dir: Path | None = None
+    base_dir: Path = attrs.field(factory=Path.cwd)
+    max_calls: int = 1024
+    max_connections: int = 256
+
+
+@attrs.define
+class DaemonState:
+    """What a running daemon exposes to in-process callers (tests, bench)."""
+
+    owner: Owner
+    bridge: Bridge[Owner]
+    service: RpcService
+
+
+def run_daemon(
+    config: DaemonConfig,
+    plan: Any,
+    *,
+    loader: PlanLoader | None,
+    host_factory: HostFactory,
+    host_runner: HostRunner = idle_runner,
+) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or a failure of the host or RPC thread (exit 1)."""
+    return trio.run(serve_async, config, plan, loader, host_factory, host_runner)
+
+
+async def serve_async(
+    config: DaemonConfig,
+    plan: Any,
+    loader: PlanLoader | None,
+    host_factory: HostFactory,
+    host_runner: HostRunner = idle_runner,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    *,
+    handle_signals: bool = True,
+) -> int:
+    for proc in plan.processes:
+        argv = getattr(proc, "exec", None)
+        if argv:
+            _check_exec(proc.name, tuple(argv), config.base_dir)
+    host = host_factory(plan)
+    grants = GrantTable.from_plan(plan, host, config.grants_dir)
+    owner = Owner(host, grants, config.manifest_name)
+    bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
+    rpc_config = RpcConfig(
+        listen=config.listen,
+        admin=config.admin,
+        max_calls=config.max_calls,
+        max_connections=config.max_connections,
+        base_dir=config.base_dir,
+    )
+    service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())
+    status = 0
+    written = grants.write_token_files()
+    try:
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
+            await trio.to_thread.run_sync(service.start)
+            log.info(
+                "serving",
+                manifest=config.manifest_name,
+                threads=len(host.thread_refs()),  # type: ignore[attr-defined]
+                token_files=[str(p) for p in written],
+                **service.addresses,
+            )
+            task_status.started(DaemonState(owner, bridge, service))
+            await trio.to_thread.run_sync(service.finished.wait, abandon_on_cancel=True)
+            if service.failed is not None:
+                status = 1
+            nursery.cancel_scope.cancel()
+    except Exception:
+        log.exception("daemon failed")
+        status = 1
+    finally:
+        with trio.CancelScope(shield=True):
+            service.request_stop()
+            await trio.to_thread.run_sync(service.join)
+            bridge.close()
+            grants.remove_all_token_files()
+        log.info("stopped", status=status)
+    return status
+
+
+async def _run_host(
+    host_runner: HostRunner,
+    host: HostLike,
+    scope: trio.CancelScope,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await host_runner(host, task_status=task_status)
+    finally:
+        scope.cancel()  # the host stopped: so does the daemon
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return

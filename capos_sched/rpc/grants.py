@@ -1,0 +1,414 @@
+"""The grant table: which process holds which capability, and revocation.
+
+Owned by the trio thread (the owner): every method here runs there, so the
+revoked latches are read at the very moment a mutation is applied. The RPC
+thread holds references to ``Grant`` and ``ProcessGrants`` objects but reads
+only their immutable fields (names, kind, target) and never writes any.
+
+Lifecycle of a grant (see docs/capabilities.md):
+
+    granted --revoke / load drops it--> revoked
+    granted --its thread exits--------> stale (the core's generation check)
+    granted --load removes its thread-> stale (latched like a revocation)
+
+Revocations are sticky: a load that still lists a revoked grant does not
+revive it, and a process revoked as a whole keeps a dead token while it stays
+in the plan. Grants are matched across loads by (process, name, kind, target);
+anything else is a new grant with a new latch, so capabilities handed out
+before can never reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from capos_sched.core import ThreadRef
+
+from .errors import WireError, revoked, stale, wire_error
+
+TOKEN_BYTES = 32
+"""Random bytes per token: 256 bits, written as URL-safe base64 text (43 chars)."""
+
+KINDS = ("schedulingPolicy", "thread")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class HostLike(Protocol):
+    """What the grant table needs from the scheduling host (PlanHost, Runtime)."""
+
+    scheduler: Any
+
+    def thread_ref(self, full_name: str) -> ThreadRef | None: ...
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+@attrs.define(eq=False)
+class Grant:
+    """One named capability the manifest grants to one process.
+
+    Invariants: ``closed`` goes from None to an error text once and never
+    back, written only by the owner thread; it starts with ``revoked:`` or
+    ``stale:``. ``ref`` is set iff ``kind == "thread"`` and is the target
+    thread as it was when the grant was made: a grant never retargets, it
+    goes stale instead.
+    """
+
+    process: str
+    name: str
+    kind: str
+    target: str | None
+    ref: ThreadRef | None
+    closed: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.process}.{self.name}"
+
+    @property
+    def signature(self) -> tuple[str, str, str | None]:
+        return (self.name, self.kind, self.target)
+
+    def close(self, text: str) -> None:
+        if self.closed is None:
+            self.closed = text
+
+    def check(self) -> None:
+        """Fail closed if the latch is set (owner thread, at apply time)."""
+        if self.closed is not None:
+            raise wire_error("disconnected", self.closed)
+
+
+@attrs.define(eq=False)
+class ProcessGrants:
+    """A process's grants and its restore token.
+
+    Invariants: ``token`` is None iff the process never had a grant; once
+    ``revoked`` is True the token restores nothing, for good; ``grants`` maps
+    grant names to the current Grant objects (revoked ones included, so their
+    holders get "revoked" rather than "unknown").
+    """
+
+    name: str
+    exec: tuple[str, ...] | None
+    grants: dict[str, Grant] = attrs.Factory(dict)
+    token: str | None = None
+    revoked: bool = False
+    sessions: int = 0
+
+    def live_grants(self) -> list[Grant]:
+        return [g for g in self.grants.values() if g.closed is None]
+
+    @property
+    def restorable(self) -> bool:
+        return self.token is not None and not self.revoked and bool(self.live_grants())
+
+
+@attrs.frozen
+class GrantRow:
+    """One line of ``capos-sched grants``."""
+
+    process: str
+    name: str
+    kind: str
+    target: str
+    state: str  # granted | revoked | stale
+    sessions: int
+    reason: str
+
+
+@attrs.frozen
+class PlanDiff:
+    """What a load changes in the grant table (computed before anything changes)."""
+
+    revoked: tuple[str, ...]
+    added_processes: tuple[str, ...]
+    removed_processes: tuple[str, ...]
+    restarted_processes: tuple[str, ...]
+
+
+class GrantTable:
+    """Every process's grants; see the module docstring for the lifecycle."""
+
+    def __init__(self, grants_dir: Path | None = None) -> None:
+        self.processes: dict[str, ProcessGrants] = {}
+        self.grants_dir = grants_dir
+
+    # ------------------------------------------------------------- building
+
+    @classmethod
+    def from_plan(cls, plan: Any, host: HostLike, grants_dir: Path | None = None) -> GrantTable:
+        validate_plan_grants(plan)
+        table = cls(grants_dir)
+        for proc in plan.processes:
+            table.processes[proc.name] = table._new_process(proc, host)
+        return table
+
+    def _new_process(self, proc: Any, host: HostLike) -> ProcessGrants:
+        pg = ProcessGrants(proc.name, _exec_of(proc))
+        for gp in proc.grants:
+            pg.grants[gp.name] = _new_grant(proc.name, gp, host)
+        if pg.grants:
+            pg.token = new_token()
+        return pg
+
+    # --------------------------------------------------------------- tokens
+
+    def restore(self, token: bytes) -> ProcessGrants:
+        """The process whose token this is; constant-time over every token.
+
+        Every candidate is compared (no early exit), so the time taken does
+        not depend on which token, if any, matched.
+        """
+        found: ProcessGrants | None = None
+        for pg in self.processes.values():
+            if pg.token is None:
+                continue
+            if hmac.compare_digest(token, pg.token.encode()) and found is None:
+                found = pg
+        if found is None or not found.restorable:
+            raise wire_error("disconnected", "unknown or revoked token")
+        found.sessions += 1
+        return found
+
+    def write_token_files(self, names: Iterable[str] | None = None) -> list[Path]:
+        """Write ``<dir>/<process>.token`` (mode 0600) for restorable processes."""
+        if self.grants_dir is None:
+            return []
+        written = []
+        self.grants_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in self.processes if names is None else names:
+            pg = self.processes[name]
+            if pg.token is None or not pg.restorable:
+                continue
+            path = self.grants_dir / f"{name}.token"
+            _write_private(path, pg.token + "\n")
+            written.append(path)
+        return written
+
+    def remove_token_file(self, name: str) -> None:
+        if self.grants_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.grants_dir / f"{name}.token").unlink()
+
+    def remove_all_token_files(self) -> None:
+        for name in self.processes:
+            self.remove_token_file(name)
+
+    # ---------------------------------------------------------------- lookup
+
+    def process(self, name: str) -> ProcessGrants:
+        pg = self.processes.get(name)
+        if pg is None:
+            raise wire_error("invalidArgument", f"no process {name!r} in the plan")
+        return pg
+
+    def get(self, pg: ProcessGrants, name: str) -> Grant:
+        """``CapSet.get``: the live grant ``name`` of ``pg``."""
+        check_session(pg)
+        grant = pg.grants.get(name)
+        if grant is None:
+            raise wire_error("invalidArgument", f"process {pg.name} holds no grant named {name!r}")
+        grant.check()
+        return grant
+
+    def names(self, pg: ProcessGrants) -> list[str]:
+        """``CapSet.list``: the names of live grants, sorted."""
+        check_session(pg)
+        return sorted(g.name for g in pg.live_grants())
+
+    def rows(self, host: HostLike) -> list[GrantRow]:
+        out = []
+        for pg in self.processes.values():
+            for g in pg.grants.values():
+                state, reason = "granted", ""
+                if g.closed is not None:
+                    state = g.closed.split(":", 1)[0]
+                    reason = g.closed
+                elif g.ref is not None and not host.scheduler.is_live(g.ref):
+                    state, reason = "stale", f"stale: thread {g.target} exited"
+                out.append(
+                    GrantRow(pg.name, g.name, g.kind, g.target or "", state, pg.sessions, reason)
+                )
+        return out
+
+    # ----------------------------------------------------------- revocation
+
+    def revoke(self, process: str, grant: str | None) -> list[str]:
+        """Latch one grant, or every grant and the token of ``process``.
+
+        Returns the keys that changed state (already-closed grants are not
+        listed). Unknown names are invalidArgument and change nothing.
+        """
+        pg = self.process(process)
+        if grant is not None:
+            g = pg.grants.get(grant)
+            if g is None:
+                raise wire_error("invalidArgument", f"process {process} holds no grant {grant!r}")
+            changed = [g.key] if g.closed is None else []
+            g.close(f"revoked: {g.key} was revoked by the operator")
+            if not pg.live_grants():
+                self._kill_token(pg)
+            return changed
+        changed = [g.key for g in pg.grants.values() if g.closed is None]
+        for g in pg.grants.values():
+            g.close(f"revoked: {g.key} was revoked by the operator (whole process)")
+        self._kill_token(pg)
+        return changed
+
+    def _kill_token(self, pg: ProcessGrants) -> None:
+        pg.revoked = True
+        self.remove_token_file(pg.name)
+
+    # ------------------------------------------------------------------ load
+
+    def diff(self, plan: Any) -> PlanDiff:
+        """What ``apply_plan`` would change; validates and changes nothing."""
+        validate_plan_grants(plan)
+        new = {p.name: p for p in plan.processes}
+        revoked_keys: list[str] = []
+        for name, pg in self.processes.items():
+            proc = new.get(name)
+            wanted = {} if proc is None else {gp.name: _sig(gp) for gp in proc.grants}
+            for g in pg.grants.values():
+                if g.closed is None and wanted.get(g.name) != g.signature:
+                    revoked_keys.append(g.key)
+        added = tuple(n for n in new if n not in self.processes)
+        removed = tuple(n for n in self.processes if n not in new)
+        restarted = tuple(
+            n for n in new if n in self.processes and _exec_of(new[n]) != self.processes[n].exec
+        )
+        return PlanDiff(tuple(revoked_keys), added, removed, restarted)
+
+    def apply_plan(self, plan: Any, host: HostLike, removed_threads: Iterable[str]) -> PlanDiff:
+        """Make the table match ``plan`` (called right after the host applied it).
+
+        Grants whose (name, kind, target) is unchanged and whose thread was
+        kept stay the same objects (capabilities held stay valid); everything
+        else dropped is latched: ``stale`` when its thread was removed,
+        ``revoked`` otherwise. Token files follow.
+        """
+        diff = self.diff(plan)
+        gone_threads = set(removed_threads)
+        new = {p.name: p for p in plan.processes}
+        for name in diff.removed_processes:
+            pg = self.processes.pop(name)
+            for g in pg.grants.values():
+                g.close(_drop_reason(g, gone_threads, f"process {name} left the plan"))
+            self._kill_token(pg)  # sessions hold pg: they now fail as revoked
+        for name, proc in new.items():
+            pg = self.processes.get(name)
+            if pg is None:
+                self.processes[name] = self._new_process(proc, host)
+                continue
+            pg.exec = _exec_of(proc)
+            wanted = {gp.name: gp for gp in proc.grants}
+            for gname, g in list(pg.grants.items()):
+                gp = wanted.get(gname)
+                if gp is not None and _sig(gp) == g.signature:
+                    continue  # the same grant: kept, live or (sticky) revoked
+                g.close(_drop_reason(g, gone_threads, "the manifest no longer grants it"))
+                del pg.grants[gname]
+            for gname, gp in wanted.items():
+                if gname not in pg.grants:
+                    pg.grants[gname] = _new_grant(name, gp, host)
+            if pg.grants and pg.token is None:
+                pg.token = new_token()
+        self.write_token_files(n for n in new if n not in diff.removed_processes)
+        for name in diff.removed_processes:
+            self.remove_token_file(name)
+        return diff
+
+
+def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> str:
+    if g.kind == "thread" and g.target in gone_threads:
+        return f"stale: thread {g.target} was removed by load"
+    return f"revoked: {g.key} was revoked because {why}"
+
+
+def check_session(pg: ProcessGrants) -> None:
+    if pg.revoked:
+        raise revoked(f"process {pg.name} was revoked")
+
+
+def _sig(gp: Any) -> tuple[str, str, str | None]:
+    return (gp.name, gp.kind, gp.target if gp.kind == "thread" else None)
+
+
+def _exec_of(proc: Any) -> tuple[str, ...] | None:
+    argv = getattr(proc, "exec", None)
+    return tuple(argv) if argv else None
+
+
+def _new_grant(process: str, gp: Any, host: HostLike) -> Grant:
+    ref = None
+    target = gp.target if gp.kind == "thread" else None
+    if gp.kind == "thread":
+        ref = host.thread_ref(gp.target)
+        if ref is None:  # validate_plan_grants rules this out
+            raise stale(f"thread {gp.target} is not in the plan")
+    return Grant(process, gp.name, gp.kind, target, ref)
+
+
+def validate_plan_grants(plan: Any) -> None:
+    """Every grant names a known kind and, for threads, a thread of the plan;
+    process and grant names are safe as file names. Raises invalidArgument."""
+    threads = {t.full_name for t in plan.threads()}
+    seen: set[str] = set()
+    for proc in plan.processes:
+        if not _SAFE_NAME.fullmatch(proc.name) or proc.name in seen:
+            raise wire_error("invalidArgument", f"process name {proc.name!r} is not usable")
+        seen.add(proc.name)
+        names: set[str] = set()
+        for gp in proc.grants:
+            if gp.kind not in KINDS:
+                raise wire_error(
+                    "invalidArgument", f"grant {proc.name}.{gp.name}: unknown kind {gp.kind!r}"
+                )
+            if gp.name in names or not _SAFE_NAME.fullmatch(gp.name) or "." in gp.name:
+                raise wire_error(
+                    "invalidArgument", f"grant name {proc.name}.{gp.name} is not usable"
+                )
+            names.add(gp.name)
+            if gp.kind == "thread" and gp.target not in threads:
+                raise wire_error(
+                    "invalidArgument",
+                    f"grant {proc.name}.{gp.name} targets {gp.target!r}, not a thread of the plan",
+                )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically with mode 0600 from the start."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "KINDS",
+    "TOKEN_BYTES",
+    "Grant",
+    "GrantRow",
+    "GrantTable",
+    "PlanDiff",
+    "ProcessGrants",
+    "WireError",
+    "validate_plan_grants",
+]

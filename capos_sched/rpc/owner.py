@@ -1,0 +1,183 @@
+"""The owner's side of the RPC layer: operations that run in the trio thread.
+
+``Owner`` bundles what the trio thread owns for the capability surface: the
+scheduling host, the grant table and a counter. Every method is an operation
+the bridge runs in the trio thread; each one checks the revoked latches of the
+grants it uses right before it reads or mutates scheduling state, so a
+revocation applied earlier in the same thread is always seen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from capos_sched.core import CoreError, LatencyClass, StaleThread, ThreadRef, ThreadSnapshot
+
+from .errors import wire_error
+from .grants import Grant, GrantRow, GrantTable, HostLike, PlanDiff, ProcessGrants
+
+
+@attrs.frozen
+class Claim:
+    """A thread identity a ThreadHandle *said* it has (via ``describe``).
+
+    Used when the handle's server object cannot be found directly (a promise
+    or a capability hosted elsewhere): it is trusted only as far as the policy
+    grant's own process holds a live thread grant for exactly this identity.
+    """
+
+    tid: int
+    generation: int
+
+
+ThreadArg = Grant | Claim
+
+
+@attrs.frozen
+class LoadResult:
+    """What ``Owner.load`` changed."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    kept: tuple[str, ...]
+    revoked: tuple[str, ...]
+    diff: PlanDiff
+    start: tuple[tuple[str, tuple[str, ...], ProcessGrants], ...]
+    """Processes to (re)start: name, argv, grants (for their CapSet)."""
+
+
+class Owner:
+    """Operations on the host and the grant table (trio thread only).
+
+    Invariant: a mutation is applied only after the latches of the policy
+    grant and of the thread grant were checked in the same operation.
+    """
+
+    def __init__(self, host: HostLike, grants: GrantTable, plan_name: str) -> None:
+        self.host = host
+        self.grants = grants
+        self.plan_name = plan_name
+        self.applied = 0
+        """Mutations applied through capabilities."""
+
+    def now_ns(self) -> int:
+        clock = getattr(self.host, "now_ns", None)
+        return clock() if callable(clock) else time.monotonic_ns()
+
+    # --------------------------------------------------------- restore/caps
+
+    def restore(self, token: bytes) -> ProcessGrants:
+        return self.grants.restore(token)
+
+    def capset_get(self, pg: ProcessGrants, name: str) -> Grant:
+        return self.grants.get(pg, name)
+
+    def capset_list(self, pg: ProcessGrants) -> list[str]:
+        return self.grants.names(pg)
+
+    # --------------------------------------------------------- thread handle
+
+    def describe(self, grant: Grant) -> ThreadSnapshot:
+        grant.check()
+        assert grant.ref is not None
+        return self.host.scheduler.snapshot(grant.ref)
+
+    def is_live(self, grant: Grant) -> bool:
+        grant.check()
+        assert grant.ref is not None
+        return bool(self.host.scheduler.is_live(grant.ref))
+
+    # ------------------------------------------------------- policy methods
+
+    def _thread(self, policy: Grant, thread: ThreadArg) -> ThreadRef:
+        policy.check()
+        if isinstance(thread, Claim):
+            thread = self._claimed(policy, thread)
+        elif thread.process != policy.process:
+            raise wire_error(
+                "invalidArgument",
+                f"thread handle {thread.key} was not granted to process {policy.process}",
+            )
+        thread.check()
+        assert thread.ref is not None
+        return thread.ref
+
+    def _claimed(self, policy: Grant, claim: Claim) -> Grant:
+        pg = self.grants.processes.get(policy.process)
+        ref = ThreadRef(claim.tid, claim.generation)
+        matches = (
+            []
+            if pg is None
+            else [g for g in pg.grants.values() if g.kind == "thread" and g.ref == ref]
+        )
+        if not matches:
+            raise wire_error(
+                "invalidArgument",
+                f"the thread handle does not name a thread granted to process {policy.process}",
+            )
+        live = [g for g in matches if g.closed is None]
+        return (live or matches)[0]
+
+    def set_weight(self, policy: Grant, thread: ThreadArg, weight: int) -> None:
+        ref = self._thread(policy, thread)
+        self.host.scheduler.set_weight(ref, weight)
+        self.applied += 1
+
+    def set_latency_class(self, policy: Grant, thread: ThreadArg, latency_class: object) -> None:
+        ref = self._thread(policy, thread)
+        self.host.scheduler.set_latency_class(ref, latency_class)
+        self.applied += 1
+
+    def snapshot(self, policy: Grant, thread: ThreadArg) -> ThreadSnapshot:
+        ref = self._thread(policy, thread)
+        return self.host.scheduler.snapshot(ref)
+
+    # ----------------------------------------------------------------- admin
+
+    def revoke(self, process: str, grant: str | None) -> list[str]:
+        return self.grants.revoke(process, grant)
+
+    def grant_rows(self) -> list[GrantRow]:
+        return self.grants.rows(self.host)
+
+    def load(self, plan: Any, name: str) -> LoadResult:
+        """Swap plans atomically: validate everything, then apply host and grants."""
+        self.grants.diff(plan)  # raises invalidArgument before anything changes
+        change = self.host.apply_plan(plan, self.now_ns())
+        diff = self.grants.apply_plan(plan, self.host, change.removed)
+        self.plan_name = name
+        start = tuple(
+            (pname, pg.exec, pg)
+            for pname, pg in self.grants.processes.items()
+            if pg.exec and (pname in diff.added_processes or pname in diff.restarted_processes)
+        )
+        return LoadResult(
+            tuple(change.added),
+            tuple(change.removed),
+            tuple(change.kept),
+            diff.revoked,
+            diff,
+            start,
+        )
+
+    def thread_stats(self) -> list[ThreadSnapshot]:
+        out = []
+        for ref in self.host.thread_refs().values():
+            try:
+                out.append(self.host.scheduler.snapshot_any(ref))
+            except StaleThread:
+                continue
+        return out
+
+    def processes_to_start(self) -> list[tuple[str, tuple[str, ...], ProcessGrants]]:
+        return [(n, pg.exec, pg) for n, pg in self.grants.processes.items() if pg.exec]
+
+
+def class_name(value: LatencyClass) -> str:
+    return value.wire_name
+
+
+__all__ = ["Claim", "CoreError", "LoadResult", "Owner", "ThreadArg"]

@@ -1,0 +1,379 @@
+"""The Cap'n Proto servers: Restorer, CapSet, ThreadHandle, SchedulingPolicyCap, Admin.
+
+They run in the RPC thread and hold no scheduling state: each method decodes
+its parameters, hands an operation to the owner through the bridge, and
+encodes the answer. Every method goes through ``rpc_method``, which enforces
+the connection's concurrent-call bound and turns every failure into a typed
+``WireError`` (unexpected ones become ``failed: internal error (ref ...)``,
+details in the daemon log only).
+
+Server objects are per connection (the bound and the handle registry are
+per connection); a CapSet hands out one object per grant, so repeated ``get``
+calls return the same capability and its calls share one E-order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import capnp
+import structlog
+
+from capos_sched.core import CoreError
+
+from .bridge import Bridge, Op, OrderedSubmitter
+from .errors import (
+    WireError,
+    from_core,
+    internal_error,
+    new_ref,
+    parse_remote,
+    wire_error,
+)
+from .grants import Grant, ProcessGrants
+from .owner import Claim, Owner, ThreadArg
+from .schema import capos
+from .unwrap import HookRegistry
+
+if TYPE_CHECKING:
+    from .service import RpcService
+
+log = structlog.get_logger("capos_sched.rpc")
+
+CLAIM_TIMEOUT_S = 5.0
+"""How long a handle we cannot recognise directly may take to describe itself."""
+MAX_TOKEN_BYTES = 1024
+MAX_NAME_CHARS = 256
+
+
+class RpcCounters:
+    """Counters kept by the RPC thread (read by Admin.stats in that thread)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.refused = 0
+        self.overloaded = 0
+        self.internal_errors = 0
+
+
+class ConnContext:
+    """Per-connection state (RPC thread only).
+
+    Invariant: ``0 <= inflight <= max_calls``; a call that would exceed the
+    bound is refused with ``overloaded`` before it does anything.
+    """
+
+    __slots__ = ("bridge", "counters", "id", "inflight", "kind", "max_calls", "registry", "service")
+
+    def __init__(
+        self,
+        service: RpcService,
+        bridge: Bridge[Owner],
+        conn_id: int,
+        kind: str,
+        max_calls: int,
+    ) -> None:
+        self.service = service
+        self.bridge = bridge
+        self.counters = service.counters
+        self.id = conn_id
+        self.kind = kind
+        self.max_calls = max_calls
+        self.inflight = 0
+        self.registry = HookRegistry()
+
+    def close(self) -> None:
+        self.registry.clear()
+
+
+Method = Callable[[Any, Any], Awaitable[None]]
+
+
+def rpc_method(fn: Method) -> Method:
+    """Bound, type and log one server method (see the module docstring)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, context: Any) -> None:
+        ctx: ConnContext = self._ctx
+        if ctx.inflight >= ctx.max_calls:
+            ctx.counters.overloaded += 1
+            raise wire_error(
+                "overloaded", f"{ctx.max_calls} calls already in flight on this connection"
+            )
+        ctx.inflight += 1
+        try:
+            await fn(self, context)
+        except WireError:
+            ctx.counters.refused += 1
+            raise
+        except CoreError as exc:
+            ctx.counters.refused += 1
+            raise from_core(exc) from None
+        except capnp.KjException as exc:
+            ctx.counters.refused += 1
+            raise _kj_to_wire(exc, fn.__name__) from None
+        except Exception:
+            ref = new_ref()
+            ctx.counters.internal_errors += 1
+            log.exception("internal error in RPC method", ref=ref, method=fn.__name__, conn=ctx.id)
+            raise internal_error(ref) from None
+        finally:
+            ctx.inflight -= 1
+
+    return wrapper
+
+
+def _kj_to_wire(exc: capnp.KjException, method: str) -> WireError:
+    """A KJ error while decoding parameters or encoding results."""
+    text = getattr(exc, "description", None) or str(exc)
+    if "out of range" in text or "Value type mismatch" in text or "parse" in text.lower():
+        return wire_error("invalidArgument", f"malformed parameters for {method}")
+    ref = new_ref()
+    log.warning("capnp error in RPC method", ref=ref, method=method, error=text[:500])
+    return internal_error(ref)
+
+
+def _text(value: Any, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    if not isinstance(value, str):
+        raise wire_error("invalidArgument", f"{what} must be text")
+    if len(value) > limit:
+        raise wire_error("invalidArgument", f"{what} longer than {limit} characters")
+    return value
+
+
+class RestorerServer(capos().Restorer.Server):  # type: ignore[misc,name-defined]
+    """The bootstrap of ``--listen``: a token in, that process's CapSet out."""
+
+    def __init__(self, ctx: ConnContext) -> None:
+        self._ctx = ctx
+
+    @rpc_method
+    async def restore_context(self, context: Any) -> None:
+        token = bytes(context.params.token)
+        if not 0 < len(token) <= MAX_TOKEN_BYTES:
+            raise wire_error("disconnected", "unknown or revoked token")
+        pg = await self._ctx.bridge.submit(functools.partial(Owner.restore, token=token))
+        context.results.caps = CapSetServer(self._ctx, pg)
+
+
+class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
+    """One process's grants, by name (restored by token, or an exec'd child's bootstrap)."""
+
+    def __init__(self, ctx: ConnContext, pg: ProcessGrants) -> None:
+        self._ctx = ctx
+        self._pg = pg
+        self._caps: dict[Grant, Any] = {}
+
+    @rpc_method
+    async def get_context(self, context: Any) -> None:
+        name = _text(context.params.name, "grant name")
+        grant: Grant = await self._ctx.bridge.submit(
+            functools.partial(Owner.capset_get, pg=self._pg, name=name)
+        )
+        context.results.cap = self._client_for(grant)
+
+    @rpc_method
+    async def list_context(self, context: Any) -> None:
+        names = await self._ctx.bridge.submit(functools.partial(Owner.capset_list, pg=self._pg))
+        context.results.names = names
+
+    def _client_for(self, grant: Grant) -> Any:
+        client = self._caps.get(grant)
+        if client is None:
+            s = capos()
+            if grant.kind == "thread":
+                handle = ThreadHandleServer(self._ctx, grant)
+                client = s.ThreadHandle._new_client(handle)
+                self._ctx.registry.register(client, handle)
+            else:
+                client = s.SchedulingPolicyCap._new_client(PolicyServer(self._ctx, grant))
+            self._caps[grant] = client
+        return client
+
+
+class ThreadHandleServer(capos().ThreadHandle.Server):  # type: ignore[misc,name-defined]
+    """A handle to one thread (tid, generation); no authority by itself."""
+
+    def __init__(self, ctx: ConnContext, grant: Grant) -> None:
+        self._ctx = ctx
+        self.grant = grant
+
+    @rpc_method
+    async def describe_context(self, context: Any) -> None:
+        snap = await self._ctx.bridge.submit(functools.partial(Owner.describe, grant=self.grant))
+        r = context.results
+        r.name = snap.name
+        r.threadId = snap.tid
+        r.generation = snap.generation
+        r.state = snap.state.name.lower()
+
+    @rpc_method
+    async def isLive_context(self, context: Any) -> None:
+        context.results.live = await self._ctx.bridge.submit(
+            functools.partial(Owner.is_live, grant=self.grant)
+        )
+
+
+class PolicyServer(capos().SchedulingPolicyCap.Server):  # type: ignore[misc,name-defined]
+    """Scheduling authority; every call also needs a ThreadHandle of the same process.
+
+    Calls are applied in arrival order (``OrderedSubmitter``), including calls
+    whose handle must first describe itself.
+    """
+
+    def __init__(self, ctx: ConnContext, grant: Grant) -> None:
+        self._ctx = ctx
+        self.grant = grant
+        self._seq = OrderedSubmitter(ctx.bridge)
+
+    def _apply(self, thread_cap: Any, make_op: Callable[[ThreadArg], Op]) -> Awaitable[Any]:
+        """Submit now when the handle is one of ours; else ticket, describe, submit."""
+        handle = self._ctx.registry.lookup(thread_cap)
+        if handle is not None:
+            return self._seq.submit(make_op(handle.grant))
+        return self._slow(thread_cap, make_op)
+
+    async def _slow(self, thread_cap: Any, make_op: Callable[[ThreadArg], Op]) -> Any:
+        ticket = self._seq.reserve()
+        try:
+            claim = await _claim(thread_cap)
+        except BaseException:
+            self._seq.cancel(ticket)
+            raise
+        return await self._seq.fill(ticket, make_op(claim))
+
+    @rpc_method
+    async def setWeight_context(self, context: Any) -> None:
+        params = context.params
+        weight = params.weight
+        grant = self.grant
+        await self._apply(
+            params.thread,
+            lambda t: functools.partial(Owner.set_weight, policy=grant, thread=t, weight=weight),
+        )
+
+    @rpc_method
+    async def setLatencyClass_context(self, context: Any) -> None:
+        params = context.params
+        cls = getattr(params, "class")
+        grant = self.grant
+        await self._apply(
+            params.thread,
+            lambda t: functools.partial(
+                Owner.set_latency_class, policy=grant, thread=t, latency_class=cls
+            ),
+        )
+
+    @rpc_method
+    async def snapshot_context(self, context: Any) -> None:
+        params = context.params
+        grant = self.grant
+        snap = await self._apply(
+            params.thread,
+            lambda t: functools.partial(Owner.snapshot, policy=grant, thread=t),
+        )
+        r = context.results
+        r.weight = snap.weight
+        setattr(r, "class", snap.latency_class.wire_name)
+        r.runtimeNs = snap.runtime_ns
+        r.virtualRuntimeNs = snap.virtual_runtime_ns
+
+
+async def _claim(thread_cap: Any) -> Claim:
+    """Ask a handle we do not recognise who it is (trusted only as a claim)."""
+    try:
+        answer = await asyncio.wait_for(_describe(thread_cap), CLAIM_TIMEOUT_S)
+    except TimeoutError:
+        raise wire_error(
+            "invalidArgument",
+            f"the thread handle did not describe itself within {CLAIM_TIMEOUT_S} s",
+        ) from None
+    except capnp.KjException as exc:
+        err = parse_remote(getattr(exc, "description", "") or "", getattr(exc, "type", None))
+        if err.code == "disconnected":
+            raise wire_error("disconnected", err.message[:300]) from None
+        raise wire_error(
+            "invalidArgument", f"the thread handle failed to describe itself ({err.code})"
+        ) from None
+    return Claim(int(answer.threadId), int(answer.generation))
+
+
+async def _describe(thread_cap: Any) -> Any:
+    return await thread_cap.describe()
+
+
+class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
+    """The operator's capability (bootstrap of the 0600 admin socket)."""
+
+    def __init__(self, ctx: ConnContext) -> None:
+        self._ctx = ctx
+
+    @rpc_method
+    async def load_context(self, context: Any) -> None:
+        params = context.params
+        source = _text(params.source, "manifest source", limit=8 * 1024 * 1024)
+        name = _text(params.name, "manifest name", limit=4096)
+        result = await self._ctx.service.load(source, name)
+        r = context.results
+        r.added = list(result.added)
+        r.removed = list(result.removed)
+        r.kept = list(result.kept)
+        r.revoked = list(result.revoked)
+
+    @rpc_method
+    async def revoke_context(self, context: Any) -> None:
+        params = context.params
+        process = _text(params.process, "process")
+        grant = _text(params.grant, "grant") or None
+        changed = await self._ctx.bridge.submit(
+            functools.partial(Owner.revoke, process=process, grant=grant)
+        )
+        log.info("revoked", process=process, grant=grant, changed=changed)
+        context.results.revoked = changed
+
+    @rpc_method
+    async def grants_context(self, context: Any) -> None:
+        rows = await self._ctx.bridge.submit(Owner.grant_rows)
+        out = context.results.init("grants", len(rows))
+        for item, row in zip(out, rows, strict=True):
+            item.process = row.process
+            item.name = row.name
+            item.kind = row.kind
+            item.target = row.target
+            item.state = row.state
+            item.sessions = min(row.sessions, 2**32 - 1)
+
+    @rpc_method
+    async def stats_context(self, context: Any) -> None:
+        threads, applied, plan_name = await self._ctx.bridge.submit(_stats_op)
+        r = context.results
+        out = r.init("threads", len(threads))
+        for item, snap in zip(out, threads, strict=True):
+            item.name = snap.name
+            item.threadId = snap.tid
+            item.generation = snap.generation
+            item.state = snap.state.name.lower()
+            item.weight = snap.weight
+            setattr(item, "class", snap.latency_class.wire_name)
+            item.cpu = -1 if snap.cpu is None else snap.cpu
+            item.runtimeNs = snap.runtime_ns
+            item.virtualRuntimeNs = snap.virtual_runtime_ns
+            item.contextSwitches = snap.context_switches
+            item.preemptions = snap.preemptions
+            item.voluntaryBlocks = snap.voluntary_blocks
+            item.migrations = snap.migrations
+        counters = self._ctx.counters
+        rpc = r.init("rpc")
+        rpc.connections = counters.connections
+        rpc.callsApplied = applied
+        rpc.callsRefused = counters.refused
+        rpc.overloaded = counters.overloaded
+        rpc.internalErrors = counters.internal_errors
+        r.plan = plan_name
+
+
+def _stats_op(owner: Owner) -> tuple[list[Any], int, str]:
+    return owner.thread_stats(), owner.applied, owner.plan_name

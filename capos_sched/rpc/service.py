@@ -1,0 +1,415 @@
+"""The RPC thread: an asyncio loop running pycapnp, its sockets and exec'd children.
+
+pycapnp speaks asyncio only, so the capability surface lives on its own
+asyncio loop in a dedicated thread, while the trio thread owns scheduling
+state (see bridge.py). This thread owns: the ``--listen`` socket (bootstrap:
+Restorer), the ``--admin`` socket (bootstrap: Admin), per-connection state,
+and the processes a manifest runs with ``exec`` (each gets its CapSet as the
+bootstrap of an inherited socketpair, fd number in ``CAPOS_SCHED_FD``).
+
+Bad peers are contained per connection: a message larger than the
+connection's traversal limit, garbage, a truncated message or a vanished
+client ends that connection only; the loop's exception handler logs anything
+that escapes instead of letting it kill the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import capnp
+import structlog
+
+from . import unwrap
+from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
+from .bridge import Bridge
+from .errors import WireError, wire_error
+from .grants import ProcessGrants
+from .owner import LoadResult, Owner
+from .servers import AdminServer, CapSetServer, ConnContext, RestorerServer, RpcCounters
+
+log = structlog.get_logger("capos_sched.rpc")
+
+PlanLoader = Callable[[str, str], Any]
+"""``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics."""
+
+FD_ENV = "CAPOS_SCHED_FD"
+PROCESS_ENV = "CAPOS_SCHED_PROCESS"
+
+
+@attrs.define
+class RpcConfig:
+    """How the RPC thread serves.
+
+    ``listen_words``/``admin_words`` are Cap'n Proto traversal limits in
+    8-byte words: a message declaring more is refused and its connection
+    closed (the oversized-message defence).
+    """
+
+    listen: Address | None
+    admin: Address | None
+    max_calls: int = 1024
+    max_connections: int = 256
+    listen_words: int = 64 * 1024
+    admin_words: int = 2 * 1024 * 1024
+    base_dir: Path = attrs.field(factory=Path.cwd)
+    stop_grace_s: float = 3.0
+
+
+@attrs.define(eq=False)
+class Child:
+    """A process the manifest runs with ``exec``.
+
+    Invariant: ``process`` is None only while starting or after a failed start.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    process: asyncio.subprocess.Process | None = None
+    stream: Any = None
+    server: Any = None
+    tasks: list[asyncio.Task[Any]] = attrs.Factory(list)
+
+
+class RpcService:
+    """Runs the RPC thread; ``start``/``request_stop``/``join`` are thread-safe."""
+
+    def __init__(
+        self,
+        config: RpcConfig,
+        bridge: Bridge[Owner],
+        loader: PlanLoader | None,
+        processes: list[tuple[str, tuple[str, ...], ProcessGrants]],
+    ) -> None:
+        self.config = config
+        self.bridge = bridge
+        self.loader = loader
+        self.counters = RpcCounters()
+        self._initial = processes
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: dict[int, tuple[ConnContext, Any, Any]] = {}
+        self._children: dict[str, Child] = {}
+        self._next_conn = 0
+        self._load_lock: asyncio.Lock | None = None
+        self.addresses: dict[str, str] = {}
+        self.finished = threading.Event()
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the thread and wait until it listens (re-raises its start error)."""
+        self._thread = threading.Thread(target=self._run, name="capos-rpc", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("RPC thread did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def request_stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            log.exception("RPC thread failed")
+            self._error = exc
+        finally:
+            self._ready.set()
+            self.finished.set()
+
+    async def _main(self) -> None:
+        async with capnp.kj_loop():
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            self._stop = asyncio.Event()
+            self._load_lock = asyncio.Lock()
+            loop.set_exception_handler(_loop_exception)
+            self.bridge.attach(loop)
+            await unwrap.probe()
+            try:
+                await self._open_listeners()
+                for name, argv, pg in self._initial:
+                    await self._start_child(name, argv, pg)
+            except BaseException as exc:
+                self._error = exc
+                await self._shutdown()
+                return
+            self._ready.set()
+            await self._stop.wait()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        await asyncio.gather(*(self._stop_child(c) for c in list(self._children.values())))
+        for ctx, server, stream in list(self._conns.values()):
+            _close_quietly(server, stream)
+            ctx.close()
+        self._conns.clear()
+        for path in self.addresses.values():
+            if path.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path[5:])
+
+    # ------------------------------------------------------------- listening
+
+    async def _open_listeners(self) -> None:
+        cfg = self.config
+        if cfg.admin is not None:
+            if cfg.admin.kind != "unix":
+                raise ValueError("--admin must be a unix: address (its mode is the authority)")
+            sock = bind_unix(str(cfg.admin.path), ADMIN_SOCKET_MODE)
+            srv = await capnp.AsyncIoStream.create_unix_server(
+                functools.partial(self._accept, "admin"), sock=sock
+            )
+            self._servers.append(srv)
+            self.addresses["admin"] = str(cfg.admin)
+        if cfg.listen is not None:
+            if cfg.listen.kind == "unix":
+                sock = bind_unix(str(cfg.listen.path), LISTEN_SOCKET_MODE)
+                srv = await capnp.AsyncIoStream.create_unix_server(
+                    functools.partial(self._accept, "listen"), sock=sock
+                )
+                self.addresses["listen"] = str(cfg.listen)
+            else:
+                srv = await capnp.AsyncIoStream.create_server(
+                    functools.partial(self._accept, "listen"),
+                    cfg.listen.host,
+                    cfg.listen.port,
+                    reuse_address=True,
+                )
+                host, port = srv.sockets[0].getsockname()[:2]
+                self.addresses["listen"] = str(Address("tcp", host=host, port=port))
+            self._servers.append(srv)
+
+    async def _accept(self, kind: str, stream: Any) -> None:
+        if len(self._conns) >= self.config.max_connections:
+            log.warning("connection refused: too many connections", kind=kind)
+            stream.close()
+            return
+        ctx = self._new_ctx(kind)
+        bootstrap = AdminServer(ctx) if kind == "admin" else RestorerServer(ctx)
+        words = self.config.admin_words if kind == "admin" else self.config.listen_words
+        await self._serve(ctx, stream, bootstrap, words)
+
+    def _new_ctx(self, kind: str) -> ConnContext:
+        self._next_conn += 1
+        return ConnContext(self, self.bridge, self._next_conn, kind, self.config.max_calls)
+
+    async def _serve(self, ctx: ConnContext, stream: Any, bootstrap: Any, words: int) -> None:
+        server = capnp.TwoPartyServer(stream, bootstrap=bootstrap, traversal_limit_in_words=words)
+        self._conns[ctx.id] = (ctx, server, stream)
+        self.counters.connections += 1
+        log.debug("connection opened", conn=ctx.id, kind=ctx.kind)
+        try:
+            await server.on_disconnect()
+            log.debug("connection closed", conn=ctx.id, kind=ctx.kind)
+        except Exception as exc:  # a bad peer: garbage, oversized, truncated
+            log.info("connection dropped", conn=ctx.id, kind=ctx.kind, reason=_short(exc))
+        finally:
+            self.counters.connections -= 1
+            if self._conns.pop(ctx.id, None) is not None:
+                _close_quietly(server, stream)
+                ctx.close()
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self, source: str, name: str) -> LoadResult:
+        """Admin.load: parse (off-loop), check exec paths, apply in the owner, then
+        start/stop exec'd processes. Any error before the apply changes nothing."""
+        if self.loader is None:
+            raise wire_error("unimplemented", "this daemon was started without a manifest loader")
+        assert self._load_lock is not None
+        async with self._load_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                plan = await loop.run_in_executor(None, self.loader, source, name)
+            except WireError:
+                raise
+            except Exception as exc:
+                raise wire_error("invalidArgument", str(exc) or type(exc).__name__) from None
+            base = _base_dir(name, self.config.base_dir)
+            for proc in plan.processes:
+                argv = getattr(proc, "exec", None)
+                if argv:
+                    _check_exec(proc.name, tuple(argv), base)
+            result: LoadResult = await self.bridge.submit(
+                functools.partial(Owner.load, plan=plan, name=name)
+            )
+            log.info(
+                "plan loaded",
+                manifest=name,
+                added=result.added,
+                removed=result.removed,
+                revoked=result.revoked,
+            )
+            stop = [*result.diff.removed_processes, *result.diff.restarted_processes]
+            await asyncio.gather(
+                *(self._stop_child(self._children[n]) for n in stop if n in self._children)
+            )
+            self.config.base_dir = base
+            for pname, argv, pg in result.start:
+                await self._start_child(pname, argv, pg)
+            return result
+
+    # -------------------------------------------------------------- children
+
+    async def _start_child(self, name: str, argv: tuple[str, ...], pg: ProcessGrants) -> None:
+        child = Child(name, argv)
+        self._children[name] = child
+        ours, theirs = socket.socketpair()
+        try:
+            ctx = self._new_ctx(f"exec:{name}")
+            child.stream = await capnp.AsyncIoStream.create_connection(sock=ours)
+            cap_set = CapSetServer(ctx, pg)
+            env = dict(os.environ)
+            env[FD_ENV] = str(theirs.fileno())
+            env[PROCESS_ENV] = name
+            env["PATH"] = _child_path(env.get("PATH", ""))
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            child.process = await asyncio.create_subprocess_exec(
+                *argv,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                cwd=str(self.config.base_dir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except Exception as exc:
+            log.error("process failed to start", process=name, argv=list(argv), error=str(exc))
+            if child.stream is not None:
+                child.stream.close()
+            ours.close()
+            self._children.pop(name, None)
+            return
+        finally:
+            theirs.close()
+        log.info("process started", process=name, pid=child.process.pid, argv=list(argv))
+        child.tasks = [
+            asyncio.create_task(self._serve(ctx, child.stream, cap_set, self.config.listen_words)),
+            asyncio.create_task(_pump(name, "stdout", child.process.stdout)),
+            asyncio.create_task(_pump(name, "stderr", child.process.stderr)),
+            asyncio.create_task(self._watch_child(child)),
+        ]
+
+    async def _watch_child(self, child: Child) -> None:
+        assert child.process is not None
+        code = await child.process.wait()
+        log.info("process exited", process=child.name, pid=child.process.pid, returncode=code)
+
+    async def _stop_child(self, child: Child) -> None:
+        proc = child.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.config.stop_grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            log.info("process stopped", process=child.name, returncode=proc.returncode)
+        for task in child.tasks:
+            task.cancel()
+        await asyncio.gather(*child.tasks, return_exceptions=True)
+        if child.stream is not None:
+            child.stream.close()
+        if self._children.get(child.name) is child:
+            del self._children[child.name]
+
+    def child_pids(self) -> dict[str, int]:
+        return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
+
+
+async def _pump(name: str, stream_name: str, reader: asyncio.StreamReader | None) -> None:
+    if reader is None:
+        return
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # a line longer than the reader's limit
+            line = await reader.read(64 * 1024)
+        if not line:
+            return
+        log.info(
+            "process output",
+            process=name,
+            stream=stream_name,
+            line=line.decode(errors="replace").rstrip("\n"),
+        )
+
+
+def _child_path(path: str) -> str:
+    """PATH for children: the daemon's interpreter directory first, so
+    ``python`` in a manifest's ``exec`` is the daemon's own (with capos_sched)."""
+    bindir = os.path.dirname(sys.executable)
+    parts = [p for p in path.split(os.pathsep) if p and p != bindir]
+    return os.pathsep.join([bindir, *parts])
+
+
+def _base_dir(name: str, default: Path) -> Path:
+    path = Path(name)
+    return path.parent if path.is_absolute() and path.parent.is_dir() else default
+
+
+def _check_exec(process: str, argv: tuple[str, ...], base: Path) -> None:
+    """Refuse (before anything changes) an exec whose program cannot be found."""
+    prog = argv[0]
+    if "/" in prog:
+        full = prog if os.path.isabs(prog) else str(base / prog)
+        ok = os.path.isfile(full) and os.access(full, os.X_OK)
+    else:
+        ok = shutil.which(prog, path=_child_path(os.environ.get("PATH", ""))) is not None
+    if not ok:
+        raise wire_error("invalidArgument", f"process {process}: exec program {prog!r} not found")
+
+
+def _close_quietly(server: Any, stream: Any) -> None:
+    for obj in (server, stream):
+        with contextlib.suppress(Exception):
+            obj.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    log.warning(
+        "RPC loop error",
+        message=context.get("message"),
+        error=None if exc is None else _short(exc),
+    )
