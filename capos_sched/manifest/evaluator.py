@@ -1,0 +1,444 @@
+"""Evaluation: parsed files to CUE values, and values to exported data.
+
+The files of one package (the schema and a manifest) share one package scope,
+as in CUE. A reference resolves lexically, like CUE's: to the innermost struct
+literal that binds the name, else to the package, else to a predeclared
+identifier. capos-sched only evaluates references that resolve to the
+package scope (top-level fields and definitions) or to predeclared types: CUE
+re-binds references to fields of an enclosing struct for every instance of
+that struct, which this evaluator does not implement, so such references are
+reported as not supported rather than given a different meaning.
+
+:func:`export` turns an evaluated value into plain data the way ``cue
+export`` does: defaults are chosen, definitions, hidden and optional fields
+are dropped, and any value that is an error or not concrete is reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from . import syntax
+from .errors import Diagnostics, Pos, Source
+from .syntax import UNSUPPORTED, LabelKind
+from .values import (
+    ALL_KINDS,
+    BOOL,
+    FLOAT,
+    INT,
+    NUMBER_KINDS,
+    STRING,
+    Atom,
+    Bottom,
+    Closedness,
+    Constraint,
+    Disjunction,
+    Field,
+    Limit,
+    List,
+    Problem,
+    Struct,
+    Top,
+    Value,
+    close,
+    describe,
+    describe_atom,
+    disjoin,
+    make_list,
+    make_struct,
+    matches,
+    resolve_default,
+    unify,
+    unify_all,
+    unify_structs,
+)
+
+
+def _int_range(low: int, high: int) -> tuple[frozenset[str], Limit, Limit]:
+    return frozenset({INT}), Limit(low, True), Limit(high, True)
+
+
+# Predeclared identifiers (spec, "Predeclared identifiers") that this subset
+# evaluates: the basic types and the sized integer types.
+_TYPES: dict[str, tuple[frozenset[str], Limit | None, Limit | None]] = {
+    "int": (frozenset({INT}), None, None),
+    "float": (frozenset({FLOAT}), None, None),
+    "number": (NUMBER_KINDS, None, None),
+    "string": (frozenset({STRING}), None, None),
+    "bool": (frozenset({BOOL}), None, None),
+    "uint": (frozenset({INT}), Limit(0, True), None),
+    "uint8": _int_range(0, 2**8 - 1),
+    "uint16": _int_range(0, 2**16 - 1),
+    "uint32": _int_range(0, 2**32 - 1),
+    "uint64": _int_range(0, 2**64 - 1),
+    "uint128": _int_range(0, 2**128 - 1),
+    "int8": _int_range(-(2**7), 2**7 - 1),
+    "int16": _int_range(-(2**15), 2**15 - 1),
+    "int32": _int_range(-(2**31), 2**31 - 1),
+    "int64": _int_range(-(2**63), 2**63 - 1),
+    "int128": _int_range(-(2**127), 2**127 - 1),
+    "rune": _int_range(0, 0x10FFFF),
+}
+_UNSUPPORTED_PREDECLARED = frozenset(
+    {"bytes", "float32", "float64", "len", "close", "and", "or", "div", "mod", "quo", "rem"}
+)
+
+
+def _problem(pos: Pos, text: str, code: str = "reference") -> Bottom:
+    return Bottom((Problem(code, pos, text=text),))
+
+
+class Evaluator:
+    """Evaluates the files of one package.
+
+    Invariant: each top-level name is evaluated at most once (``_top`` is a
+    memo); ``_in_progress`` holds the names being evaluated, to detect cycles.
+    """
+
+    def __init__(self, files: Sequence[syntax.File]) -> None:
+        self.files = tuple(files)
+        # Regular fields and definitions/hidden fields live in separate
+        # namespaces: a quoted regular label may be spelled like a definition.
+        self._regular: dict[str, list[syntax.Field]] = {}
+        self._others: dict[str, list[syntax.Field]] = {}
+        self._patterns: list[syntax.PatternField] = []
+        for file in self.files:
+            for decl in file.decls:
+                if isinstance(decl, syntax.PatternField):
+                    self._patterns.append(decl)
+                elif decl.kind is LabelKind.REGULAR:
+                    self._regular.setdefault(decl.name, []).append(decl)
+                else:
+                    self._others.setdefault(decl.name, []).append(decl)
+        self._package_idents = frozenset().union(*(f.idents for f in self.files))
+        self._top: dict[tuple[bool, str], Value] = {}
+        self._references: dict[str, Value] = {}
+        self._in_progress: set[tuple[bool, str]] = set()
+        self._top_patterns: list[tuple[Value, Value]] | None = None
+        self._close_cache: dict[int, Value] = {}
+
+    # -- the package ------------------------------------------------------
+    def root(self) -> Struct:
+        """The package's value: every top-level regular field, unified across
+        files (definitions and hidden fields are evaluated when referenced)."""
+        fields: dict[str, Field] = {}
+        for name, decls in self._regular.items():
+            pos = decls[0].pos
+            for decl in decls[1:]:
+                if pos.source.is_schema and not decl.pos.source.is_schema:
+                    pos = decl.pos
+            value = self._top_value(True, name, decls[0].pos)
+            fields[name] = Field(value, all(d.optional for d in decls), pos)
+        return make_struct(fields, {}, tuple(self._package_patterns()), (), None)
+
+    def schema_labels(self) -> frozenset[str]:
+        """Regular top-level labels declared in schema files (the manifest's
+        allowed top-level fields)."""
+        return frozenset(
+            decl.name
+            for file in self.files
+            if file.source.is_schema
+            for decl in file.decls
+            if isinstance(decl, syntax.Field) and decl.kind is LabelKind.REGULAR
+        )
+
+    def _package_patterns(self) -> list[tuple[Value, Value]]:
+        if self._top_patterns is None:
+            self._top_patterns = [
+                (self.eval(p.pattern, ()), self.eval(p.value, ())) for p in self._patterns
+            ]
+        return self._top_patterns
+
+    def _top_value(self, regular: bool, name: str, ref_pos: Pos) -> Value:
+        key = (regular, name)
+        cached = self._top.get(key)
+        if cached is not None:
+            return cached
+        if key in self._in_progress:
+            return _problem(ref_pos, f"reference cycle: `{name}` depends on itself")
+        self._in_progress.add(key)
+        try:
+            decls = (self._regular if regular else self._others)[name]
+            value = unify_all([self.eval(d.value, ()) for d in decls])
+            if regular:
+                for pattern, constraint in self._package_patterns():
+                    if matches(pattern, name):
+                        value = unify(constraint, value)
+        finally:
+            self._in_progress.discard(key)
+        self._top[key] = value
+        return value
+
+    def reference(self, name: str, pos: Pos) -> Value:
+        """The value of a reference to top-level ``name``; definitions come closed
+        (spec: "referencing a definition will recursively close it")."""
+        cached = self._references.get(name)
+        if cached is not None:
+            return cached
+        kind = _kind_of(name)
+        regular = kind is LabelKind.REGULAR
+        if name not in (self._regular if regular else self._others):
+            return _problem(pos, f"reference `{name}` not found")  # pragma: no cover
+        in_cycle = (regular, name) in self._in_progress
+        value = self._top_value(regular, name, pos)
+        if kind is LabelKind.DEFINITION:
+            value = close(value, self._close_cache)
+        if not in_cycle:
+            self._references[name] = value
+        return value
+
+    # -- expressions ------------------------------------------------------
+    def eval(self, expr: syntax.Expr, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        if isinstance(expr, syntax.Lit):
+            return Atom(expr.kind, expr.value, expr.pos)
+        if isinstance(expr, syntax.StructLit):
+            return self._eval_struct(expr, scopes)
+        if isinstance(expr, syntax.Ref):
+            return self._eval_ref(expr, scopes)
+        if isinstance(expr, syntax.Disj):
+            terms = [self.eval(t, scopes) for t in expr.terms]
+            return disjoin(terms, expr.marked, expr.pos)
+        if isinstance(expr, syntax.Conj):
+            return unify_all([self.eval(t, scopes) for t in expr.terms])
+        if isinstance(expr, syntax.Bound):
+            return self._eval_bound(expr, scopes)
+        if isinstance(expr, syntax.ListLit):
+            items = tuple(self.eval(item, scopes) for item in expr.items)
+            tail = None if expr.tail is None else self.eval(expr.tail, scopes)
+            return make_list(items, tail, expr.pos)
+        if isinstance(expr, syntax.Selector):
+            return self._eval_selector(expr, scopes)
+        if isinstance(expr, syntax.Top):
+            return Top(expr.pos)
+        if isinstance(expr, syntax.BottomLit):
+            return _problem(expr.pos, "explicit error (`_|_`)", code="bottom")
+        if isinstance(expr, syntax.Poison):
+            return Bottom(())
+        raise TypeError(f"unknown expression {expr!r}")  # pragma: no cover
+
+    def _eval_struct(self, lit: syntax.StructLit, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        inner = (lit, *scopes)
+        regular: dict[str, list[syntax.Field]] = {}
+        others: dict[str, list[syntax.Field]] = {}
+        patterns: list[tuple[Value, Value]] = []
+        for decl in lit.decls:
+            if isinstance(decl, syntax.Field):
+                group = regular if decl.kind is LabelKind.REGULAR else others
+                group.setdefault(decl.name, []).append(decl)
+            else:
+                patterns.append((self.eval(decl.pattern, inner), self.eval(decl.value, inner)))
+        fields = {
+            name: self._eval_field(name, decls, inner, patterns) for name, decls in regular.items()
+        }
+        hidden = {name: self._eval_field(name, decls, inner, []) for name, decls in others.items()}
+        return make_struct(fields, hidden, tuple(patterns), (), lit.pos)
+
+    def _eval_field(
+        self,
+        name: str,
+        decls: list[syntax.Field],
+        scopes: tuple[syntax.StructLit, ...],
+        patterns: list[tuple[Value, Value]],
+    ) -> Field:
+        value = unify_all([self.eval(d.value, scopes) for d in decls])
+        for pattern, constraint in patterns:
+            if matches(pattern, name):
+                value = unify(constraint, value)
+        if isinstance(value, Bottom) and any(p.label is None for p in value.problems):
+            value = Bottom(tuple(p.with_label(name) for p in value.problems))
+        return Field(value, all(d.optional for d in decls), decls[0].pos)
+
+    def _eval_ref(self, ref: syntax.Ref, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        name = ref.name
+        for lit in scopes:
+            if name in lit.idents:
+                return _problem(
+                    ref.pos,
+                    f"reference `{name}` to a field of an enclosing struct is {UNSUPPORTED}; "
+                    "only top-level fields and definitions can be referenced",
+                )
+        if name in self._package_idents:
+            return self.reference(name, ref.pos)
+        if name in _TYPES:
+            kinds, low, high = _TYPES[name]
+            return Constraint(kinds, ref.pos, low, high)
+        if name in _UNSUPPORTED_PREDECLARED:
+            return _problem(ref.pos, f"the predeclared `{name}` is {UNSUPPORTED}")
+        candidates = sorted(self._package_idents | set(_TYPES))
+        suggestion = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        hint = f"; did you mean `{suggestion[0]}`?" if suggestion else ""
+        return _problem(ref.pos, f"reference `{name}` not found{hint}")
+
+    def _eval_bound(self, bound: syntax.Bound, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        operand = resolve_default(self.eval(bound.operand, scopes))
+        if isinstance(operand, Bottom):
+            return operand
+        if not isinstance(operand, Atom):
+            return _problem(
+                bound.pos, f"a bound needs a concrete value, not {describe(operand)}", "bound-arg"
+            )
+        if bound.op == "!=":
+            return Constraint(ALL_KINDS, bound.pos, excluded=(operand,))
+        if operand.kind != INT:
+            what = "float limits" if operand.kind == FLOAT else f"{operand.kind} values"
+            return _problem(bound.pos, f"bounds on {what} are {UNSUPPORTED}", "bound-arg")
+        limit = Limit(operand.value, bound.op in (">=", "<="))
+        if bound.op in (">=", ">"):
+            return Constraint(NUMBER_KINDS, bound.pos, low=limit)
+        return Constraint(NUMBER_KINDS, bound.pos, high=limit)
+
+    def _eval_selector(self, sel: syntax.Selector, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        operand = resolve_default(self.eval(sel.operand, scopes))
+        if isinstance(operand, Bottom):
+            return operand
+        if not isinstance(operand, Struct):
+            return _problem(
+                sel.pos, f"cannot select `{sel.name}` from {describe(operand)}", "selector"
+            )
+        table = operand.fields if _kind_of(sel.name) is LabelKind.REGULAR else operand.hidden
+        field = table.get(sel.name)
+        if field is None or field.optional:
+            return _problem(sel.pos, f"no field `{sel.name}` to select", "selector")
+        return field.value
+
+
+def _kind_of(name: str) -> LabelKind:
+    if name.startswith(("#", "_#")):
+        return LabelKind.DEFINITION
+    if name.startswith("_"):
+        return LabelKind.HIDDEN
+    return LabelKind.REGULAR
+
+
+def close_root(root: Struct, allowed: frozenset[str]) -> Struct:
+    """``root`` with only ``allowed`` regular top-level fields: the others get a
+    "field `x` not allowed; did you mean ...?" error."""
+    gate = make_struct({}, {}, (), (Closedness(allowed, ()),), None)
+    return unify_structs((gate, root))
+
+
+# --------------------------------------------------------------------------
+# Export
+
+Path = tuple[str | int, ...]
+
+
+@attrs.frozen
+class Exported:
+    """Plain data (dicts, lists, str, int, Decimal, bool, None) with the
+    position of every value and label, keyed by path from the root."""
+
+    data: Any
+    value_positions: dict[Path, Pos]
+    label_positions: dict[Path, Pos]
+
+
+_MISSING = object()
+
+
+class _Exporter:
+    def __init__(self, main: Source, diagnostics: Diagnostics) -> None:
+        self.main = main
+        self.diagnostics = diagnostics
+        self.value_positions: dict[Path, Pos] = {}
+        self.label_positions: dict[Path, Pos] = {}
+
+    def run(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> Any:
+        value = resolve_default(value)
+        if isinstance(value, Atom):
+            self.value_positions[path] = value.pos
+            return value.value
+        if isinstance(value, Struct):
+            out: dict[str, Any] = {}
+            if value.pos is not None:
+                self.value_positions[path] = value.pos
+            for label, field in value.fields.items():
+                if field.optional:
+                    continue  # optional fields are constraints, not data
+                child = (*path, label)
+                self.label_positions[child] = field.pos
+                child_anchor = anchor if field.pos.source.is_schema else (field.pos, child)
+                result = self.run(field.value, child, child_anchor)
+                if result is not _MISSING:
+                    out[label] = result
+            return out
+        if isinstance(value, List):
+            if value.pos is not None:
+                self.value_positions[path] = value.pos
+            items = []
+            for index, item in enumerate(value.items):
+                result = self.run(item, (*path, index), anchor)
+                if result is not _MISSING:
+                    items.append(result)
+            return items
+        if isinstance(value, Bottom):
+            for problem in value.problems:
+                if problem.label is None and path and isinstance(path[-1], str):
+                    problem = problem.with_label(path[-1])
+                self.diagnostics.error(problem.primary_pos(), problem.message())
+            return _MISSING
+        self._incomplete(value, path, anchor)
+        return _MISSING
+
+    def _incomplete(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> None:
+        anchor_pos, anchor_path = anchor
+        if anchor_pos is None:
+            anchor_pos = Pos(self.main, 1, 1)
+            shown = _dotted(path)
+        else:
+            shown = _dotted(path[len(anchor_path) - 1 :]) if anchor_path else _dotted(path)
+        if isinstance(value, Disjunction):
+            self.diagnostics.error(anchor_pos, _ambiguous(shown, value))
+            return
+        what = describe(value)
+        if anchor_path == path:
+            text = f"incomplete value: `{shown}` must be concrete, not {what}"
+        else:
+            text = f"incomplete value: `{shown}` is not set ({what})"
+        self.diagnostics.error(anchor_pos, text)
+
+
+def _dotted(path: Path) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + part
+    return text or "value"
+
+
+def _ambiguous(shown: str, value: Disjunction) -> str:
+    """Explain an unresolved disjunction; name a field that would settle it."""
+    alternatives = value.alternatives
+    if all(isinstance(a, Struct) for a in alternatives):
+        structs = [a for a in alternatives if isinstance(a, Struct)]
+        for label, field in structs[0].fields.items():
+            atoms = [s.fields[label].value if label in s.fields else None for s in structs]
+            if all(isinstance(a, Atom) for a in atoms):
+                names = [describe_atom(a) for a in atoms if isinstance(a, Atom)]
+                if len(set(names)) == len(names):
+                    del field
+                    return (
+                        f"incomplete value: `{shown}` matches {len(structs)} alternatives; "
+                        f"set `{label}` to one of {', '.join(names)}"
+                    )
+    shown_alts = " | ".join(describe(a) for a in alternatives)
+    return f"incomplete value: `{shown}` is ambiguous ({shown_alts}); pick one"
+
+
+def export(value: Value, main: Source, diagnostics: Diagnostics) -> Exported:
+    """Export ``value`` like ``cue export``; problems go to ``diagnostics``.
+
+    Positions that would lie in no manifest line are anchored at the nearest
+    enclosing field the manifest (``main``) declares, or at its first line.
+    """
+    exporter = _Exporter(main, diagnostics)
+    data = exporter.run(value, (), (None, ()))
+    return Exported(
+        {} if data is _MISSING else data, exporter.value_positions, exporter.label_positions
+    )

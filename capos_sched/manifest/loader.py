@@ -1,0 +1,163 @@
+"""Loading a manifest: read, parse, unify with the schema, export, validate.
+
+Loading is atomic: it returns a whole valid Plan or raises ManifestError
+listing every problem found; nothing else escapes, whatever the input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import syntax
+from .errors import Diagnostic, Diagnostics, ManifestError, Pos, Source
+from .evaluator import Evaluator, Exported, close_root, export
+from .plan import Plan
+from .validate import build_plan
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MANIFEST: Path = _REPO_ROOT / "manifests" / "default.cue"
+"""The default boot manifest (absolute path)."""
+SCHEMA_PATH: Path = _REPO_ROOT / "schema" / "manifest.cue"
+"""The manifest schema, written in the manifest language."""
+
+_log = structlog.get_logger(__name__)
+
+# The lark parser and its comma post-lexer are shared and keep per-parse
+# state, so one parse runs at a time.
+_parse_lock = threading.Lock()
+
+
+@functools.cache
+def schema_file() -> syntax.File:
+    """The parsed schema (parsed once per process)."""
+    diagnostics = Diagnostics()
+    try:
+        text = SCHEMA_PATH.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ManifestError(
+            (Diagnostic.whole_file(str(SCHEMA_PATH), f"cannot read the schema: {error.strerror}"),)
+        ) from None
+    with _parse_lock:
+        parsed = syntax.parse(Source(str(SCHEMA_PATH), text, is_schema=True), diagnostics)
+    diagnostics.raise_if_any()
+    assert parsed is not None
+    return parsed
+
+
+def evaluate(source: Source, diagnostics: Diagnostics) -> tuple[syntax.File, Exported] | None:
+    """Parse ``source`` and export it unified with the schema (problems reported)."""
+    with _parse_lock:
+        parsed = syntax.parse(source, diagnostics)
+    if parsed is None:
+        return None
+    evaluator = Evaluator([schema_file(), parsed])
+    root = close_root(evaluator.root(), evaluator.schema_labels())
+    return parsed, export(root, source, diagnostics)
+
+
+def load_plan_text(text: str, filename: str = "<string>") -> Plan:
+    """The Plan for manifest ``text``; ``filename`` is used in diagnostics.
+
+    Raises ManifestError, and nothing else, when the manifest is not valid.
+    """
+    diagnostics = Diagnostics()
+    source = Source(filename, text)
+    try:
+        evaluated = evaluate(source, diagnostics)
+        plan = None
+        if evaluated is not None:
+            parsed, exported = evaluated
+            plan = build_plan(exported, parsed, filename, diagnostics)
+            if plan is not None and not diagnostics:
+                plan = _with_export(plan, exported)
+    except ManifestError:
+        raise
+    except RecursionError:
+        diagnostics.error(Pos(source, 1, 1), "the manifest is nested too deeply to evaluate")
+        plan = None
+    except Exception as error:  # the contract: ManifestError or a Plan, whatever the input
+        _log.exception("manifest_internal_error", filename=filename)
+        diagnostics.error(
+            Pos(source, 1, 1),
+            f"internal error while evaluating the manifest ({type(error).__name__}: {error}); "
+            "this is a capos-sched bug",
+        )
+        plan = None
+    diagnostics.raise_if_any()
+    assert plan is not None
+    return plan
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """The Plan for the manifest file at ``path``.
+
+    Raises ManifestError (never OSError or UnicodeDecodeError) for a file
+    that cannot be read, is not UTF-8, or is not a valid manifest.
+    """
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except IsADirectoryError:
+        raise _file_error(name, "is a directory, not a manifest file") from None
+    except FileNotFoundError:
+        raise _file_error(name, "no such file") from None
+    except OSError as error:
+        raise _file_error(name, f"cannot read: {error.strerror or error}") from None
+    return load_plan_text(decode(raw, name), name)
+
+
+def decode(raw: bytes, filename: str) -> str:
+    """``raw`` as UTF-8 text, or ManifestError pointing at the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = raw[: error.start]
+        line = before.count(b"\n") + 1
+        line_start = before.rfind(b"\n") + 1
+        column = len(before[line_start:].decode("utf-8", errors="replace")) + 1
+        line_end = raw.find(b"\n", error.start)
+        text = raw[line_start : None if line_end < 0 else line_end]
+        shown = text.decode("utf-8", errors="replace")
+        bad = raw[error.start]
+        raise ManifestError(
+            (
+                Diagnostic(
+                    filename,
+                    line,
+                    column,
+                    f"the file is not valid UTF-8 (byte 0x{bad:02x})",
+                    shown,
+                ),
+            )
+        ) from None
+
+
+def _file_error(filename: str, message: str) -> ManifestError:
+    return ManifestError((Diagnostic.whole_file(filename, message),))
+
+
+def exported_json(exported: Exported) -> Any:
+    """Exported data with exact decimals turned into JSON numbers."""
+    return _jsonable(exported.data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if type(value).__name__ == "Decimal":
+        return float(value)
+    return value
+
+
+def _with_export(plan: Plan, exported: Exported) -> Plan:
+    text = json.dumps(exported_json(exported), ensure_ascii=False, separators=(",", ":"))
+    return Plan(plan.source, plan.machine, plan.processes, exported=text)

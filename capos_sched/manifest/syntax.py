@@ -1,0 +1,755 @@
+"""Parsing: manifest text to an abstract syntax tree, with every problem located.
+
+:func:`parse` runs the lark parser from :mod:`.grammar`, recovers from syntax
+errors well enough to report several per file, and converts lark's tree into
+the small AST below. Constructs the grammar accepts but capos-sched does not
+evaluate (imports, embeddings, arithmetic, comprehensions, interpolation,
+attributes ...) are reported here, each at its own position, as "not supported
+in capos-sched manifests", and replaced by a :class:`Poison` node so that the
+rest of the file can still be evaluated and checked.
+
+The AST is immutable. Shorthand fields (``a: b: c: 1``) are expanded to nested
+struct literals, as the CUE spec defines them.
+"""
+
+from __future__ import annotations
+
+import decimal
+import enum
+import re
+from typing import Any
+
+import attrs
+from lark import Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
+
+from .errors import Diagnostics, Pos, Source
+from .grammar import EOF_COMMA, NEWLINE_COMMA, parser
+
+UNSUPPORTED = "not supported in capos-sched manifests"
+
+PACKAGE_NAME = "capos"
+"""The package every manifest and the schema belong to (so that ``cue`` can
+evaluate the schema and a manifest together)."""
+
+
+# --------------------------------------------------------------------------
+# The AST
+
+
+class LabelKind(enum.Enum):
+    """CUE's three kinds of field (spec, "Definitions and hidden fields")."""
+
+    REGULAR = "regular"
+    DEFINITION = "definition"  # `#Name` or `_#name`: not exported, closed on reference
+    HIDDEN = "hidden"  # `_name`: not exported
+
+
+@attrs.frozen(slots=True)
+class Lit:
+    """A concrete scalar literal. ``kind`` is int, float, string, bool or null;
+    floats are Decimals (CUE numbers are exact)."""
+
+    pos: Pos
+    kind: str
+    value: Any
+
+
+@attrs.frozen(slots=True)
+class Top:
+    """``_``, the value every value is an instance of."""
+
+    pos: Pos
+
+
+@attrs.frozen(slots=True)
+class BottomLit:
+    """``_|_``, the explicit error value."""
+
+    pos: Pos
+
+
+@attrs.frozen(slots=True)
+class Poison:
+    """Stands for a construct already reported as an error; evaluates to a
+    silent bottom so that it causes no further diagnostics."""
+
+    pos: Pos
+
+
+@attrs.frozen(slots=True)
+class Ref:
+    """An identifier used as a value: a field, a definition or a predeclared name."""
+
+    pos: Pos
+    name: str
+
+
+@attrs.frozen(slots=True)
+class Selector:
+    """``operand.name``."""
+
+    pos: Pos
+    operand: Expr
+    name: str
+
+
+@attrs.frozen(slots=True)
+class Bound:
+    """A unary comparison ``>=x``, ``<=x``, ``>x``, ``<x`` or ``!=x``."""
+
+    pos: Pos
+    op: str
+    operand: Expr
+
+
+@attrs.frozen(slots=True)
+class Conj:
+    """``a & b & ...`` (at least two terms)."""
+
+    pos: Pos
+    terms: tuple[Expr, ...]
+
+
+@attrs.frozen(slots=True)
+class Disj:
+    """``a | *b | ...`` (at least two terms); ``marked[i]`` is True for ``*`` terms."""
+
+    pos: Pos
+    terms: tuple[Expr, ...]
+    marked: tuple[bool, ...]
+
+
+@attrs.frozen(slots=True)
+class Field:
+    """``name: value`` (or ``name?: value``). ``pos`` is the label's position.
+
+    ``quoted`` labels (``"a-b": 1``) are not bound as identifiers: they cannot
+    be referenced (spec, "Field declarations")."""
+
+    pos: Pos
+    name: str
+    kind: LabelKind
+    optional: bool
+    quoted: bool
+    value: Expr
+
+
+@attrs.frozen(slots=True)
+class PatternField:
+    """``[pattern]: value``: ``value`` applies to every field whose label matches."""
+
+    pos: Pos
+    pattern: Expr
+    value: Expr
+
+
+Decl = Field | PatternField
+
+
+@attrs.frozen(slots=True)
+class StructLit:
+    """``{ decls }``. ``idents`` are the identifiers this literal binds (its
+    unquoted labels): a reference is resolved against the innermost literal
+    that binds its name."""
+
+    pos: Pos
+    decls: tuple[Decl, ...]
+    idents: frozenset[str]
+
+
+@attrs.frozen(slots=True)
+class ListLit:
+    """``[a, b, ...T]``. ``tail`` is None for a closed list, else the type of
+    the elements after ``items`` (``Top`` for a bare ``...``)."""
+
+    pos: Pos
+    items: tuple[Expr, ...]
+    tail: Expr | None
+
+
+Expr = Lit | Top | BottomLit | Poison | Ref | Selector | Bound | Conj | Disj | StructLit | ListLit
+
+
+@attrs.frozen
+class File:
+    """One parsed source file: its optional package clause and top-level declarations."""
+
+    source: Source
+    package: str | None
+    decls: tuple[Decl, ...]
+    idents: frozenset[str]
+
+
+# --------------------------------------------------------------------------
+# Parsing
+
+
+def parse(source: Source, diagnostics: Diagnostics) -> File | None:
+    """Parse ``source``; report problems to ``diagnostics``.
+
+    Returns None when the text is not syntactically valid (the reported syntax
+    errors would make any evaluation misleading). Returns a File, possibly with
+    Poison nodes, when the text parses; unsupported constructs are reported.
+    """
+    lark, commas = parser()
+    reporter = _SyntaxErrorReporter(source, diagnostics, commas)
+    try:
+        tree = lark.parse(source.text, on_error=reporter.recover)
+    except UnexpectedInput as error:
+        reporter.report(error)
+        return None
+    if reporter.count:
+        return None
+    builder = _AstBuilder(source, diagnostics)
+    try:
+        return builder.transform(tree)
+    except VisitError as error:  # pragma: no cover - a bug in the builder, not in the input
+        raise error.orig_exc from error
+
+
+# Terminals a value can start with, for "expected a value" in syntax errors.
+# (Only terminals that cannot continue a complete value: `[`, `(`, `*`, `-`
+# can also be an index, a call or a binary operator.)
+_VALUE_STARTS = frozenset({"IDENT", "INT", "FLOAT", "STRING", "BOTTOM", "LBRACE"})
+_CLOSERS = (("RBRACE", "`}`"), ("RSQB", "`]`"), ("RPAR", "`)`"))
+_UNSUPPORTED_TOKENS = {
+    "SI_NUMBER": "number multipliers (such as `1Ki`) are " + UNSUPPORTED,
+    "MULTILINE_STRING": 'multi-line strings (`"""`) are ' + UNSUPPORTED,
+    "RAW_STRING": 'raw strings (`#"..."#`) are ' + UNSUPPORTED,
+    "BYTES": "byte literals (`'...'`) are " + UNSUPPORTED,
+    "ATTRIBUTE": "attributes (`@name(...)`) are " + UNSUPPORTED,
+    "UNTERMINATED_STRING": "string literal not terminated",
+}
+_MAX_RECOVERIES = 200
+_COMPREHENSION = re.compile(r"^\s*(for|if|let)\b")
+
+
+def _describe_char(char: str) -> str:
+    if char.isprintable() and not char.isspace():
+        return f"character `{char}`"
+    return f"character U+{ord(char):04X}"
+
+
+def describe_token(token: Token) -> str:
+    """A token as a message names it: "identifier `x`", "newline", "`}`" ..."""
+    kind = token.type
+    if kind == "$END" or (kind == "COMMA" and token.value == EOF_COMMA):
+        return "end of file"
+    if kind == "COMMA" and token.value == NEWLINE_COMMA:
+        return "newline"
+    if kind == "IDENT":
+        return f"identifier `{token.value}`"
+    if kind in ("INT", "FLOAT"):
+        return f"number `{token.value}`"
+    if kind == "STRING":
+        text = token.value if len(token.value) <= 30 else token.value[:27] + '..."'
+        return f"string {text}"
+    if kind == "BAD_CHAR":
+        return _describe_char(token.value)
+    return f"`{token.value}`"
+
+
+class _SyntaxErrorReporter:
+    """Reports lark's syntax errors and patches the parse to continue after them.
+
+    Recovery (lark's ``on_error`` protocol) tries, in order: insert a missing
+    comma, insert a placeholder value, else skip the offending token. Only the
+    first error of each line is reported: later ones on the same line are
+    almost always echoes of the first.
+    """
+
+    def __init__(self, source: Source, diagnostics: Diagnostics, commas: Any) -> None:
+        self.source = source
+        self.diagnostics = diagnostics
+        self.commas = commas
+        self.count = 0
+        self.recoveries = 0
+        self.last_line = 0
+
+    def _pos(self, token: Token) -> Pos:
+        if token.type == "$END" or token.line is None:
+            return self._end_pos()
+        if token.type == "COMMA" and token.value in (NEWLINE_COMMA, EOF_COMMA):
+            # An inserted comma stands at the end of the line it terminates.
+            if token.value == EOF_COMMA:
+                return self._end_pos()
+            return Pos(self.source, token.line, len(self.source.line(token.line)) + 1)
+        return Pos(self.source, token.line, token.column)
+
+    def _end_pos(self) -> Pos:
+        """Just after the last non-blank line: where a missing token belongs."""
+        line = len(self.source.lines)
+        while line > 1 and not self.source.line(line).strip():
+            line -= 1
+        return Pos(self.source, line, len(self.source.line(line)) + 1)
+
+    def report(self, error: UnexpectedInput) -> None:
+        if not isinstance(error, UnexpectedToken):  # pragma: no cover - BAD_CHAR lexes anything
+            pos = Pos(self.source, error.line or 1, error.column or 1)
+            self._add(pos, "unexpected input")
+            return
+        token = error.token
+        pos = self._pos(token)
+        self._add(pos, self._message(token, error.accepts or error.expected))
+
+    def _add(self, pos: Pos, message: str) -> None:
+        if pos.line == self.last_line:
+            return
+        self.last_line = pos.line
+        self.count += 1
+        self.diagnostics.error(pos, message)
+
+    def _message(self, token: Token, expected: set[str]) -> str:
+        if token.type in _UNSUPPORTED_TOKENS:
+            return _UNSUPPORTED_TOKENS[token.type]
+        if token.type == "BAD_CHAR" and token.value == "#":
+            return "unexpected character `#`; a definition name is `#` followed by a letter"
+        line = self.source.line(token.line) if token.line else ""
+        match = _COMPREHENSION.match(line)
+        if match and match.group(1) == "let":
+            return "`let` declarations are " + UNSUPPORTED
+        if match:
+            return f"comprehensions (`{match.group(1)} ...`) are " + UNSUPPORTED
+        at_end = token.type == "$END" or (token.type == "COMMA" and token.value == EOF_COMMA)
+        return f"unexpected {describe_token(token)}{_expected(expected, at_end)}"
+
+    def recover(self, error: UnexpectedInput) -> bool:
+        self.report(error)
+        if not isinstance(error, UnexpectedToken) or error.token.type == "$END":
+            return False
+        self.recoveries += 1
+        if self.recoveries > _MAX_RECOVERIES:
+            return False
+        interactive = error.interactive_parser
+        token = error.token
+        for filler in (Token("COMMA", ","), Token("IDENT", "_")):
+            trial = interactive.copy()
+            try:
+                trial.feed_token(filler)
+                trial.feed_token(token)
+            except UnexpectedInput:
+                continue
+            interactive.feed_token(filler)
+            interactive.feed_token(token)
+            return True
+        return True  # skip the offending token
+
+
+def _expected(expected: set[str], at_end: bool) -> str:
+    closers = [name for terminal, name in _CLOSERS if terminal in expected]
+    if at_end and closers:
+        return "; expected " + " or ".join(closers)
+    if "COLON" in expected:
+        return "; expected `:`"
+    if expected & _VALUE_STARTS:
+        return "; expected a value"
+    wanted = (["`,`", "a newline"] if "COMMA" in expected else []) + closers
+    if not wanted:
+        return ""
+    if len(wanted) == 1:
+        return "; expected " + wanted[0]
+    return "; expected " + ", ".join(wanted[:-1]) + " or " + wanted[-1]
+
+
+# --------------------------------------------------------------------------
+# Strings and numbers
+
+_SIMPLE_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "/": "/",
+    "\\": "\\",
+    '"': '"',
+}
+
+
+def decode_string(token: Token, source: Source, diagnostics: Diagnostics) -> str | None:
+    """The value of a double-quoted string token, or None after reporting why not."""
+    body = token.value[1:-1]
+    out: list[str] = []
+    i = 0
+    ok = True
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            if ch != "\r":  # the spec discards carriage returns inside strings
+                out.append(ch)
+            i += 1
+            continue
+        pos = Pos(source, token.line, token.column + 1 + i)
+        nxt = body[i + 1] if i + 1 < len(body) else ""
+        if nxt in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[nxt])
+            i += 2
+        elif nxt in ("u", "U"):
+            width = 4 if nxt == "u" else 8
+            digits = body[i + 2 : i + 2 + width]
+            if len(digits) != width or not all(c in "0123456789abcdefABCDEF" for c in digits):
+                diagnostics.error(pos, f"escape `\\{nxt}` needs exactly {width} hexadecimal digits")
+                ok = False
+                i += 2
+                continue
+            code = int(digits, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                diagnostics.error(
+                    pos, f"escape `\\{nxt}{digits}` is not a valid Unicode code point"
+                )
+                ok = False
+            else:
+                out.append(chr(code))
+            i += 2 + width
+        elif nxt == "(":
+            diagnostics.error(pos, "string interpolation (`\\(...)`) is " + UNSUPPORTED)
+            return None
+        elif nxt == "x" or nxt.isdigit():
+            diagnostics.error(
+                pos, "byte escapes (`\\x..`, `\\ooo`) are only valid in byte literals"
+            )
+            ok = False
+            i += 2
+        else:
+            diagnostics.error(pos, f"unknown escape sequence `\\{nxt}`")
+            ok = False
+            i += 2
+    return "".join(out) if ok else None
+
+
+def parse_int(text: str) -> int:
+    digits = text.replace("_", "")
+    if digits[:2] in ("0x", "0X"):
+        return int(digits[2:], 16)
+    if digits[:2] == "0o":
+        return int(digits[2:], 8)
+    if digits[:2] == "0b":
+        return int(digits[2:], 2)
+    return int(digits, 10)
+
+
+# --------------------------------------------------------------------------
+# Tree to AST
+
+_PREDECLARED_LITERALS = {"true": ("bool", True), "false": ("bool", False), "null": ("null", None)}
+
+
+def _label_kind(name: str) -> LabelKind:
+    if name.startswith(("#", "_#")):
+        return LabelKind.DEFINITION
+    if name.startswith("_"):
+        return LabelKind.HIDDEN
+    return LabelKind.REGULAR
+
+
+@attrs.frozen(slots=True)
+class _Label:
+    """A label while a field is being built (not part of the final AST)."""
+
+    pos: Pos
+    name: str | None  # None for a pattern label
+    kind: LabelKind
+    optional: bool
+    quoted: bool
+    pattern: Expr | None = None
+
+
+@attrs.frozen(slots=True)
+class _Default:
+    """``*x`` while a disjunction is being built."""
+
+    pos: Pos
+    operand: Expr
+
+
+@attrs.frozen(slots=True)
+class _Ellipsis:
+    pos: Pos
+    tail: Expr
+
+
+@v_args(meta=True)
+class _AstBuilder(Transformer):
+    """Converts lark's parse tree to the AST, reporting unsupported constructs."""
+
+    def __init__(self, source: Source, diagnostics: Diagnostics) -> None:
+        super().__init__(visit_tokens=False)
+        self.source = source
+        self.diagnostics = diagnostics
+
+    # -- helpers ---------------------------------------------------------
+    def _tpos(self, token: Token) -> Pos:
+        return Pos(self.source, token.line, token.column)
+
+    def _mpos(self, meta: Any, children: list[Any] | None = None) -> Pos:
+        if not meta.empty:
+            return Pos(self.source, meta.line, meta.column)
+        for child in children or ():
+            pos = getattr(child, "pos", None)
+            if isinstance(child, Token) and child.line is not None:
+                return self._tpos(child)
+            if pos is not None:
+                return pos
+        return Pos(self.source, 1, 1)  # pragma: no cover - every rule has a token
+
+    def _poison(self, pos: Pos, message: str) -> Poison:
+        self.diagnostics.error(pos, message)
+        return Poison(pos)
+
+    def _value(self, item: Any) -> Expr:
+        """An operand; a stray `*x` outside a disjunction is an error."""
+        if isinstance(item, _Default):
+            return self._poison(item.pos, "a default marker `*` must mark a term of a disjunction")
+        return item
+
+    # -- file and declarations ------------------------------------------
+    def file(self, meta: Any, children: list[Any]) -> File:
+        package: str | None = None
+        decls: list[Decl] = []
+        seen_declaration = False
+        for child in children:
+            if child is None:
+                continue
+            if isinstance(child, tuple) and child[0] == "package":
+                _, pos, name = child
+                if seen_declaration or package is not None:
+                    self.diagnostics.error(pos, "the package clause must come first in the file")
+                elif name != PACKAGE_NAME:
+                    self.diagnostics.error(
+                        pos,
+                        f"package `{name}`: capos-sched manifests belong to "
+                        f"package `{PACKAGE_NAME}`",
+                    )
+                package = name
+                continue
+            seen_declaration = True
+            if isinstance(child, Field | PatternField):
+                decls.append(child)
+        return File(self.source, package, tuple(decls), _idents(decls))
+
+    def preamble(self, meta: Any, children: list[Token]) -> Any:
+        keyword, argument = children
+        pos = self._tpos(keyword)
+        if keyword.value == "package" and argument.type == "IDENT":
+            if _label_kind(argument.value) is not LabelKind.REGULAR or argument.value == "_":
+                self.diagnostics.error(self._tpos(argument), "invalid package name")
+            return ("package", pos, argument.value)
+        if keyword.value == "import":
+            self.diagnostics.error(pos, "`import` is " + UNSUPPORTED)
+            return None
+        self.diagnostics.error(
+            self._tpos(argument), f"unexpected {describe_token(argument)}; expected `:`"
+        )
+        return None
+
+    def embedding(self, meta: Any, children: list[Any]) -> None:
+        pos = self._mpos(meta, children)
+        if isinstance(children[0], Ref) and children[0].name in ("for", "if", "let"):
+            self.diagnostics.error(pos, f"`{children[0].name}` clauses are " + UNSUPPORTED)
+            return None
+        self.diagnostics.error(
+            pos,
+            "embedding a value in a struct is " + UNSUPPORTED + "; unify instead "
+            "(`name: #Definition & {...}`)",
+        )
+        return None
+
+    def struct_ellipsis(self, meta: Any, children: list[Any]) -> None:
+        self.diagnostics.error(self._mpos(meta, children), "`...` in a struct is " + UNSUPPORTED)
+        return None
+
+    def field(self, meta: Any, children: list[Any]) -> Decl | None:
+        *labels, value = children
+        value = self._value(value)
+        if any(label is None for label in labels):
+            return None
+        result: Decl | None = None
+        for label in reversed(labels):
+            if result is not None:
+                value = StructLit(result.pos, (result,), _idents([result]))
+            if label.pattern is not None:
+                result = PatternField(label.pos, label.pattern, value)
+            else:
+                result = Field(
+                    label.pos, label.name, label.kind, label.optional, label.quoted, value
+                )
+        return result
+
+    def _mark(self, pos: Pos, name: str, mark: Tree | None) -> bool | None:
+        """True for `?`; False for no mark; None (reported) for `!`."""
+        if mark is None:
+            return False
+        if mark.children[0].value == "?":
+            return True
+        self.diagnostics.error(pos, f"required fields (`{name}!`) are " + UNSUPPORTED)
+        return None
+
+    def ident_label(self, meta: Any, children: list[Any]) -> _Label | None:
+        token, mark = children
+        pos = self._tpos(token)
+        name = token.value
+        if name == "_":
+            self.diagnostics.error(pos, "`_` cannot be used as a label")
+            return None
+        optional = self._mark(pos, name, mark)
+        if optional is None:
+            return None
+        return _Label(pos, name, _label_kind(name), optional, quoted=False)
+
+    def string_label(self, meta: Any, children: list[Any]) -> _Label | None:
+        token, mark = children
+        pos = self._tpos(token)
+        name = decode_string(token, self.source, self.diagnostics)
+        if name is None:
+            return None
+        optional = self._mark(pos, name, mark)
+        if optional is None:
+            return None
+        return _Label(pos, name, LabelKind.REGULAR, optional, quoted=True)
+
+    def pattern_label(self, meta: Any, children: list[Any]) -> _Label:
+        pos = self._mpos(meta, children)
+        return _Label(pos, None, LabelKind.REGULAR, False, False, pattern=self._value(children[0]))
+
+    def dynamic_label(self, meta: Any, children: list[Any]) -> None:
+        pos = self._mpos(meta, children)
+        self.diagnostics.error(pos, "dynamic field labels (`(expr): value`) are " + UNSUPPORTED)
+        return None
+
+    def alias_label(self, meta: Any, children: list[Any]) -> None:
+        pos = self._mpos(meta, children)
+        self.diagnostics.error(pos, "aliases (`X=label: value`) are " + UNSUPPORTED)
+        return None
+
+    # -- expressions -----------------------------------------------------
+    def disj(self, meta: Any, children: list[Any]) -> Disj:
+        terms: list[Expr] = []
+        marked: list[bool] = []
+        for child in children:
+            if isinstance(child, _Default):
+                terms.append(child.operand)
+                marked.append(True)
+            else:
+                terms.append(child)
+                marked.append(False)
+        return Disj(self._mpos(meta, children), tuple(terms), tuple(marked))
+
+    def conj(self, meta: Any, children: list[Any]) -> Conj:
+        terms = tuple(self._value(child) for child in children)
+        return Conj(self._mpos(meta, children), terms)
+
+    def binary(self, meta: Any, children: list[Any]) -> Poison:
+        operator = children[1].children[0]
+        if isinstance(operator, Tree):  # cmp_op wraps rel_op
+            operator = operator.children[0]
+        return self._poison(
+            self._tpos(operator), f"binary operator `{operator.value}` is " + UNSUPPORTED
+        )
+
+    def default(self, meta: Any, children: list[Any]) -> _Default:
+        return _Default(self._mpos(meta, children), self._value(children[0]))
+
+    def neg(self, meta: Any, children: list[Any]) -> Expr:
+        operand = self._value(children[0])
+        pos = self._mpos(meta, children)
+        if isinstance(operand, Lit) and operand.kind in ("int", "float"):
+            return Lit(pos, operand.kind, -operand.value)
+        if isinstance(operand, Poison):
+            return operand
+        return self._poison(pos, "unary `-` on anything but a number literal is " + UNSUPPORTED)
+
+    def unary_plus(self, meta: Any, children: list[Any]) -> Poison:
+        return self._poison(self._mpos(meta, children), "unary `+` is " + UNSUPPORTED)
+
+    def unary_not(self, meta: Any, children: list[Any]) -> Poison:
+        return self._poison(self._mpos(meta, children), "unary `!` is " + UNSUPPORTED)
+
+    def bound(self, meta: Any, children: list[Any]) -> Expr:
+        op = children[0].children[0].value
+        pos = self._mpos(meta, children)
+        operand = self._value(children[1])
+        if op in ("=~", "!~"):
+            return self._poison(pos, f"regular expression constraints (`{op}`) are " + UNSUPPORTED)
+        return Bound(pos, op, operand)
+
+    def selector(self, meta: Any, children: list[Any]) -> Expr:
+        operand, name_token = children
+        pos = self._tpos(name_token)
+        if name_token.type == "STRING":
+            name = decode_string(name_token, self.source, self.diagnostics)
+            if name is None:
+                return Poison(pos)
+        else:
+            name = name_token.value
+        return Selector(pos, self._value(operand), name)
+
+    def index(self, meta: Any, children: list[Any]) -> Poison:
+        return self._poison(
+            self._mpos(meta, children), "index expressions (`x[i]`) are " + UNSUPPORTED
+        )
+
+    def call(self, meta: Any, children: list[Any]) -> Poison:
+        callee = children[0]
+        what = f"`{callee.name}(...)`" if isinstance(callee, Ref) else "calls"
+        return self._poison(
+            self._mpos(meta, children), f"function calls ({what}) are " + UNSUPPORTED
+        )
+
+    def ref(self, meta: Any, children: list[Token]) -> Expr:
+        token = children[0]
+        pos = self._tpos(token)
+        name = token.value
+        if name == "_":
+            return Top(pos)
+        if name in _PREDECLARED_LITERALS:
+            kind, value = _PREDECLARED_LITERALS[name]
+            return Lit(pos, kind, value)
+        return Ref(pos, name)
+
+    def paren(self, meta: Any, children: list[Any]) -> Expr:
+        return self._value(children[0])
+
+    def struct(self, meta: Any, children: list[Any]) -> StructLit:
+        decls = [c for c in children if isinstance(c, Field | PatternField)]
+        return StructLit(self._mpos(meta, children), tuple(decls), _idents(decls))
+
+    def list(self, meta: Any, children: list[Any]) -> ListLit:
+        items: list[Expr] = []
+        tail: Expr | None = None
+        for child in children:
+            if child is None:
+                continue
+            if isinstance(child, _Ellipsis):
+                tail = child.tail
+            else:
+                items.append(self._value(child))
+        return ListLit(self._mpos(meta, children), tuple(items), tail)
+
+    def list_ellipsis(self, meta: Any, children: list[Any]) -> _Ellipsis:
+        token, tail = children
+        pos = self._tpos(token)
+        return _Ellipsis(pos, Top(pos) if tail is None else self._value(tail))
+
+    def literal(self, meta: Any, children: list[Token]) -> Expr:
+        token = children[0]
+        pos = self._tpos(token)
+        kind = token.type
+        if kind == "INT":
+            return Lit(pos, "int", parse_int(token.value))
+        if kind == "FLOAT":
+            return Lit(pos, "float", decimal.Decimal(token.value.replace("_", "")))
+        if kind == "STRING":
+            value = decode_string(token, self.source, self.diagnostics)
+            return Poison(pos) if value is None else Lit(pos, "string", value)
+        if kind == "BOTTOM":
+            return BottomLit(pos)
+        if kind == "BAD_CHAR":
+            return self._poison(pos, f"unexpected {_describe_char(token.value)}")
+        return self._poison(pos, _UNSUPPORTED_TOKENS[kind])
+
+
+def _idents(decls: list[Decl] | tuple[Decl, ...]) -> frozenset[str]:
+    return frozenset(d.name for d in decls if isinstance(d, Field) and not d.quoted)

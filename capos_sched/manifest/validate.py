@@ -1,0 +1,351 @@
+"""Checks beyond types, and the construction of the Plan.
+
+The schema (schema/manifest.cue) already guarantees types, bounds, allowed
+fields and classes. This module checks what unification cannot express in
+the supported subset, each problem at its position:
+
+- durations written as strings ("4ms") are well formed and whole nanoseconds;
+- process and thread names can form an unambiguous ``process/thread`` name;
+- a process, thread or grant is declared once within its ``{...}`` (CUE would
+  silently merge two declarations of the same name, which hides copy-paste
+  mistakes);
+- a thread grant names an existing thread;
+- every IPC endpoint with clients has a server, and at most one.
+"""
+
+from __future__ import annotations
+
+import decimal
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from capos_sched.core.thread import LatencyClass
+from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload
+
+from . import syntax
+from .errors import Diagnostics, Pos
+from .evaluator import Exported, Path
+from .plan import GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s)$")
+_UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class DurationError(ValueError):
+    """A duration string that is malformed or not whole nanoseconds."""
+
+
+def parse_duration(value: int | str) -> int:
+    """Nanoseconds from a manifest duration: an int (already nanoseconds) or a
+    decimal number with a unit ns, us, ms or s ("250us", "1.5ms").
+
+    Raises DurationError, saying what is wrong, for anything else.
+    """
+    if isinstance(value, bool):
+        raise DurationError(f"{value!r} is not a duration")
+    if isinstance(value, int):
+        return value
+    match = _DURATION.match(value)
+    if match is None:
+        raise DurationError(
+            f'invalid duration "{value}": write a number with a unit ns, us, ms or s '
+            '(such as "250us" or "1.5ms"), or integer nanoseconds'
+        )
+    number, unit = match.groups()
+    nanoseconds = decimal.Decimal(number) * _UNIT_NS[unit]
+    if nanoseconds != nanoseconds.to_integral_value():
+        raise DurationError(f'duration "{value}" is not a whole number of nanoseconds')
+    return int(nanoseconds)
+
+
+class _Builder:
+    def __init__(self, exported: Exported, diagnostics: Diagnostics, fallback: Pos) -> None:
+        self.exported = exported
+        self.diagnostics = diagnostics
+        self.fallback = fallback
+        self.failed = False
+
+    def value_pos(self, path: Path) -> Pos:
+        """Where the value at ``path`` was written (or the nearest enclosing one)."""
+        positions = self.exported.value_positions
+        for end in range(len(path), -1, -1):
+            pos = positions.get(path[:end])
+            if pos is not None and not pos.source.is_schema:
+                return pos
+            label = self.exported.label_positions.get(path[:end])
+            if label is not None and not label.source.is_schema:
+                return label
+        return self.fallback
+
+    def label_pos(self, path: Path) -> Pos:
+        pos = self.exported.label_positions.get(path)
+        if pos is not None and not pos.source.is_schema:
+            return pos
+        return self.value_pos(path)
+
+    def error(self, pos: Pos, message: str) -> None:
+        self.failed = True
+        self.diagnostics.error(pos, message)
+
+    def duration(self, data: dict[str, Any], key: str, path: Path, positive: bool) -> int | None:
+        if key not in data:
+            return None
+        raw = data[key]
+        try:
+            nanoseconds = parse_duration(raw)
+        except DurationError as error:
+            self.error(self.value_pos((*path, key)), f"`{key}`: {error}")
+            return None
+        if nanoseconds < 0 or (positive and nanoseconds == 0):
+            need = "> 0" if positive else ">= 0"
+            self.error(self.value_pos((*path, key)), f'{key} "{raw}" must be {need}')
+            return None
+        return nanoseconds
+
+    def name(self, what: str, name: str, path: Path) -> bool:
+        if _NAME.match(name):
+            return True
+        self.error(
+            self.label_pos(path),
+            f'{what} name "{name}" is not valid: use letters, digits, `_`, `-` and `.` '
+            "(it forms part of a `process/thread` name)",
+        )
+        return False
+
+    # -- the model ---------------------------------------------------------
+    def machine(self, data: Any) -> MachinePlan | None:
+        if not isinstance(data, dict) or not {"cpus", "policy", "slice"} <= data.keys():
+            self.failed = True
+            return None
+        slice_ns = self.duration(data, "slice", ("machine",), positive=True)
+        if slice_ns is None:
+            return None
+        return MachinePlan(data["cpus"], data["policy"], slice_ns)
+
+    def workload(self, data: Any, path: Path) -> Workload | None:
+        if not isinstance(data, dict) or "kind" not in data:
+            self.failed = True
+            return None
+        kind = data["kind"]
+        try:
+            if kind == "spin":
+                total = self.duration(data, "total", path, positive=True)
+                if "total" in data and total is None:
+                    return None
+                return Spin(total)
+            if kind == "hash":
+                return Hash(data["blocks"], data["blockSize"], data["rounds"])
+            if kind == "sleeper":
+                burst = self.duration(data, "burst", path, positive=False)
+                period = self.duration(data, "period", path, positive=True)
+                if burst is None or period is None:
+                    return None
+                return Sleeper(burst, period, data.get("count"))
+            if kind == "ipcClient":
+                burst = self.duration(data, "burst", path, positive=False)
+                if burst is None:
+                    return None
+                return IpcClient(data["endpoint"], burst, data.get("count"))
+            if kind == "ipcServer":
+                service = self.duration(data, "service", path, positive=False)
+                if service is None:
+                    return None
+                return IpcServer(data["endpoint"], service)
+        except KeyError:  # a field the schema requires, reported as incomplete already
+            self.failed = True
+            return None
+        except ValueError as error:  # pragma: no cover - the schema rules these out
+            self.error(self.value_pos(path), f"invalid workload: {error}")
+            return None
+        self.failed = True  # pragma: no cover - the schema allows no other kind
+        return None
+
+    def thread(self, process: str, name: str, data: Any, path: Path) -> ThreadPlan | None:
+        if not isinstance(data, dict):
+            self.failed = True
+            return None
+        workload = self.workload(data.get("workload"), (*path, "workload"))
+        if workload is None or "weight" not in data or "class" not in data:
+            self.failed = True
+            return None
+        return ThreadPlan(
+            process, name, data["weight"], LatencyClass.parse(data["class"]), workload
+        )
+
+    def process(self, name: str, data: Any, path: Path) -> ProcessPlan | None:
+        if not isinstance(data, dict):
+            self.failed = True
+            return None
+        threads: list[ThreadPlan] = []
+        for thread_name, thread_data in _items(data.get("threads")):
+            thread_path = (*path, "threads", thread_name)
+            if not self.name("thread", thread_name, thread_path):
+                continue
+            thread = self.thread(name, thread_name, thread_data, thread_path)
+            if thread is not None:
+                threads.append(thread)
+        command: tuple[str, ...] | None = None
+        if "exec" in data:
+            command = tuple(data["exec"])
+            if not command:
+                self.error(
+                    self.label_pos((*path, "exec")),
+                    "`exec` is an empty list; it must name a command to run",
+                )
+            for index, part in enumerate(command):
+                if part == "":
+                    self.error(
+                        self.value_pos((*path, "exec", index)), "`exec` has an empty argument"
+                    )
+        grants: list[GrantPlan] = []
+        for grant_name, grant in _items(data.get("grants")):
+            if grant_name == "":
+                self.error(self.label_pos((*path, "grants", "")), "a grant name must not be empty")
+                continue
+            if isinstance(grant, dict) and "kind" in grant:
+                grants.append(GrantPlan(grant_name, grant["kind"], grant.get("thread")))
+            else:
+                self.failed = True
+        if self.failed:
+            return None
+        return ProcessPlan(name, tuple(threads), command, tuple(grants))
+
+    # -- whole-manifest checks ----------------------------------------------
+    def grant_targets(self, processes: dict[str, Any]) -> None:
+        threads = [
+            f"{p}/{t}" for p, body in _items(processes) for t, _ in _items(_get(body, "threads"))
+        ]
+        known = set(threads)
+        for process, body in _items(processes):
+            for grant_name, grant in _items(_get(body, "grants")):
+                target = _get(grant, "thread")
+                if _get(grant, "kind") != "thread" or not isinstance(target, str):
+                    continue
+                if target in known:
+                    continue
+                path = ("processes", process, "grants", grant_name, "thread")
+                message = f"grant `{grant_name}` names thread `{target}`, which does not exist"
+                suggestion = difflib.get_close_matches(target, threads, n=1, cutoff=0.6)
+                if suggestion:
+                    message += f"; did you mean `{suggestion[0]}`?"
+                elif "/" not in target:
+                    message += "; name a thread as `process/thread`"
+                self.error(self.value_pos(path), message)
+
+    def endpoints(self, processes: dict[str, Any]) -> None:
+        servers: dict[str, tuple[str, Path]] = {}
+        clients: dict[str, Path] = {}
+        for process, body in _items(processes):
+            for thread, data in _items(_get(body, "threads")):
+                workload = _get(data, "workload")
+                endpoint = _get(workload, "endpoint")
+                if not isinstance(endpoint, str):
+                    continue
+                path = ("processes", process, "threads", thread, "workload", "endpoint")
+                kind = _get(workload, "kind")
+                if kind == "ipcServer":
+                    if endpoint in servers:
+                        first_name, first_path = servers[endpoint]
+                        first = self.value_pos(first_path)
+                        self.error(
+                            self.value_pos(path),
+                            f'endpoint "{endpoint}" already has a server, `{first_name}` '
+                            f"(at {first.short(self.fallback.source)}); "
+                            "an endpoint has exactly one server",
+                        )
+                    else:
+                        servers[endpoint] = (f"{process}/{thread}", path)
+                elif kind == "ipcClient":
+                    clients.setdefault(endpoint, path)
+        for endpoint, path in clients.items():
+            if endpoint not in servers:
+                self.error(
+                    self.value_pos(path),
+                    f'endpoint "{endpoint}" has clients but no server '
+                    f'(a thread with workload kind "ipcServer" and endpoint "{endpoint}")',
+                )
+
+
+def _items(value: Any) -> Iterator[tuple[str, Any]]:
+    return iter(value.items()) if isinstance(value, dict) else iter(())
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def check_duplicates(file: syntax.File, diagnostics: Diagnostics) -> None:
+    """Report a process, thread or grant declared twice in the same ``{...}``."""
+    for decl in file.decls:
+        if isinstance(decl, syntax.Field) and decl.name == "processes":
+            for processes in _struct_literals(decl.value):
+                for process in _unique_fields(processes, _process_noun, diagnostics):
+                    for body in _struct_literals(process.value):
+                        for member in body.decls:
+                            if isinstance(member, syntax.Field) and member.name in _MEMBER_NOUNS:
+                                noun = _MEMBER_NOUNS[member.name](process.name)
+                                for literal in _struct_literals(member.value):
+                                    list(_unique_fields(literal, noun, diagnostics))
+
+
+def _process_noun(name: str) -> str:
+    return f"process `{name}`"
+
+
+_MEMBER_NOUNS: dict[str, Callable[[str], Callable[[str], str]]] = {
+    "threads": lambda process: lambda name: f"thread `{process}/{name}`",
+    "grants": lambda process: lambda name: f"grant `{name}` of process `{process}`",
+}
+
+
+def _struct_literals(expr: syntax.Expr) -> Iterator[syntax.StructLit]:
+    if isinstance(expr, syntax.StructLit):
+        yield expr
+    elif isinstance(expr, syntax.Conj):
+        for term in expr.terms:
+            yield from _struct_literals(term)
+
+
+def _unique_fields(
+    literal: syntax.StructLit, noun: Callable[[str], str], diagnostics: Diagnostics
+) -> Iterator[syntax.Field]:
+    """The literal's fields, reporting every repeated label after its first."""
+    first: dict[str, syntax.Field] = {}
+    for decl in literal.decls:
+        if not isinstance(decl, syntax.Field) or decl.kind is not syntax.LabelKind.REGULAR:
+            continue
+        previous = first.get(decl.name)
+        if previous is None:
+            first[decl.name] = decl
+            yield decl
+            continue
+        diagnostics.error(
+            decl.pos,
+            f"duplicate {noun(decl.name)} (first declared at {previous.pos.short(decl.pos.source)})",
+        )
+
+
+def build_plan(
+    exported: Exported, file: syntax.File, source_name: str, diagnostics: Diagnostics
+) -> Plan | None:
+    """The Plan for an exported manifest, or None when a check failed (reported)."""
+    builder = _Builder(exported, diagnostics, Pos(file.source, 1, 1))
+    data = exported.data if isinstance(exported.data, dict) else {}
+    check_duplicates(file, diagnostics)
+    processes_data = data.get("processes")
+    builder.grant_targets(processes_data if isinstance(processes_data, dict) else {})
+    builder.endpoints(processes_data if isinstance(processes_data, dict) else {})
+    machine = builder.machine(data.get("machine"))
+    processes: list[ProcessPlan] = []
+    for name, body in _items(processes_data):
+        path: Path = ("processes", name)
+        if builder.name("process", name, path):
+            process = builder.process(name, body, path)
+            if process is not None:
+                processes.append(process)
+    if builder.failed or machine is None or diagnostics:
+        return None
+    return Plan(source_name, machine, tuple(processes))
