@@ -33,9 +33,12 @@ def main(log_level: str) -> None:
 def _register() -> None:
     from bench.dispatch import dispatch
     from capos_sched.commands import bench
+    from capos_sched.manifest.commands import check, export
 
     main.add_command(bench)
     bench.add_command(dispatch)
+    main.add_command(check)
+    main.add_command(export)
 
 
 _register()

@@ -6,7 +6,7 @@ the supported subset, each problem at its position:
 
 - durations written as strings ("4ms") are well formed and whole nanoseconds;
 - process and thread names can form an unambiguous ``process/thread`` name;
-- a process, thread or grant is declared once within its ``{...}`` (CUE would
+- a thread or grant is declared once within its ``{...}`` (CUE would
   silently merge two declarations of the same name, which hides copy-paste
   mistakes);
 - a thread grant names an existing thread;
@@ -278,21 +278,26 @@ def _get(value: Any, key: str) -> Any:
 
 
 def check_duplicates(file: syntax.File, diagnostics: Diagnostics) -> None:
-    """Report a process, thread or grant declared twice in the same ``{...}``."""
+    """Report a thread or grant declared twice in the same ``{...}``.
+
+    A process may be declared in several places (``p: threads: ...`` and
+    ``p: grants: ...``): its parts merge, as in CUE. A thread or a grant
+    written twice in one block is almost always a copy-paste mistake that
+    CUE would merge silently, so it is an error here.
+    """
     for decl in file.decls:
-        if isinstance(decl, syntax.Field) and decl.name == "processes":
-            for processes in _struct_literals(decl.value):
-                for process in _unique_fields(processes, _process_noun, diagnostics):
-                    for body in _struct_literals(process.value):
-                        for member in body.decls:
-                            if isinstance(member, syntax.Field) and member.name in _MEMBER_NOUNS:
-                                noun = _MEMBER_NOUNS[member.name](process.name)
-                                for literal in _struct_literals(member.value):
-                                    list(_unique_fields(literal, noun, diagnostics))
-
-
-def _process_noun(name: str) -> str:
-    return f"process `{name}`"
+        if not (isinstance(decl, syntax.Field) and decl.name == "processes"):
+            continue
+        for processes in _struct_literals(decl.value):
+            for process in processes.decls:
+                if not isinstance(process, syntax.Field):
+                    continue
+                for body in _struct_literals(process.value):
+                    for member in body.decls:
+                        if isinstance(member, syntax.Field) and member.name in _MEMBER_NOUNS:
+                            noun = _MEMBER_NOUNS[member.name](process.name)
+                            for literal in _struct_literals(member.value):
+                                _check_unique(literal, noun, diagnostics)
 
 
 _MEMBER_NOUNS: dict[str, Callable[[str], Callable[[str], str]]] = {
@@ -309,23 +314,18 @@ def _struct_literals(expr: syntax.Expr) -> Iterator[syntax.StructLit]:
             yield from _struct_literals(term)
 
 
-def _unique_fields(
+def _check_unique(
     literal: syntax.StructLit, noun: Callable[[str], str], diagnostics: Diagnostics
-) -> Iterator[syntax.Field]:
-    """The literal's fields, reporting every repeated label after its first."""
+) -> None:
+    """Report every label the literal repeats, at the repetition."""
     first: dict[str, syntax.Field] = {}
     for decl in literal.decls:
         if not isinstance(decl, syntax.Field) or decl.kind is not syntax.LabelKind.REGULAR:
             continue
-        previous = first.get(decl.name)
-        if previous is None:
-            first[decl.name] = decl
-            yield decl
-            continue
-        diagnostics.error(
-            decl.pos,
-            f"duplicate {noun(decl.name)} (first declared at {previous.pos.short(decl.pos.source)})",
-        )
+        previous = first.setdefault(decl.name, decl)
+        if previous is not decl:
+            where = previous.pos.short(decl.pos.source)
+            diagnostics.error(decl.pos, f"duplicate {noun(decl.name)} (first declared at {where})")
 
 
 def build_plan(
