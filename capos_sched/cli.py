@@ -34,11 +34,16 @@ def _register() -> None:
     from bench.dispatch import dispatch
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
+    from capos_sched.rpc.bench import rpc
+    from capos_sched.rpc.commands import COMMANDS as RPC_COMMANDS
 
     main.add_command(bench)
     bench.add_command(dispatch)
     main.add_command(check)
     main.add_command(export)
+    for command in RPC_COMMANDS:
+        main.add_command(command)
+    bench.add_command(rpc)
 
 
 _register()

@@ -376,7 +376,7 @@ def validate_plan_grants(plan: Any) -> None:
                 raise wire_error(
                     "invalidArgument", f"grant {proc.name}.{gp.name}: unknown kind {gp.kind!r}"
                 )
-            if gp.name in names or not _SAFE_NAME.fullmatch(gp.name) or "." in gp.name:
+            if gp.name in names or not _grant_name_ok(gp.name):
                 raise wire_error(
                     "invalidArgument", f"grant name {proc.name}.{gp.name} is not usable"
                 )
@@ -386,6 +386,10 @@ def validate_plan_grants(plan: Any) -> None:
                     "invalidArgument",
                     f"grant {proc.name}.{gp.name} targets {gp.target!r}, not a thread of the plan",
                 )
+
+
+def _grant_name_ok(name: str) -> bool:
+    return 0 < len(name) <= 256 and name.isprintable()
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,0 +1,390 @@
+"""``capos-sched bench rpc``: setWeight through the daemon against raw pycapnp.
+
+Measured in one run, over the same socket kind, client in this process and
+servers in child processes:
+
+* **echo**: a raw pycapnp server (this module's ``echo_server``) for the same
+  schema whose ``setWeight`` returns at once: the same message, the same
+  capability parameter, no bridge, no trio, no checks;
+* **idle**: ``capos-sched serve`` on a manifest whose only thread sleeps;
+* **loaded**: ``capos-sched serve`` on manifests/system-thread-fairness.cue,
+  whose three hogs saturate every CPU once the scheduling runtime executes
+  threads (if the threads do not accumulate run time, the phase is reported
+  as skipped, with the reason).
+
+Each phase measures sequential calls (calls/s, p50, p99) and the same with
+500 calls in flight. Echo and idle phases alternate for ``--rounds`` rounds
+and the medians are reported, because these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+IDLE_MANIFEST = """\
+// bench rpc, idle phase: one sleeping thread and a client holding grants for it.
+package capos
+
+machine: {cpus: 1, policy: "wfq"}
+
+processes: {
+	idle: threads: sleepy: {workload: {kind: "sleeper", burst: 0, period: "1s"}}
+	client: grants: {
+		policy: kind: "schedulingPolicy"
+		t: {kind: "thread", thread: "idle/sleepy"}
+	}
+}
+"""
+
+GOAL_RATIO = 0.80
+GOAL_LOADED_P99_MS = 2.0
+
+
+# ------------------------------------------------------------ echo server
+
+
+def echo_server(address: str) -> None:
+    """A raw pycapnp server: CapSet.get hands out a handle and a policy whose
+    methods return at once (the baseline)."""
+    import capnp
+
+    from .addr import parse_address
+    from .schema import capos
+
+    s = capos()
+
+    class Handle(s.ThreadHandle.Server):  # type: ignore[misc,name-defined]
+        async def describe(self, **_: Any) -> Any:
+            return ("echo", 1, 1, "runnable")
+
+        async def isLive(self, **_: Any) -> bool:
+            return True
+
+    class Policy(s.SchedulingPolicyCap.Server):  # type: ignore[misc,name-defined]
+        async def setWeight(self, thread: Any, weight: int, **_: Any) -> None:
+            return None
+
+        async def setLatencyClass(self, **_: Any) -> None:
+            return None
+
+        async def snapshot(self, **_: Any) -> Any:
+            return (1024, "normal", 0, 0)
+
+    class Caps(s.CapSet.Server):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self.handle = s.ThreadHandle._new_client(Handle())
+            self.policy = s.SchedulingPolicyCap._new_client(Policy())
+
+        async def get(self, name: str, **_: Any) -> Any:
+            return self.policy if name == "policy" else self.handle
+
+        async def list(self, **_: Any) -> list[str]:
+            return ["policy", "t"]
+
+    class Restorer(s.Restorer.Server):  # type: ignore[misc,name-defined]
+        async def restore(self, token: bytes, **_: Any) -> Any:
+            return Caps()
+
+    async def main() -> None:
+        async with capnp.kj_loop():
+
+            async def serve(stream: Any) -> None:
+                await capnp.TwoPartyServer(stream, bootstrap=Restorer()).on_disconnect()
+
+            addr = parse_address(address)
+            if addr.kind == "unix":
+                server = await capnp.AsyncIoStream.create_unix_server(serve, addr.path)
+            else:
+                server = await capnp.AsyncIoStream.create_server(serve, addr.host, addr.port)
+            async with server:
+                await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ client
+
+
+async def _measure(address: str, token: bytes, calls: int, inflight: int) -> dict[str, Any]:
+    """Sequential then concurrent setWeight calls with raw pycapnp."""
+    import capnp
+
+    from .addr import parse_address
+    from .schema import capos
+
+    s = capos()
+    addr = parse_address(address)
+    async with capnp.kj_loop():
+        if addr.kind == "unix":
+            stream = await capnp.AsyncIoStream.create_unix_connection(addr.path)
+        else:
+            stream = await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+        client = capnp.TwoPartyClient(stream)
+        try:
+            restorer = client.bootstrap().cast_as(s.Restorer)
+            caps = (await restorer.restore(token)).caps
+            policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
+            handle = (await caps.get("t")).cap.as_interface(s.ThreadHandle)
+            for i in range(min(200, calls)):  # warm-up
+                await policy.setWeight(handle, 1 + i % 100)
+            lat: list[float] = []
+            start = time.perf_counter()
+            for i in range(calls):
+                t0 = time.perf_counter()
+                await policy.setWeight(handle, 1 + i % 100)
+                lat.append(time.perf_counter() - t0)
+            seq_elapsed = time.perf_counter() - start
+
+            conc_calls = calls * 4
+            conc_lat: list[float] = []
+            counter = iter(range(conc_calls))
+
+            async def worker() -> None:
+                for i in counter:
+                    t0 = time.perf_counter()
+                    await policy.setWeight(handle, 1 + i % 100)
+                    conc_lat.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(inflight)))
+            conc_elapsed = time.perf_counter() - start
+        finally:
+            client.close()
+            stream.close()
+    return {
+        "sequential": _summary(lat, seq_elapsed),
+        "inflight": _summary(conc_lat, conc_elapsed),
+    }
+
+
+def _summary(lat: list[float], elapsed: float) -> dict[str, float]:
+    ordered = sorted(lat)
+    n = len(ordered)
+    return {
+        "calls": n,
+        "calls_per_s": round(n / elapsed, 1),
+        "p50_ms": round(ordered[n // 2] * 1e3, 3),
+        "p99_ms": round(ordered[min(n - 1, int(n * 0.99))] * 1e3, 3),
+    }
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in ("sequential", "inflight"):
+        out[part] = {
+            key: round(statistics.median(r[part][key] for r in runs), 3)
+            for key in ("calls", "calls_per_s", "p50_ms", "p99_ms")
+        }
+    out["rounds"] = len(runs)
+    return out
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _address(kind: str, workdir: Path, name: str) -> str:
+    if kind == "unix":
+        return f"unix:{workdir / (name + '.sock')}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp:127.0.0.1:{port}"
+
+
+def _wait_connectable(address: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    from .addr import parse_address
+
+    addr = parse_address(address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"server exited early with status {proc.returncode}")
+        fam = socket.AF_UNIX if addr.kind == "unix" else socket.AF_INET
+        with socket.socket(fam) as sock:
+            try:
+                sock.connect(addr.path if addr.kind == "unix" else (addr.host, addr.port))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise click.ClickException(f"{address} not reachable after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _daemon(manifest: Path, workdir: Path, kind: str, tag: str) -> Any:
+    listen = _address(kind, workdir, f"{tag}-listen")
+    admin = f"unix:{workdir / (tag + '-admin.sock')}"
+    grants = workdir / f"{tag}-grants"
+    log = open(workdir / f"{tag}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from capos_sched.cli import main; main()",
+            "--log-level",
+            "warning",
+            "serve",
+            str(manifest),
+            "--listen",
+            listen,
+            "--admin",
+            admin,
+            "--grants-dir",
+            str(grants),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_connectable(admin, proc)
+        _wait_connectable(listen, proc)
+        yield listen, admin, grants
+    finally:
+        _stop(proc)
+        log.close()
+
+
+async def _runtime_ns(admin: str) -> int:
+    from capos_sched.client import connect_admin
+
+    async with await connect_admin(admin) as session:
+        report = await session.stats()
+    return sum(t["runtime_ns"] for t in report["threads"])
+
+
+def _loaded_phase(
+    workdir: Path, kind: str, calls: int, inflight: int, manifest: Path
+) -> dict[str, Any]:
+    with _daemon(manifest, workdir, kind, "loaded") as (listen, admin, grants):
+        before = asyncio.run(_runtime_ns(admin))
+        time.sleep(1.0)
+        after = asyncio.run(_runtime_ns(admin))
+        if after - before < 0.5e9:  # less than half a CPU-second per second
+            return {
+                "skipped": "the daemon's threads accumulated "
+                f"{(after - before) / 1e6:.0f} ms of run time in 1 s: the scheduling "
+                "runtime is not executing threads, so nothing loads the CPUs"
+            }
+        token = (grants / "tuner.token").read_bytes().strip()
+        result = asyncio.run(_measure(listen, token, calls, inflight))
+        result["cpu_seconds_per_second"] = round((after - before) / 1e9, 2)
+        return result
+
+
+# ------------------------------------------------------------------ command
+
+
+@click.command("rpc")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--calls", type=click.IntRange(100, 1_000_000), default=3000, show_default=True)
+@click.option("--inflight", type=click.IntRange(1, 1000), default=500, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True)
+@click.option("--loaded/--no-loaded", default=True, help="Also measure under full CPU load.")
+def rpc(
+    as_json: bool, calls: int, inflight: int, rounds: int, transport: str, loaded: bool
+) -> None:
+    """setWeight through the daemon vs a raw pycapnp echo (same run, same socket kind)."""
+    workdir = Path(tempfile.mkdtemp(prefix="capos-bench-", dir="/tmp"))
+    try:
+        report = _run_bench(workdir, transport, calls, inflight, rounds, loaded)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print(report)
+
+
+def _run_bench(
+    workdir: Path, kind: str, calls: int, inflight: int, rounds: int, loaded: bool
+) -> dict[str, Any]:
+    manifest = workdir / "bench-idle.cue"
+    manifest.write_text(IDLE_MANIFEST)
+    echo_addr = _address(kind, workdir, "echo")
+    echo = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from capos_sched.rpc.bench import echo_server; echo_server({echo_addr!r})",
+        ],
+    )
+    echo_runs, idle_runs = [], []
+    try:
+        _wait_connectable(echo_addr, echo)
+        with _daemon(manifest, workdir, kind, "idle") as (listen, _admin, grants):
+            token = (grants / "client.token").read_bytes().strip()
+            for _ in range(rounds):
+                echo_runs.append(asyncio.run(_measure(echo_addr, b"x", calls, inflight)))
+                idle_runs.append(asyncio.run(_measure(listen, token, calls, inflight)))
+    finally:
+        _stop(echo)
+    report: dict[str, Any] = {
+        "transport": kind,
+        "cpus_online": os.cpu_count(),
+        "inflight": inflight,
+        "echo": _median(echo_runs),
+        "idle": _median(idle_runs),
+    }
+    fairness = Path(__file__).resolve().parents[2] / "manifests" / "system-thread-fairness.cue"
+    if loaded and fairness.is_file():
+        report["loaded"] = _loaded_phase(workdir, kind, calls, inflight, fairness)
+    elif loaded:
+        report["loaded"] = {"skipped": f"{fairness} not found"}
+    ratio = (
+        report["idle"]["sequential"]["calls_per_s"] / report["echo"]["sequential"]["calls_per_s"]
+    )
+    report["idle_vs_echo_sequential"] = round(ratio, 3)
+    report["goals"] = {
+        "idle_sequential_at_least_80pct_of_echo": ratio >= GOAL_RATIO,
+        "loaded_p99_at_most_2ms": (
+            None
+            if "sequential" not in report.get("loaded", {})
+            else report["loaded"]["sequential"]["p99_ms"] <= GOAL_LOADED_P99_MS
+        ),
+    }
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    click.echo(
+        f"transport {report['transport']}, {report['inflight']} in flight for the concurrent runs"
+    )
+    click.echo(f"{'phase':<8} {'mode':<11} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for phase in ("echo", "idle", "loaded"):
+        data = report.get(phase)
+        if data is None:
+            continue
+        if "skipped" in data:
+            click.echo(f"{phase:<8} skipped: {data['skipped']}")
+            continue
+        for mode in ("sequential", "inflight"):
+            d = data[mode]
+            rate, p50, p99 = d["calls_per_s"], d["p50_ms"], d["p99_ms"]
+            click.echo(f"{phase:<8} {mode:<11} {rate:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+    click.echo(f"idle/echo sequential throughput: {report['idle_vs_echo_sequential']:.0%}")
+    click.echo("goals: " + ", ".join(f"{k}={v}" for k, v in report["goals"].items()))

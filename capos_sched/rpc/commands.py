@@ -1,0 +1,426 @@
+"""Click commands of the capability surface.
+
+Daemon: ``serve``. Operator (``--admin``): ``load``, ``revoke``, ``grants``,
+``stats``. Clients (``--connect`` + ``--token-file``, or the inherited socket
+of an exec'd process): ``set-weight``, ``set-class``, ``snapshot``. Benchmark:
+``bench rpc`` (registered under the ``bench`` group).
+
+Errors from the daemon are printed to stderr as ``<code>: <message>`` and exit
+with status 1; malformed command lines are usage errors (status 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+
+from capos_sched.core import LatencyClass
+
+from .addr import Address, AddressError, default_admin, default_listen, parse_address
+
+log = structlog.get_logger("capos_sched.rpc")
+
+T = TypeVar("T")
+CLASS_NAMES = [c.wire_name for c in LatencyClass]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class AddressType(click.ParamType):
+    """``unix:PATH`` or ``tcp:HOST:PORT``."""
+
+    name = "ADDR"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Address:
+        if isinstance(value, Address):
+            return value
+        try:
+            return parse_address(str(value))
+        except AddressError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ADDRESS = AddressType()
+
+
+def _fail(exc: BaseException) -> None:
+    click.echo(str(exc), err=True)
+    sys.exit(1)
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a client coroutine; typed errors become ``code: message`` + exit 1."""
+    from capos_sched.client import CapOSError
+
+    async def main() -> T:
+        return await coro_fn()
+
+    try:
+        return asyncio.run(main())
+    except CapOSError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    raise AssertionError("unreachable")
+
+
+def host_plugin(cpus: int | None) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
+    """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
+
+    A bare PlanHost keeps the plan's threads in the core without executing
+    them. To run them on the trio runtime, return instead::
+
+        (lambda plan: Runtime(plan, cpus=cpus),
+         lambda host, task_status: host.run(stop_when_finished=False, task_status=task_status))
+    """
+    from capos_sched.runtime.host import PlanHost
+
+    from .daemon import idle_runner
+
+    return (lambda plan: PlanHost(plan, cpus=cpus)), idle_runner
+
+
+def plan_loader(source: str, name: str) -> Any:
+    """Admin.load's parser: the manifest text, diagnostics under ``name``."""
+    from capos_sched.manifest import load_plan_text
+
+    return load_plan_text(source, name)
+
+
+# -------------------------------------------------------------------- serve
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--listen",
+    type=ADDRESS,
+    default=None,
+    help="Where the Restorer is served (unix:PATH or tcp:HOST:PORT). "
+    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+)
+@click.option(
+    "--admin",
+    type=ADDRESS,
+    default=None,
+    help="Unix socket (mode 0600) serving the Admin capability. "
+    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+)
+@click.option(
+    "--grants-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write <process>.token (mode 0600) here for each process with grants.",
+)
+@click.option("--cpus", type=click.IntRange(1, 64), default=None, help="Override machine.cpus.")
+@click.option(
+    "--max-calls",
+    type=click.IntRange(1, 1_000_000),
+    default=1024,
+    show_default=True,
+    help="Concurrent calls allowed per connection; more fail with `overloaded`.",
+)
+def serve(
+    manifest: Path,
+    listen: Address | None,
+    admin: Address | None,
+    grants_dir: Path | None,
+    cpus: int | None,
+    max_calls: int,
+) -> None:
+    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
+    from capos_sched.manifest import ManifestError, load_plan
+
+    from .addr import ensure_private_dir, run_dir
+    from .daemon import DaemonConfig, run_daemon
+
+    try:
+        plan = load_plan(manifest)
+    except ManifestError as exc:
+        _fail(f"invalidArgument: {exc}")
+    if listen is None or admin is None:
+        try:
+            ensure_private_dir(run_dir())
+        except (OSError, AddressError) as exc:
+            _fail(f"failed: cannot create {run_dir()}: {exc}")
+    listen = listen or parse_address(default_listen())
+    admin = admin or parse_address(default_admin())
+    if admin.kind != "unix":
+        raise click.BadParameter("--admin must be unix:PATH", param_hint="--admin")
+    config = DaemonConfig(
+        manifest_name=str(manifest.resolve()),
+        listen=listen,
+        admin=admin,
+        grants_dir=grants_dir.resolve() if grants_dir else None,
+        base_dir=manifest.resolve().parent,
+        max_calls=max_calls,
+    )
+    factory, runner = host_plugin(cpus)
+    status = run_daemon(config, plan, loader=plan_loader, host_factory=factory, host_runner=runner)
+    sys.exit(status)
+
+
+# --------------------------------------------------------------- operators
+
+admin_option = click.option(
+    "--admin",
+    "admin_addr",
+    type=ADDRESS,
+    default=None,
+    help="The daemon's admin socket. [default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+)
+
+
+def _admin(addr: Address | None) -> Address:
+    return addr or parse_address(default_admin())
+
+
+@click.command()
+@admin_option
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+def load(admin_addr: Address | None, manifest: Path) -> None:
+    """Replace the running plan with MANIFEST, atomically (errors change nothing)."""
+    from capos_sched.client import InvalidArgument, connect_admin
+
+    try:
+        source = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(InvalidArgument(f"cannot read {manifest}: {exc}"))
+
+    async def go() -> dict[str, list[str]]:
+        async with await connect_admin(_admin(admin_addr)) as session:
+            return await session.load(source, str(manifest.resolve()))
+
+    result = _run(go)
+    for key in ("added", "removed", "kept", "revoked"):
+        click.echo(f"{key}: {' '.join(result[key]) or '-'}")
+
+
+@click.command()
+@admin_option
+@click.argument("target", metavar="PROCESS[.GRANT]")
+def revoke(admin_addr: Address | None, target: str) -> None:
+    """Revoke one grant, or every grant (and the token) of a process."""
+    from capos_sched.client import InvalidArgument, connect_admin
+
+    async def go() -> list[str]:
+        async with await connect_admin(_admin(admin_addr)) as session:
+            known = {g.process for g in await session.grants()}
+            process, grant = split_target(target, known)
+            return await session.revoke(process, grant)
+
+    try:
+        changed = _run(go)
+    except InvalidArgument as exc:  # pragma: no cover - raised inside _run
+        _fail(exc)
+    click.echo(f"revoked: {' '.join(changed) or '- (already revoked)'}")
+
+
+def split_target(target: str, processes: set[str]) -> tuple[str, str | None]:
+    """``PROCESS`` or ``PROCESS.GRANT``; process names may contain dots, so the
+    longest known process prefix wins."""
+    from capos_sched.client import InvalidArgument
+
+    if target in processes:
+        return target, None
+    best: tuple[str, str] | None = None
+    for i, ch in enumerate(target):
+        if ch == "." and target[:i] in processes and i + 1 < len(target):
+            best = (target[:i], target[i + 1 :])
+    if best is None:
+        raise InvalidArgument(f"{target!r} names no process with grants (see `capos-sched grants`)")
+    return best
+
+
+@click.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def grants(admin_addr: Address | None, as_json: bool) -> None:
+    """List every grant with its state (granted, revoked, stale)."""
+    from capos_sched.client import connect_admin
+
+    async def go() -> list[Any]:
+        async with await connect_admin(_admin(admin_addr)) as session:
+            return await session.grants()
+
+    rows = _run(go)
+    if as_json:
+        click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
+        return
+    table = [("PROCESS", "GRANT", "KIND", "TARGET", "STATE", "SESSIONS")]
+    table += [(r.process, r.name, r.kind, r.target or "-", r.state, str(r.sessions)) for r in rows]
+    _print_table(table)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {
+        "process": row.process,
+        "grant": row.name,
+        "kind": row.kind,
+        "target": row.target or None,
+        "state": row.state,
+        "sessions": row.sessions,
+    }
+
+
+@click.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(admin_addr: Address | None, as_json: bool) -> None:
+    """Every thread with its counters, and the RPC counters."""
+    from capos_sched.client import connect_admin
+
+    async def go() -> dict[str, Any]:
+        async with await connect_admin(_admin(admin_addr)) as session:
+            return await session.stats()
+
+    report = _run(go)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"plan: {report['plan']}")
+    table = [("THREAD", "ID", "STATE", "WEIGHT", "CLASS", "CPU", "RUNTIME_MS", "SWITCHES")]
+    for t in report["threads"]:
+        table.append(
+            (
+                t["name"],
+                f"{t['thread_id']}.{t['generation']}",
+                t["state"],
+                str(t["weight"]),
+                t["class"],
+                "-" if t["cpu"] is None else str(t["cpu"]),
+                f"{t['runtime_ns'] / 1e6:.1f}",
+                str(t["context_switches"]),
+            )
+        )
+    _print_table(table)
+    rpc = report["rpc"]
+    click.echo("rpc: " + ", ".join(f"{k}={v}" for k, v in rpc.items()))
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+# ----------------------------------------------------------------- clients
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--policy",
+        default="policy",
+        show_default=True,
+        help="Grant name of the SchedulingPolicyCap.",
+    )(fn)
+    fn = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The process's token file (from serve --grants-dir). Without it, "
+        "the socket inherited through $CAPOS_SCHED_FD is used.",
+    )(fn)
+    fn = click.option(
+        "--connect",
+        "connect_addr",
+        type=ADDRESS,
+        default=None,
+        help="The daemon's --listen address. "
+        "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+    )(fn)
+    return fn
+
+
+async def _session(connect_addr: Address | None, token_file: Path | None) -> Any:
+    from capos_sched.client import connect, connect_inherited, read_token
+
+    if token_file is None:
+        if os.environ.get("CAPOS_SCHED_FD"):
+            return await connect_inherited()
+        from capos_sched.client import InvalidArgument
+
+        raise InvalidArgument("--token-file is required (or run under the daemon with exec)")
+    token = read_token(token_file)
+    return await connect(connect_addr or parse_address(default_listen()), token=token)
+
+
+@click.command("set-weight")
+@client_options
+@click.argument("thread")
+@click.argument("weight", type=int)
+def set_weight(
+    connect_addr: Address | None, token_file: Path | None, policy: str, thread: str, weight: int
+) -> None:
+    """Set the weight of the thread granted as THREAD."""
+
+    async def go() -> None:
+        async with await _session(connect_addr, token_file) as s:
+            pol = await s.policy(policy)
+            handle = await s.thread(thread)
+            await pol.set_weight(handle, weight)
+
+    _run(go)
+
+
+@click.command("set-class")
+@client_options
+@click.argument("thread")
+@click.argument("latency_class", metavar="CLASS", type=click.Choice(CLASS_NAMES))
+def set_class(
+    connect_addr: Address | None,
+    token_file: Path | None,
+    policy: str,
+    thread: str,
+    latency_class: str,
+) -> None:
+    """Set the latency class of the thread granted as THREAD."""
+
+    async def go() -> None:
+        async with await _session(connect_addr, token_file) as s:
+            pol = await s.policy(policy)
+            handle = await s.thread(thread)
+            await pol.set_latency_class(handle, latency_class)
+
+    _run(go)
+
+
+@click.command()
+@client_options
+@click.argument("thread")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshot(
+    connect_addr: Address | None, token_file: Path | None, policy: str, thread: str, as_json: bool
+) -> None:
+    """Weight, class and run time of the thread granted as THREAD."""
+
+    async def go() -> Any:
+        async with await _session(connect_addr, token_file) as s:
+            pol = await s.policy(policy)
+            handle = await s.thread(thread)
+            return await pol.snapshot(handle)
+
+    snap = _run(go)
+    data = {
+        "thread": thread,
+        "weight": snap.weight,
+        "class": snap.latency_class.wire_name,
+        "runtime_ns": snap.runtime_ns,
+        "virtual_runtime_ns": snap.virtual_runtime_ns,
+    }
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
+
+
+COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]
