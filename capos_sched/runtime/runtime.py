@@ -1,0 +1,809 @@
+"""The trio runtime: simulated CPUs driving worker processes on real time.
+
+Contract for callers (the ``run`` command, the RPC layer)
+---------------------------------------------------------
+``Runtime(plan, policy=None, cpus=None, config=RuntimeConfig(), trace=None)``
+is a ``PlanHost``: ``runtime.host`` is the runtime itself, ``runtime.scheduler``
+the core. Everything on it belongs to the one trio thread that runs it:
+
+- ``await runtime.run(duration_s=None, stop_when_finished=True,
+  task_status=...)`` runs until ``duration_s`` passes, until every finite
+  thread finished (when ``stop_when_finished``), or until ``request_stop()``.
+  Use ``await nursery.start(runtime.run, ...)``: it reports started (value:
+  the runtime) once every worker is up and the CPUs are about to dispatch.
+  A Runtime runs once. Every worker is stopped before ``run`` returns or
+  raises, also on cancellation.
+- ``runtime.trio_token`` (set once ``run`` has started): hand mutations from
+  another thread with ``runtime.trio_token.run_sync_soon(fn)``; ``fn`` then
+  runs in the trio thread and may call ``runtime.apply_plan(plan)``,
+  ``runtime.scheduler.set_weight(...)``, ``runtime.report()`` and so on.
+- ``runtime.request_stop(reason)`` (trio thread) or
+  ``runtime.request_stop_threadsafe(reason)`` (any thread) ends the run: the
+  running slices are cut short, charged, and ``run`` returns.
+- ``runtime.now_ns()``: the runtime clock (``config.clock_ns`` minus the
+  construction epoch), the time base of every core call.
+- ``runtime.report()``: the ``capos-sched run --json`` document, valid during
+  and after the run.
+
+How a CPU works
+---------------
+Each simulated CPU is one trio task owning one worker process. It asks the
+core for the next dispatch, decides daemon-side (with the simulator's
+``Program`` bookkeeping) how long the thread may compute before its next
+voluntary stop, sends the worker "spin for N ns" or "hash blocks i..j" with the
+thread's small state, and charges the core exactly the worker-measured
+elapsed time. The round trip minus that time is the dispatch overhead, kept
+as a statistic. A CPU with nothing to run parks on an event; wakes, timer
+expiries and plan changes kick it (the reschedule IPI). An interactive wake
+with an earlier virtual finish raises the running worker's preempt flag.
+Timers, the watchdog and the deadline are tasks of the same nursery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+import trio
+
+from capos_sched.core import (
+    Dispatch,
+    LatencyClass,
+    Policy,
+    QueueCpu,
+    ThreadRef,
+    ThreadState,
+    Wake,
+    WakeReason,
+    ideal_shares,
+)
+from capos_sched.runtime.host import PlanHost
+from capos_sched.runtime.protocol import (
+    OP_HASH,
+    OP_SPIN,
+    ST_COMPLETE,
+    ST_ERROR,
+    ST_LIMIT,
+    encode_request,
+)
+from capos_sched.runtime.stats import Samples
+from capos_sched.runtime.trace import TraceRecorder
+from capos_sched.runtime.workers import Worker, WorkerDied, pinned_cores
+from capos_sched.sim import Program, Stop
+from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, is_finite
+
+if TYPE_CHECKING:
+    from capos_sched.manifest import Plan, ThreadPlan
+
+log = structlog.get_logger("capos_sched.runtime")
+
+DEFAULT_NICE = 10
+WATCHDOG_SLICES = 250
+"""Default stall threshold in slices (1 s at the 4 ms slice): a weight-1 thread
+beside weight-1024 ones legitimately waits about 1024 slices per turn, so the
+threshold is generous and the bypass needs a stall three times longer."""
+STOP_GRACE_S = 3.0
+MAX_HASH_BYTES = 256 * 1024 * 1024
+
+
+class RuntimeFailure(Exception):
+    """The runtime cannot go on (a worker cannot be started)."""
+
+
+@attrs.frozen
+class RuntimeConfig:
+    """Knobs of a runtime; every default is what ``capos-sched run`` uses.
+
+    ``watchdog_threshold_ns``/``watchdog_bypass_ns`` default (None) to
+    ``WATCHDOG_SLICES`` slices and three times that; ``clock_ns`` is injected
+    for tests (monotonic nanoseconds).
+    """
+
+    nice: int = DEFAULT_NICE
+    pin: bool = True
+    wake_preemption: bool = True
+    watchdog_threshold_ns: int | None = None
+    watchdog_bypass_ns: int | None = None
+    max_hash_bytes: int = MAX_HASH_BYTES
+    clock_ns: Callable[[], int] = time.perf_counter_ns
+
+
+@attrs.define(eq=False)
+class HashData:
+    """Shared data of one ``hash`` thread and its progress.
+
+    Invariants: ``0 <= position <= end`` with ``end = blocks * rounds``;
+    ``fd`` (a memfd of ``blocks * block_size`` bytes) is open until the thread
+    is done, then -1.
+    """
+
+    data_id: int
+    fd: int
+    blocks: int
+    block_size: int
+    end: int
+    position: int = 0
+    acc: int = 0
+
+
+@attrs.define(eq=False)
+class RtThread:
+    """The runtime's view of one plan thread.
+
+    Invariants: exactly one of ``program`` (spin, sleeper, IPC) and ``hash``
+    is set; ``finished_ns`` and ``failed`` are never both set; ``woke_ns`` is
+    set only between a timer wake and the next dispatch; ``call_started_ns``
+    only between an IPC call and the dispatch that follows its reply.
+    """
+
+    name: str
+    process: str
+    ref: ThreadRef
+    workload: Any
+    finite: bool
+    program: Program | None = None
+    hash: HashData | None = None
+    finished_ns: int | None = None
+    failed: str | None = None
+    removed: bool = False
+    last_cpu: int | None = None
+    woke_ns: int | None = None
+    call_started_ns: int | None = None
+    reply_pending: bool = False
+    wake_latency: Samples = attrs.Factory(Samples)
+    timer_late: Samples = attrs.Factory(Samples)
+    round_trips: Samples = attrs.Factory(Samples)
+    dispatches: int = 0
+
+    @property
+    def cpu_bound(self) -> bool:
+        return isinstance(self.workload, Spin | Hash)
+
+
+class Runtime(PlanHost):
+    """A PlanHost whose CPUs run on worker processes in real time (see module doc)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        policy: Policy | str | None = None,
+        cpus: int | None = None,
+        *,
+        config: RuntimeConfig | None = None,
+        trace: TraceRecorder | None = None,
+        manifest_name: str | None = None,
+    ) -> None:
+        self.config = config or RuntimeConfig()
+        self._clock = self.config.clock_ns
+        self._epoch = self._clock()
+        self._threads: dict[ThreadRef, RtThread] = {}
+        self._order: list[RtThread] = []
+        self._next_data_id = 1
+        self.manifest_name = manifest_name or str(getattr(plan, "source", "<plan>"))
+        self.trace = trace
+        self.trio_token: trio.lowlevel.TrioToken | None = None
+        self._workers: list[Worker] = []
+        self._parked: list[trio.Event | None] = []
+        self._stop_event = trio.Event()
+        self._stop_reason: str | None = None
+        self._stopping = False
+        self._ran = False
+        self._nursery: trio.Nursery | None = None
+        self._started_ns: int | None = None
+        self._ended_ns: int | None = None
+        self._stop_when_finished = True
+        self._overhead = Samples()
+        self._wake_preemptions = 0
+        self._restarts = 0
+        self._stalls = 0
+        self._bypass: dict[str, Any] | None = None
+        super().__init__(plan, policy, cpus)
+        self._initial_policy = self.scheduler.policy
+        ncpus = len(self.scheduler.cpus)
+        self._parked = [None] * ncpus
+        if self.trace is not None:
+            self.trace.cpus = ncpus
+        slice_ns = self.scheduler.slice_ns
+        self.watchdog_threshold_ns = self.config.watchdog_threshold_ns or WATCHDOG_SLICES * slice_ns
+        self.watchdog_bypass_ns = self.config.watchdog_bypass_ns or 3 * self.watchdog_threshold_ns
+
+    # ---------------------------------------------------------------- contract
+
+    @property
+    def host(self) -> PlanHost:
+        return self
+
+    @property
+    def cpus(self) -> int:
+        return len(self.scheduler.cpus)
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The CPUs' workers (for diagnostics and tests; owned by the CPU tasks)."""
+        return list(self._workers)
+
+    @property
+    def running(self) -> bool:
+        return self._started_ns is not None and self._ended_ns is None
+
+    def now_ns(self) -> int:
+        return self._clock() - self._epoch
+
+    def elapsed_ns(self) -> int:
+        if self._started_ns is None:
+            return 0
+        end = self._ended_ns if self._ended_ns is not None else self.now_ns()
+        return end - self._started_ns
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """End the run (trio thread only); the first reason given is kept."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    def request_stop_threadsafe(self, reason: str = "requested") -> None:
+        """``request_stop`` from any thread (no-op once the run has ended)."""
+        if self.trio_token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self.trio_token.run_sync_soon(self.request_stop, reason)
+
+    def apply_plan(self, plan: Plan, now_ns: int | None = None):  # type: ignore[override]
+        """PlanHost.apply_plan at ``now_ns`` (default: now), then kick idle CPUs."""
+        change = super().apply_plan(plan, self.now_ns() if now_ns is None else now_ns)
+        self._kick_idle_if_work()
+        return change
+
+    async def run(
+        self,
+        *,
+        duration_s: float | None = None,
+        stop_when_finished: bool = True,
+        task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._ran:
+            raise RuntimeError("a Runtime runs once; build a new one")
+        self._ran = True
+        self._stop_when_finished = stop_when_finished
+        self.trio_token = trio.lowlevel.current_trio_token()
+        cores = pinned_cores(self.cpus) if self.config.pin else None
+        self._workers = [
+            Worker.create(k, self.config.nice, None if cores is None else cores[k])
+            for k in range(self.cpus)
+        ]
+        try:
+            try:
+                async with trio.open_nursery() as starting:
+                    for worker in self._workers:
+                        starting.start_soon(worker.start)
+            except* WorkerDied as group:
+                raise RuntimeFailure(
+                    "; ".join(str(e) for e in group.exceptions)  # type: ignore[union-attr]
+                ) from None
+            log.info(
+                "runtime started",
+                cpus=self.cpus,
+                policy=self.scheduler.policy.value,
+                workers=[w.pid for w in self._workers],
+                pinned=cores,
+                nice=self.config.nice,
+            )
+            self._started_ns = self.now_ns()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watchdog)
+                if duration_s is not None:
+                    nursery.start_soon(self._deadline, duration_s)
+                task_status.started(self)
+                self._check_finished()
+                async with trio.open_nursery() as cpu_tasks:
+                    for k in range(self.cpus):
+                        cpu_tasks.start_soon(self._cpu_loop, k)
+                    await self._stop_event.wait()
+                    self._stopping = True
+                    for worker in self._workers:
+                        worker.preempt()
+                    for k in range(self.cpus):
+                        self._kick(k)
+                    cpu_tasks.cancel_scope.deadline = trio.current_time() + STOP_GRACE_S
+                self._ended_ns = self.now_ns()
+                nursery.cancel_scope.cancel()
+            log.info("runtime stopped", reason=self._stop_reason, elapsed_ns=self.elapsed_ns())
+        finally:
+            if self._started_ns is not None and self._ended_ns is None:
+                self._ended_ns = self.now_ns()
+            self._stopping = True
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as stopping:
+                    for worker in self._workers:
+                        stopping.start_soon(worker.stop)
+                for worker in self._workers:
+                    worker.close()
+                for rt in self._order:
+                    self._release_data(rt)
+
+    # ------------------------------------------------------------------ report
+
+    def report(self) -> dict[str, Any]:
+        """The ``--json`` report (see the issue for the required keys)."""
+        overhead = self._overhead.summary()
+        threads = []
+        for rt in self._order:
+            snap = self.scheduler.snapshot_any(rt.ref)
+            threads.append(
+                {
+                    "name": rt.name,
+                    "process": rt.process,
+                    "weight": snap.weight,
+                    "class": snap.latency_class.wire_name,
+                    "workload": getattr(rt.workload, "kind", type(rt.workload).__name__),
+                    "runtime_ns": snap.runtime_ns,
+                    "virtual_runtime_ns": snap.virtual_runtime_ns,
+                    "context_switches": snap.context_switches,
+                    "preemptions": snap.preemptions,
+                    "voluntary_blocks": snap.voluntary_blocks,
+                    "migrations": snap.migrations,
+                    "wake_latency_ns": rt.wake_latency.summary(),
+                    "timer_late_ns": rt.timer_late.summary(),
+                    "ipc_round_trip_ns": rt.round_trips.summary(),
+                    "finished_ns": rt.finished_ns,
+                    "failed": rt.failed,
+                    "removed": rt.removed,
+                }
+            )
+        return {
+            "manifest": self.manifest_name,
+            "policy": self._initial_policy.value,
+            "cpus": self.cpus,
+            "slice_ns": self.scheduler.slice_ns,
+            "elapsed_ns": self.elapsed_ns(),
+            "dispatch_overhead_ns": {
+                "count": overhead["count"] if overhead else 0,
+                "p50": overhead["p50"] if overhead else None,
+                "p99": overhead["p99"] if overhead else None,
+                "max": overhead["max"] if overhead else None,
+            },
+            "threads": threads,
+            "policy_final": self.scheduler.policy.value,
+            "stop_reason": self._stop_reason,
+            "wake_preemptions": self._wake_preemptions,
+            "watchdog": {
+                "threshold_ns": self.watchdog_threshold_ns,
+                "bypass_after_ns": self.watchdog_bypass_ns,
+                "stalls": self._stalls,
+                "bypass": self._bypass,
+            },
+            "workers": {
+                "nice": self.config.nice,
+                "pinned": [w.core for w in self._workers] if self._workers else None,
+                "restarts": self._restarts,
+            },
+        }
+
+    def share_rows(self) -> list[dict[str, Any]]:
+        """Per-thread share of the elapsed time against the water-filled ideal
+        (ideal only for CPU-bound threads: the ideal assumes always runnable)."""
+        elapsed = max(1, self.elapsed_ns())
+        bound = [rt for rt in self._order if rt.cpu_bound and not rt.removed]
+        live_bound = [rt for rt in bound if rt.finished_ns is None and rt.failed is None]
+        weights = [self.scheduler.snapshot_any(rt.ref).weight for rt in live_bound]
+        ideals = dict(zip(live_bound, ideal_shares(weights, self.cpus), strict=True))
+        rows = []
+        for rt in self._order:
+            snap = self.scheduler.snapshot_any(rt.ref)
+            rows.append(
+                {
+                    "name": rt.name,
+                    "weight": snap.weight,
+                    "class": snap.latency_class.wire_name,
+                    "state": "failed"
+                    if rt.failed
+                    else "finished"
+                    if rt.finished_ns is not None
+                    else snap.state.name.lower(),
+                    "runtime_ns": snap.runtime_ns,
+                    "share": snap.runtime_ns / elapsed,
+                    "ideal": ideals.get(rt),
+                    "wake_p99_ns": (rt.wake_latency.summary() or {}).get("p99"),
+                    "rtt_p99_ns": (rt.round_trips.summary() or {}).get("p99"),
+                }
+            )
+        return rows
+
+    # --------------------------------------------------------------- PlanHost
+
+    def on_thread_added(self, thread_plan: ThreadPlan, ref: ThreadRef) -> None:
+        workload = thread_plan.workload
+        rt = RtThread(
+            name=thread_plan.full_name,
+            process=thread_plan.process,
+            ref=ref,
+            workload=workload,
+            finite=is_finite(workload),
+        )
+        self._threads[ref] = rt
+        self._order.append(rt)
+        if isinstance(workload, Hash):
+            size = workload.blocks * workload.block_size
+            if size > self.config.max_hash_bytes:
+                self._fail_unstarted(
+                    rt, f"hash data of {size} bytes exceeds {self.config.max_hash_bytes}"
+                )
+                return
+            try:
+                rt.hash = self._make_hash_data(workload)
+            except OSError as exc:
+                self._fail_unstarted(rt, f"cannot allocate hash data: {exc}")
+        else:
+            rt.program = Program.start(workload)
+
+    def on_thread_removed(self, full_name: str, ref: ThreadRef) -> None:
+        rt = self._threads.get(ref)
+        if rt is None:
+            return
+        rt.removed = True
+        if not self.scheduler.is_live(ref):
+            self._release_data(rt)
+        self._check_finished()
+
+    # --------------------------------------------------------------- internals
+
+    def _fail_unstarted(self, rt: RtThread, reason: str) -> None:
+        rt.failed = reason
+        log.error("thread failed", thread=rt.name, reason=reason)
+        if self.scheduler.is_live(rt.ref):
+            self.scheduler.kill(rt.ref, self.now_ns())
+
+    def _make_hash_data(self, spec: Hash) -> HashData:
+        data_id, self._next_data_id = self._next_data_id, self._next_data_id + 1
+        size = spec.blocks * spec.block_size
+        fd = os.memfd_create(f"capos-sched-hash-{data_id}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            pattern = random.Random(data_id).randbytes(min(size, 1 << 20))
+            offset = 0
+            while offset < size:
+                chunk = pattern[: size - offset]
+                offset += os.pwrite(fd, chunk, offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        return HashData(data_id, fd, spec.blocks, spec.block_size, spec.blocks * spec.rounds)
+
+    def _release_data(self, rt: RtThread) -> None:
+        data = rt.hash
+        if data is None or data.fd < 0:
+            return
+        os.close(data.fd)
+        data.fd = -1
+        for worker in self._workers:
+            worker.detach_later(data.data_id)
+
+    def _rel(self, now_ns: int) -> int:
+        """A runtime-clock time as nanoseconds since the run started."""
+        return now_ns - (self._started_ns or 0)
+
+    def _kick(self, cpu: int) -> None:
+        event = self._parked[cpu]
+        if event is not None:
+            event.set()
+
+    def _kick_idle_if_work(self) -> None:
+        if all(event is None for event in self._parked):
+            return
+        core = self.scheduler
+        queued = any(len(cpu.queue) for cpu in core.cpus) or any(
+            cpu.ipc_slot is not None for cpu in core.cpus
+        )
+        if queued:
+            for k in range(self.cpus):
+                self._kick(k)
+
+    def _check_finished(self) -> None:
+        if not self._stop_when_finished or self._started_ns is None:
+            return
+        finite = [rt for rt in self._order if rt.finite and not rt.removed]
+        if finite and all(rt.finished_ns is not None or rt.failed for rt in finite):
+            self.request_stop("finished")
+
+    async def _deadline(self, duration_s: float) -> None:
+        await trio.sleep(duration_s)
+        self.request_stop("duration")
+
+    async def _cpu_loop(self, k: int) -> None:
+        core = self.scheduler
+        while not self._stopping:
+            dispatch = core.pick_next(k, self.now_ns())
+            if dispatch is None:
+                event = self._parked[k] = trio.Event()
+                await event.wait()
+                self._parked[k] = None
+                continue
+            await self._run_dispatch(k, dispatch)
+
+    async def _run_dispatch(self, k: int, dispatch: Dispatch) -> None:
+        rt = self._threads[dispatch.thread]
+        start = self.now_ns()
+        rt.dispatches += 1
+        if rt.woke_ns is not None:
+            rt.wake_latency.add(start - rt.woke_ns)
+            rt.woke_ns = None
+        if rt.reply_pending and rt.call_started_ns is not None:
+            rt.round_trips.add(start - rt.call_started_ns)
+            rt.call_started_ns = None
+            rt.reply_pending = False
+        if rt.last_cpu is not None and rt.last_cpu != k and self.trace is not None:
+            self.trace.instant(
+                k,
+                f"migrate {rt.name}",
+                self._rel(start),
+                "migration",
+                {"thread": rt.name, "from": rt.last_cpu, "to": k},
+            )
+        rt.last_cpu = k
+        worker = self._workers[k]
+
+        payload: bytes | None = None
+        limit = 0
+        if rt.hash is not None:
+            data = rt.hash
+            limit = dispatch.budget_ns
+            payload = encode_request(
+                OP_HASH, rt.ref.tid, limit, data.data_id, data.position, data.end, data.acc
+            )
+        else:
+            assert rt.program is not None
+            left = rt.program.burst_left_ns
+            if not rt.program.done:
+                limit = dispatch.budget_ns if left is None else min(dispatch.budget_ns, left)
+            if limit > 0:
+                payload = encode_request(OP_SPIN, rt.ref.tid, limit)
+
+        elapsed = 0
+        status = ST_LIMIT
+        if payload is not None:
+            for attempt in (1, 2):
+                t0 = self._clock()
+                try:
+                    if rt.hash is not None and rt.hash.data_id not in worker.attached:
+                        await worker.attach(
+                            rt.hash.data_id, rt.hash.fd, rt.hash.blocks, rt.hash.block_size
+                        )
+                    status, _, elapsed, position, acc = await worker.request(payload)
+                except WorkerDied as exc:
+                    if not exc.ran and attempt == 1:
+                        # Died while idle (the send failed): the thread never ran.
+                        await self._restart_worker(k, f"found dead before dispatch: {exc}")
+                        worker = self._workers[k]
+                        continue
+                    await self._worker_crashed(k, rt, exc)
+                    return
+                t1 = self._clock()
+                self._overhead.add(max(0, t1 - t0 - elapsed))
+                break
+            if rt.hash is not None and status != ST_ERROR:
+                rt.hash.position, rt.hash.acc = position, acc
+
+        stop: Stop
+        if status == ST_ERROR:
+            self._fail_running(k, rt, "the worker could not run the thread's kernel", elapsed)
+            return
+        if rt.hash is not None:
+            stop = Stop.FINISHED if status == ST_COMPLETE else Stop.EXPIRED
+        else:
+            assert rt.program is not None
+            done = limit if status == ST_LIMIT else min(elapsed, limit)
+            _, stop = rt.program.run(done)
+        end = self.now_ns()
+        if self.trace is not None:
+            self.trace.dispatch(
+                k,
+                rt.name,
+                self._rel(start),
+                end - start,
+                {
+                    "elapsed_ns": elapsed,
+                    "budget_ns": dispatch.budget_ns,
+                    "stop": stop.value,
+                    "source": dispatch.source,
+                    "preempted": status == 1,
+                },
+            )
+        self._after_run(k, rt, elapsed, stop, end)
+
+    def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
+        core = self.scheduler
+        match stop:
+            case Stop.EXPIRED:
+                core.preempt_current(k, now, elapsed)
+            case Stop.FINISHED:
+                core.exit_current(k, now, elapsed)
+                rt.finished_ns = self._rel(now)
+                self._release_data(rt)
+            case Stop.SLEEP:
+                core.block_current(k, now, elapsed)
+                if core.is_live(rt.ref) and self._nursery is not None:
+                    self._nursery.start_soon(self._timer, rt, now + rt.workload.period_ns)
+            case Stop.CALL:
+                rt.call_started_ns = now
+                rt.reply_pending = False
+                woken = core.ipc_call(k, now, elapsed, rt.workload.endpoint)
+                if woken is not None:
+                    server = self._threads[woken.thread]
+                    if server.program is not None:
+                        server.program.resume()
+                    self._on_wake(woken, "ipcCall", server)
+            case Stop.WAIT:
+                if core.ipc_wait(k, now, elapsed, rt.workload.endpoint) is not None:
+                    assert rt.program is not None
+                    rt.program.resume()
+            case Stop.REPLY:
+                woken, caller = core.ipc_reply_and_wait(k, now, elapsed, rt.workload.endpoint)
+                if woken is not None:
+                    client = self._threads[woken.thread]
+                    if client.program is not None:
+                        client.program.resume()
+                    client.reply_pending = True
+                    self._on_wake(woken, "ipcReply", client)
+                if caller is not None:
+                    assert rt.program is not None
+                    rt.program.resume()
+        if not core.is_live(rt.ref) and rt.finished_ns is None and rt.failed is None:
+            self._release_data(rt)  # killed by a plan change while it ran
+        self._kick_idle_if_work()
+        self._check_finished()
+
+    async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
+        await trio.sleep(max(0, deadline_ns - self.now_ns()) / 1e9)
+        core = self.scheduler
+        if self._stopping or not core.is_live(rt.ref):
+            return
+        thread = core.resolve(rt.ref)
+        if thread.state is not ThreadState.BLOCKED:
+            return
+        now = self.now_ns()
+        rt.timer_late.add(max(0, now - deadline_ns))
+        assert rt.program is not None
+        rt.program.resume()
+        cpu = thread.cpu if thread.cpu is not None else 0
+        wake = core.wake(rt.ref, now, QueueCpu(cpu), WakeReason.TIMER)
+        rt.woke_ns = now
+        self._on_wake(wake, "timer", rt)
+
+    def _on_wake(self, wake: Wake, reason: str, rt: RtThread) -> None:
+        if self.trace is not None and wake.cpu is not None:
+            self.trace.instant(
+                wake.cpu,
+                f"wake {rt.name}",
+                self._rel(self.now_ns()),
+                "wake",
+                {"thread": rt.name, "reason": reason},
+            )
+        if wake.kick is not None:
+            self._kick(wake.kick)
+        if wake.preempt is not None and self.config.wake_preemption and self._workers:
+            worker = self._workers[wake.preempt]
+            if worker.busy:
+                worker.preempt()
+                self._wake_preemptions += 1
+
+    def _fail_running(self, k: int, rt: RtThread, reason: str, elapsed: int) -> None:
+        now = self.now_ns()
+        self.scheduler.exit_current(k, now, elapsed)
+        rt.failed = reason
+        self._release_data(rt)
+        log.error("thread failed", thread=rt.name, cpu=k, reason=reason)
+        self._kick_idle_if_work()
+        self._check_finished()
+
+    async def _worker_crashed(self, k: int, rt: RtThread, exc: WorkerDied) -> None:
+        worker = self._workers[k]
+        await worker.reap(1.0)
+        reason = f"worker {worker.pid} of CPU {k} {worker.exit_status()} while running it ({exc})"
+        # Nothing was measured by the worker, so nothing is charged.
+        self._fail_running(k, rt, reason, 0)
+        await self._restart_worker(k, reason)
+
+    async def _restart_worker(self, k: int, reason: str) -> None:
+        worker = self._workers[k]
+        await worker.kill()
+        self._restarts += 1
+        log.warning("restarting worker", cpu=k, old_pid=worker.pid, reason=reason)
+        try:
+            await worker.start()
+        except WorkerDied as exc:
+            raise RuntimeFailure(f"cannot restart the worker of CPU {k}: {exc}") from exc
+        if self._stopping:
+            worker.preempt()
+
+    async def _watchdog(self) -> None:
+        threshold = self.watchdog_threshold_ns
+        period_s = max(threshold / 4, 1_000_000) / 1e9
+        reported: dict[tuple[int, int], int] = {}
+        core = self.scheduler
+        while True:
+            await trio.sleep(period_s)
+            now = self.now_ns()
+            started = self._started_ns or 0
+            worst: tuple[Any, int] | None = None
+            for thread in core.threads():
+                if thread.state is not ThreadState.RUNNABLE or thread.runnable_since_ns is None:
+                    continue
+                waited = now - max(thread.runnable_since_ns, started)
+                if waited <= threshold:
+                    continue
+                key = (thread.tid, thread.generation)
+                if reported.get(key) != thread.runnable_since_ns:
+                    reported[key] = thread.runnable_since_ns
+                    self._stalls += 1
+                    log.warning(
+                        "watchdog: runnable thread stalled",
+                        thread=thread.name,
+                        waited_ms=round(waited / 1e6, 1),
+                        threshold_ms=round(threshold / 1e6, 1),
+                        reason=self._stall_reason(thread),
+                    )
+                if worst is None or waited > worst[1]:
+                    worst = (thread, waited)
+            if (
+                worst is not None
+                and worst[1] > self.watchdog_bypass_ns
+                and core.policy is Policy.WFQ
+            ):
+                core.set_policy(Policy.FIFO)
+                self._bypass = {
+                    "at_ns": self._rel(now),
+                    "thread": worst[0].name,
+                    "waited_ns": worst[1],
+                }
+                log.error(
+                    "watchdog: persistent stall, bypass: switching to the FIFO policy",
+                    thread=worst[0].name,
+                    waited_ms=round(worst[1] / 1e6, 1),
+                )
+                for k in range(self.cpus):
+                    self._kick(k)
+
+    def _stall_reason(self, thread: Any) -> str:
+        core = self.scheduler
+        cpu = thread.cpu if thread.cpu is not None else 0
+        owner = thread.owner
+        where = f"in the IPC slot of CPU {cpu}" if owner and owner[0] == "ipcSlot" else "queued"
+        running = core.cpus[cpu].current
+        parts = [
+            f"{where} on CPU {cpu} with {len(core.cpus[cpu].queue)} runnable",
+            f"weight {thread.weight}",
+            f"class {thread.latency_class.wire_name}",
+            f"virtual lag {core.cpus[cpu].virtual_time_ns - thread.virtual_runtime_ns} ns",
+        ]
+        if running is not None:
+            parts.append(f"CPU {cpu} runs {running.name} (weight {running.weight})")
+        if core.policy is Policy.FIFO:
+            parts.append("policy FIFO")
+        elif thread.latency_class is LatencyClass.BATCH:
+            parts.append("batch class")
+        return "; ".join(parts)
+
+
+def describe_workload(workload: Any) -> str:
+    """A short human description of a workload spec (for tables)."""
+    match workload:
+        case Spin(total_ns=None):
+            return "spin"
+        case Spin(total_ns=total):
+            return f"spin {total / 1e6:g} ms"
+        case Hash(blocks=b, block_size=s, rounds=r):
+            return f"hash {b}x{s}B x{r}"
+        case Sleeper(burst_ns=burst, period_ns=period):
+            return f"sleeper {burst / 1e6:g}/{period / 1e6:g} ms"
+        case IpcClient(endpoint=ep):
+            return f"ipcClient {ep}"
+        case IpcServer(endpoint=ep):
+            return f"ipcServer {ep}"
+    return str(workload)

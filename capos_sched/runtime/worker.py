@@ -1,0 +1,199 @@
+"""A worker process: executes compute kernels for one simulated CPU.
+
+Started by the daemon as ``python -m capos_sched.runtime.worker --sock FD
+--flag FD --parent PID [--nice N] [--core K]``. It imports only the standard
+library (and ``protocol``), so it starts fast and never loads trio or capnp.
+
+Lifecycle guarantees:
+- ``PR_SET_PDEATHSIG`` (via ``prctl``) makes the kernel SIGKILL the worker when
+  the daemon dies, whatever the death; if the daemon died before the call, the
+  worker notices its parent changed and exits.
+- EOF on the socket (the daemon closed it, or died) ends the worker at once.
+- SIGINT is ignored: Ctrl-C on a terminal reaches the whole process group, and
+  the daemon decides when its workers stop.
+
+The worker keeps no scheduling state: everything a slice needs (the budget,
+the hash position and accumulator) travels in the request, so any worker can
+run any thread next (migration is free). Shared hash data is mapped once per
+worker from a ``memfd`` the daemon passes with ``OP_ATTACH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import ctypes
+import hashlib
+import mmap
+import os
+import signal
+import socket
+import sys
+import time
+
+from capos_sched.runtime.protocol import (
+    FLAG_BYTES,
+    OP_ATTACH,
+    OP_DETACH,
+    OP_EXIT,
+    OP_HASH,
+    OP_SPIN,
+    REPLY,
+    REQUEST,
+    ST_COMPLETE,
+    ST_ERROR,
+    ST_LIMIT,
+    ST_PREEMPTED,
+    ST_READY,
+    U64_MASK,
+)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal(parent: int) -> None:
+    """Ask the kernel to SIGKILL us when the daemon dies; exit if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            print(f"capos-sched worker: prctl failed: errno {ctypes.get_errno()}", file=sys.stderr)
+    except OSError as exc:  # pragma: no cover - non-Linux
+        print(f"capos-sched worker: no prctl: {exc}", file=sys.stderr)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def spin(limit_ns: int, flag: mmap.mmap) -> tuple[int, int]:
+    """Compute until ``limit_ns`` has passed or the flag is raised: (status, elapsed)."""
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline = start + limit_ns
+    x = 0
+    while True:
+        now = clock()
+        if now >= deadline:
+            return ST_LIMIT, now - start
+        if flag[0]:
+            return ST_PREEMPTED, now - start
+        for i in range(32):  # a little arithmetic between clock reads
+            x = (x + i * i) & 0xFFFF
+
+
+def hash_blocks(
+    data: memoryview,
+    blocks: int,
+    block_size: int,
+    position: int,
+    end: int,
+    limit_ns: int,
+    acc: int,
+    flag: mmap.mmap,
+) -> tuple[int, int, int, int]:
+    """Hash blocks ``position..end`` for at most ``limit_ns``: (status, elapsed, position, acc).
+
+    The time limit and the flag are checked after every block, so a slice
+    overruns by at most one block's hashing time.
+    """
+    clock = time.perf_counter_ns
+    blake2b = hashlib.blake2b
+    start = clock()
+    deadline = start + limit_ns
+    now = start
+    while position < end:
+        offset = (position % blocks) * block_size
+        digest = blake2b(data[offset : offset + block_size], digest_size=8).digest()
+        acc = ((acc * 31) ^ int.from_bytes(digest, "little")) & U64_MASK
+        position += 1
+        now = clock()
+        if position >= end:
+            return ST_COMPLETE, now - start, position, acc
+        if now >= deadline:
+            return ST_LIMIT, now - start, position, acc
+        if flag[0]:
+            return ST_PREEMPTED, now - start, position, acc
+    return ST_COMPLETE, now - start, position, acc
+
+
+def serve(sock: socket.socket, flag: mmap.mmap) -> None:
+    """Answer requests until EOF or OP_EXIT."""
+    datasets: dict[int, tuple[mmap.mmap, memoryview, int, int]] = {}
+    fd_space = socket.CMSG_SPACE(array.array("i").itemsize)
+    sock.send(REPLY.pack(ST_READY, 0, os.getpid(), 0, 0))
+    while True:
+        try:
+            msg, ancdata, _flags, _addr = sock.recvmsg(REQUEST.size, fd_space)
+        except (ConnectionError, OSError):
+            return
+        if not msg:
+            return  # EOF: the daemon is gone or closed us
+        op, tid, limit_ns, a1, a2, a3, acc = REQUEST.unpack(msg)
+        if op == OP_SPIN:
+            status, elapsed = spin(limit_ns, flag)
+            sock.send(REPLY.pack(status, tid, elapsed, 0, 0))
+        elif op == OP_HASH:
+            entry = datasets.get(a1)
+            if entry is None:
+                sock.send(REPLY.pack(ST_ERROR, tid, 0, a2, acc))
+                continue
+            _, view, blocks, block_size = entry
+            status, elapsed, position, acc = hash_blocks(
+                view, blocks, block_size, a2, a3, limit_ns, acc, flag
+            )
+            sock.send(REPLY.pack(status, tid, elapsed, position, acc))
+        elif op == OP_ATTACH:
+            fds = array.array("i")
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            if not fds:
+                continue
+            try:
+                mapped = mmap.mmap(fds[0], a2 * a3, prot=mmap.PROT_READ)
+                datasets[a1] = (mapped, memoryview(mapped), a2, a3)
+            except (OSError, ValueError) as exc:
+                print(f"capos-sched worker: attach {a1} failed: {exc}", file=sys.stderr)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        elif op == OP_DETACH:
+            entry = datasets.pop(a1, None)
+            if entry is not None:
+                entry[1].release()
+                entry[0].close()
+        elif op == OP_EXIT:
+            return
+        else:
+            sock.send(REPLY.pack(ST_ERROR, tid, 0, 0, 0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="capos-sched-worker")
+    parser.add_argument("--sock", type=int, required=True)
+    parser.add_argument("--flag", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--core", type=int, default=-1)
+    args = parser.parse_args(argv)
+    _set_parent_death_signal(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError as exc:
+            print(f"capos-sched worker: nice {args.nice} refused: {exc}", file=sys.stderr)
+    if args.core >= 0:
+        try:
+            os.sched_setaffinity(0, {args.core})
+        except OSError as exc:
+            print(f"capos-sched worker: pin to core {args.core}: {exc}", file=sys.stderr)
+    flag = mmap.mmap(args.flag, FLAG_BYTES)
+    os.close(args.flag)
+    sock = socket.socket(fileno=args.sock)
+    try:
+        serve(sock, flag)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Daemon side of a worker process: spawn, one request at a time, preempt, stop.
+
+A ``Worker`` is owned by exactly one CPU task of the trio runtime; only that
+task sends on its socket, so requests never interleave. ``preempt()`` may be
+called from any trio task (it only writes the shared flag byte).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import attrs
+import structlog
+import trio
+
+from capos_sched.runtime.protocol import (
+    FLAG_BYTES,
+    OP_ATTACH,
+    OP_DETACH,
+    OP_EXIT,
+    REPLY,
+    ST_READY,
+    decode_reply,
+    encode_request,
+)
+
+log = structlog.get_logger("capos_sched.runtime")
+
+START_TIMEOUT_S = 20.0
+"""How long a new worker may take to say READY (Python start-up on a loaded machine)."""
+
+
+class WorkerDied(Exception):
+    """The worker process went away (EOF or a socket error).
+
+    ``ran`` is False when the request could not even be sent (the worker was
+    already dead, so the thread did not run), True when it died mid-request.
+    """
+
+    def __init__(self, message: str, *, ran: bool = True) -> None:
+        super().__init__(message)
+        self.ran = ran
+
+
+def pinned_cores(cpus: int) -> list[int] | None:
+    """The core each CPU's worker is pinned to, or None when there are fewer
+    usable cores than simulated CPUs (then workers float)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return None
+    if len(allowed) < cpus:
+        return None
+    return allowed[:cpus]
+
+
+@attrs.define(eq=False)
+class Worker:
+    """One worker process serving CPU ``cpu``.
+
+    Invariants: ``sock`` is the daemon's end of a SEQPACKET socketpair whose
+    other end only ``process`` holds; ``flag`` maps the same page the worker
+    polls; ``attached`` lists the data ids this process has mapped (reset when
+    the process is replaced).
+    """
+
+    cpu: int
+    nice: int
+    core: int | None
+    flag_fd: int
+    flag: mmap.mmap
+    process: trio.Process | None = None
+    sock: trio.socket.SocketType | None = None
+    pid: int | None = None
+    attached: set[int] = attrs.Factory(set)
+    pending_detach: list[int] = attrs.Factory(list)
+    busy: bool = False
+
+    @classmethod
+    def create(cls, cpu: int, nice: int, core: int | None) -> Worker:
+        flag_fd = os.memfd_create(f"capos-sched-preempt-{cpu}", os.MFD_CLOEXEC)
+        os.ftruncate(flag_fd, FLAG_BYTES)
+        flag = mmap.mmap(flag_fd, FLAG_BYTES)
+        return cls(cpu=cpu, nice=nice, core=core, flag_fd=flag_fd, flag=flag)
+
+    async def start(self) -> None:
+        """Spawn the process (replacing any previous one) and wait for its READY."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            cmd = [
+                sys.executable,
+                "-m",
+                "capos_sched.runtime.worker",
+                "--sock",
+                str(child_end.fileno()),
+                "--flag",
+                str(self.flag_fd),
+                "--parent",
+                str(os.getpid()),
+                "--nice",
+                str(self.nice),
+                "--core",
+                str(-1 if self.core is None else self.core),
+            ]
+            self.process = await trio.lowlevel.open_process(
+                cmd,
+                pass_fds=(child_end.fileno(), self.flag_fd),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.sock = trio.socket.from_stdlib_socket(parent_end)
+        self.attached = set()
+        self.pending_detach = []
+        self.flag[0] = 0
+        with trio.move_on_after(START_TIMEOUT_S) as scope:
+            data = await self.sock.recv(REPLY.size)
+        if scope.cancelled_caught or not data:
+            await self.kill()
+            raise WorkerDied(f"worker for CPU {self.cpu} did not start")
+        status, _, pid, _, _ = decode_reply(data)
+        if status != ST_READY:
+            await self.kill()
+            raise WorkerDied(f"worker for CPU {self.cpu} sent status {status} instead of READY")
+        self.pid = pid
+        log.debug("worker started", cpu=self.cpu, pid=pid, nice=self.nice, core=self.core)
+
+    async def request(self, payload: bytes) -> tuple[int, int, int, int, int]:
+        """Send one run request and wait for its reply; WorkerDied if the process is gone."""
+        assert self.sock is not None
+        self.flag[0] = 0
+        self.busy = True
+        try:
+            try:
+                await self._flush_detaches()
+                await self.sock.send(payload)
+            except OSError as exc:
+                raise WorkerDied(f"send failed: {exc}", ran=False) from exc
+            try:
+                data = await self.sock.recv(REPLY.size)
+            except OSError as exc:
+                raise WorkerDied(f"socket error: {exc}") from exc
+        finally:
+            self.busy = False
+        if not data:
+            raise WorkerDied("EOF on the worker socket")
+        return decode_reply(data)
+
+    async def attach(self, data_id: int, fd: int, blocks: int, block_size: int) -> None:
+        """Map shared data ``data_id`` in the worker (sent with SCM_RIGHTS; no reply)."""
+        assert self.sock is not None
+        try:
+            await self.sock.sendmsg(
+                [encode_request(OP_ATTACH, a1=data_id, a2=blocks, a3=block_size)],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+            )
+        except OSError as exc:
+            raise WorkerDied(f"send failed: {exc}", ran=False) from exc
+        self.attached.add(data_id)
+
+    def detach_later(self, data_id: int) -> None:
+        """Unmap ``data_id`` before the next request (never concurrently with one)."""
+        if data_id in self.attached:
+            self.attached.discard(data_id)
+            self.pending_detach.append(data_id)
+
+    async def _flush_detaches(self) -> None:
+        assert self.sock is not None
+        while self.pending_detach:
+            data_id = self.pending_detach.pop()
+            await self.sock.send(encode_request(OP_DETACH, a1=data_id))
+
+    def preempt(self) -> None:
+        """Raise the flag: the running kernel stops at its next poll."""
+        self.flag[0] = 1
+
+    def exit_status(self) -> str:
+        """How the process ended, for crash reports (call after it exited)."""
+        code = None if self.process is None else self.process.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
+
+    async def reap(self, timeout_s: float = 2.0) -> None:
+        """Wait for an already dying process, then SIGKILL it if it lingers."""
+        if self.process is None:
+            return
+        with trio.move_on_after(timeout_s):
+            await self.process.wait()
+        if self.process.returncode is None:
+            await self.kill()
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Ask the worker to exit (OP_EXIT, then EOF); SIGKILL after ``timeout_s``."""
+        if self.sock is not None:
+            try:
+                with trio.move_on_after(0.2):
+                    await self.sock.send(encode_request(OP_EXIT))
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+        await self.reap(timeout_s)
+
+    async def kill(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.process.wait()
+
+    def close(self) -> None:
+        """Release the flag page (after the process is gone)."""
+        try:
+            self.flag.close()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.flag_fd)
