@@ -36,6 +36,7 @@ def _register() -> None:
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
     from capos_sched.rpc.commands import COMMANDS as RPC_COMMANDS
+    from capos_sched.runtime.commands import run, simulate
 
     main.add_command(bench)
     bench.add_command(dispatch)
@@ -44,6 +45,8 @@ def _register() -> None:
     for command in RPC_COMMANDS:
         main.add_command(command)
     bench.add_command(rpc)
+    main.add_command(run)
+    main.add_command(simulate)
 
 
 _register()

@@ -410,8 +410,6 @@ class Runtime(PlanHost):
                     "runtime_ns": snap.runtime_ns,
                     "share": snap.runtime_ns / elapsed,
                     "ideal": ideals.get(rt),
-                    "wake_p99_ns": (rt.wake_latency.summary() or {}).get("p99"),
-                    "rtt_p99_ns": (rt.round_trips.summary() or {}).get("p99"),
                 }
             )
         return rows

@@ -1,0 +1,249 @@
+"""``capos-sched run``, ``capos-sched simulate`` and ``capos-sched bench matrix``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+log = structlog.get_logger("capos_sched.runtime")
+
+DEFAULT_DURATION_S = 5.0
+"""Run length when the manifest has only threads that never end by themselves."""
+DISABLE_WFQ_ENV = "CAPOS_SCHED_DISABLE_WFQ"
+EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _load(manifest: Path | None) -> tuple[Any, str]:
+    """The plan and its display name; a manifest problem exits 1 with its diagnostics."""
+    from capos_sched.manifest import DEFAULT_MANIFEST, ManifestError, load_plan
+
+    path = manifest if manifest is not None else DEFAULT_MANIFEST
+    try:
+        plan = load_plan(path)
+    except ManifestError as error:
+        click.echo(str(error), err=True)
+        sys.exit(1)
+    name = str(manifest) if manifest is not None else f"{DEFAULT_MANIFEST.name} (default)"
+    return plan, name
+
+
+def _policy(explicit: str | None, plan: Any) -> str:
+    """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO)."""
+    policy = explicit or plan.machine.policy
+    if os.environ.get(DISABLE_WFQ_ENV, "") not in ("", "0"):
+        if policy != "fifo":
+            log.warning(f"{DISABLE_WFQ_ENV} is set: forcing the FIFO policy", was=policy)
+        policy = "fifo"
+    return policy
+
+
+def _has_finite(plan: Any) -> bool:
+    from capos_sched.workload import is_finite
+
+    return any(is_finite(t.workload) for t in plan.threads())
+
+
+manifest_argument = click.argument(
+    "manifest", required=False, type=click.Path(dir_okay=True, path_type=Path)
+)
+
+
+@click.command()
+@manifest_argument
+@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to run. Default: until every finite thread finished, or "
+    f"{DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+)
+@click.option(
+    "--policy", type=click.Choice(["wfq", "fifo"]), help="Override the manifest's policy."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON trace events) to this file.",
+)
+@click.option(
+    "--nice",
+    type=click.IntRange(-20, 19),
+    default=10,
+    show_default=True,
+    help="Niceness added to the worker processes (the daemon stays responsive).",
+)
+@click.option(
+    "--watchdog-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stall threshold of the watchdog (default: 250 slices); the FIFO bypass "
+    "happens after three times as long.",
+)
+@click.option(
+    "--no-wake-preemption",
+    is_flag=True,
+    help="Do not cut running slices short for waking interactive threads.",
+)
+def run(
+    manifest: Path | None,
+    cpus: int | None,
+    duration: float | None,
+    policy: str | None,
+    as_json: bool,
+    trace_path: Path | None,
+    nice: int,
+    watchdog_ms: float | None,
+    no_wake_preemption: bool,
+) -> None:
+    """Run MANIFEST's threads on real time (default: the embedded default manifest).
+
+    Each simulated CPU drives one worker process; the core is charged the time
+    the workers measure. Runs until --duration passes or every finite thread
+    finished. Ctrl-C or SIGTERM stops cleanly (the report is still printed;
+    exit status 130 / 143).
+    """
+    import trio
+
+    from capos_sched.runtime.runtime import Runtime, RuntimeConfig, RuntimeFailure
+    from capos_sched.runtime.trace import TraceRecorder
+
+    plan, name = _load(manifest)
+    chosen_policy = _policy(policy, plan)
+    if duration is None and not _has_finite(plan):
+        duration = DEFAULT_DURATION_S
+    if trace_path is not None:
+        try:
+            trace_path.open("a").close()
+        except OSError as error:
+            raise click.BadParameter(
+                f"cannot write {trace_path}: {error.strerror or error}", param_hint="--trace"
+            ) from None
+    trace = TraceRecorder(cpus or plan.machine.cpus) if trace_path is not None else None
+    config = RuntimeConfig(
+        nice=nice,
+        wake_preemption=not no_wake_preemption,
+        watchdog_threshold_ns=None if watchdog_ms is None else int(watchdog_ms * 1e6),
+    )
+    runtime = Runtime(plan, chosen_policy, cpus, config=config, trace=trace, manifest_name=name)
+    live = not as_json and sys.stdout.isatty()
+    received: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_signals, runtime, received)
+            if live:
+                nursery.start_soon(_live_view, runtime, duration)
+            await runtime.run(duration_s=duration)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except RuntimeFailure as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    report = runtime.report()
+    if trace is not None and trace_path is not None:
+        trace.write(trace_path)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        from capos_sched.runtime.view import console, report_view
+
+        console().print(report_view(report))
+        if trace_path is not None:
+            click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
+    if received:
+        sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
+
+
+async def _signals(runtime: Any, received: list[int]) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            received.append(signum)
+            log.warning("stopping", signal=signal.Signals(signum).name)
+            runtime.request_stop(signal.Signals(signum).name)
+
+
+async def _live_view(runtime: Any, duration: float | None) -> None:
+    import trio
+    from rich.console import Console
+    from rich.live import Live
+
+    from capos_sched.runtime.view import live_table
+
+    console = Console()
+    with Live(console=console, auto_refresh=False, transient=True) as live:
+        while True:
+            if runtime.running:
+                live.update(
+                    live_table(runtime.share_rows(), runtime.elapsed_ns(), duration), refresh=True
+                )
+            await trio.sleep(0.25)
+
+
+@click.command()
+@manifest_argument
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Virtual seconds. Default: until every finite thread finished (at most one "
+    f"virtual hour), or {DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the run-length jitter."
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(0, 0.5),
+    default=None,
+    help="Relative jitter of modelled run lengths (default 0.02; 0 = exact model).",
+)
+@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
+@click.option(
+    "--policy", type=click.Choice(["wfq", "fifo"]), help="Override the manifest's policy."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+def simulate(
+    manifest: Path | None,
+    duration: float | None,
+    seed: int,
+    jitter: float | None,
+    cpus: int | None,
+    policy: str | None,
+    as_json: bool,
+) -> None:
+    """Simulate MANIFEST on the core's deterministic simulator (virtual time).
+
+    The report has the shape of `capos-sched run --json`; the same
+    (manifest, options, seed) always gives the same report.
+    """
+    from capos_sched.runtime.simulate import DEFAULT_JITTER, simulate_plan
+
+    plan, name = _load(manifest)
+    if duration is None:
+        duration = 3600.0 if _has_finite(plan) else DEFAULT_DURATION_S
+    report = simulate_plan(
+        plan,
+        duration_ns=int(duration * 1e9),
+        seed=seed,
+        cpus=cpus,
+        policy=_policy(policy, plan),
+        jitter=DEFAULT_JITTER if jitter is None else jitter,
+        manifest_name=name,
+    )
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    from capos_sched.runtime.view import console, report_view
+
+    console().print(report_view(report))

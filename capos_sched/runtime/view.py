@@ -1,0 +1,167 @@
+"""Tables for people: the live view during ``run`` and the final table.
+
+Shares are in CPUs (runtime / elapsed). The ideal is the water-filled share
+(``core.ideal_shares``) among the CPU-bound threads still running (spin,
+hash), which is what a weighted-fair scheduler owes always-runnable threads;
+threads that block (sleepers, IPC) have no ideal and show latencies instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from capos_sched.core import ideal_shares
+
+CPU_BOUND = ("spin", "hash")
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.1f}"
+
+
+def _us(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e3:.0f}"
+
+
+def ideal_by_name(report: dict[str, Any]) -> dict[str, float]:
+    """Water-filled ideal shares (CPUs) of the CPU-bound threads that did not end."""
+    bound = [
+        t
+        for t in report["threads"]
+        if t.get("workload") in CPU_BOUND
+        and t.get("finished_ns") is None
+        and not t.get("failed")
+        and not t.get("removed")
+    ]
+    shares = ideal_shares([t["weight"] for t in bound], report["cpus"])
+    return {t["name"]: s for t, s in zip(bound, shares, strict=True)}
+
+
+def report_table(report: dict[str, Any], *, title: str | None = None) -> Table:
+    """The final per-thread table of a run (or simulation) report."""
+    elapsed = max(1, report["elapsed_ns"])
+    ideals = ideal_by_name(report)
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column, justify in (
+        ("thread", "left"),
+        ("class", "left"),
+        ("weight", "right"),
+        ("runtime ms", "right"),
+        ("share", "right"),
+        ("ideal", "right"),
+        ("error", "right"),
+        ("switch", "right"),
+        ("preempt", "right"),
+        ("block", "right"),
+        ("migr", "right"),
+        ("wake p50/p99 us", "right"),
+        ("rtt p50/p99 us", "right"),
+        ("end", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for t in report["threads"]:
+        share = t["runtime_ns"] / elapsed
+        ideal = ideals.get(t["name"])
+        error = "-" if not ideal else f"{(share - ideal) / ideal * 100:+.1f}%"
+        wake, rtt = t.get("wake_latency_ns"), t.get("ipc_round_trip_ns")
+        if t.get("failed"):
+            end = Text("failed", style="red")
+        elif t.get("finished_ns") is not None:
+            end = Text(f"done {t['finished_ns'] / 1e6:.0f} ms")
+        else:
+            end = Text("")
+        table.add_row(
+            t["name"],
+            t["class"],
+            str(t["weight"]),
+            _ms(t["runtime_ns"]),
+            f"{share:.3f}",
+            "-" if ideal is None else f"{ideal:.3f}",
+            error,
+            str(t["context_switches"]),
+            str(t["preemptions"]),
+            str(t["voluntary_blocks"]),
+            str(t["migrations"]),
+            "-" if not wake else f"{_us(wake['p50'])}/{_us(wake['p99'])}",
+            "-" if not rtt else f"{_us(rtt['p50'])}/{_us(rtt['p99'])}",
+            end,
+        )
+    return table
+
+
+def report_header(report: dict[str, Any]) -> Text:
+    overhead = report.get("dispatch_overhead_ns") or {}
+    parts = [
+        f"{report['manifest']}",
+        f"policy {report['policy']}"
+        + (
+            f" -> {report['policy_final']}"
+            if report.get("policy_final", report["policy"]) != report["policy"]
+            else ""
+        ),
+        f"{report['cpus']} CPU{'s' if report['cpus'] != 1 else ''}",
+        f"slice {report['slice_ns'] / 1e6:g} ms",
+        f"elapsed {report['elapsed_ns'] / 1e9:.3f} s",
+    ]
+    if overhead.get("p50") is not None:
+        parts.append(
+            f"dispatch overhead p50 {_us(overhead['p50'])} us p99 {_us(overhead['p99'])} us"
+        )
+    if report.get("virtual_time"):
+        parts.append("virtual time")
+    return Text(" · ".join(parts), style="bold")
+
+
+def console() -> Console:
+    """A console for reports: the terminal's width, or 160 columns when piped."""
+    if sys.stdout.isatty():
+        return Console(soft_wrap=False)
+    return Console(width=160, soft_wrap=False)
+
+
+def report_view(report: dict[str, Any]) -> Group:
+    items: list[Any] = [report_header(report), report_table(report)]
+    for t in report["threads"]:
+        if t.get("failed"):
+            items.append(Text(f"{t['name']} failed: {t['failed']}", style="red"))
+    bypass = (report.get("watchdog") or {}).get("bypass")
+    if bypass:
+        items.append(
+            Text(
+                f"watchdog bypass to FIFO at {bypass['at_ns'] / 1e9:.3f} s "
+                f"({bypass['thread']} waited {bypass['waited_ns'] / 1e6:.0f} ms)",
+                style="yellow",
+            )
+        )
+    return Group(*items)
+
+
+def live_table(rows: list[dict[str, Any]], elapsed_ns: int, duration_s: float | None) -> Group:
+    """The live view: progress and per-thread share against the ideal."""
+    progress = f"{elapsed_ns / 1e9:.1f} s" + (f" / {duration_s:g} s" if duration_s else "")
+    table = Table(header_style="bold")
+    for column in ("thread", "class", "weight", "state", "runtime ms", "share", "ideal", "bar"):
+        table.add_column(
+            column, justify="left" if column in ("thread", "state", "bar") else "right"
+        )
+    for row in rows:
+        ideal = row["ideal"]
+        bar = ["#" if i < round(min(1.0, row["share"]) * 30) else " " for i in range(30)]
+        if ideal is not None:
+            bar[min(29, round(min(1.0, ideal) * 30))] = "|"
+        table.add_row(
+            row["name"],
+            row["class"],
+            str(row["weight"]),
+            row["state"],
+            _ms(row["runtime_ns"]),
+            f"{row['share']:.3f}",
+            "-" if ideal is None else f"{ideal:.3f}",
+            Text("".join(bar).rstrip(), style="green"),
+        )
+    return Group(Text(f"running {progress}", style="bold"), table)
