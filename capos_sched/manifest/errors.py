@@ -140,6 +140,9 @@ class Diagnostics:
     def error(self, pos: Pos, message: str) -> None:
         self.add(Diagnostic.at(pos, message))
 
+    def items(self) -> tuple[Diagnostic, ...]:
+        return tuple(self._items)
+
     def __bool__(self) -> bool:
         return bool(self._items)
 

@@ -13,10 +13,9 @@ so the grammar itself only ever sees commas.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
-from lark import Lark, Token
+from lark import Lark, Token, Transformer
 from lark.lark import PostLex
 
 GRAMMAR = r"""
@@ -39,24 +38,12 @@ field: label ":" (label ":")* expr
       | IDENT "=" label             -> alias_label
 !label_mark: "?" | "!"
 
-?expr: disj
-?disj: conj ("|" conj)*
-?conj: lor ("&" lor)*
-?lor: land
-    | lor logic_op land             -> binary
-?land: cmp
-     | land and_op cmp              -> binary
-?cmp: add
-    | cmp cmp_op add                -> binary
-?add: mul
-    | add add_op mul                -> binary
-?mul: unary
-    | mul mul_op unary              -> binary
-!logic_op: "||"
-!and_op: "&&"
-!cmp_op: "==" | rel_op
-!add_op: "+" | "-"
-!mul_op: "*" | "/"
+// Binary expressions are one flat sequence of operands and operators; the
+// AST builder applies CUE's precedence (spec, "Operator precedence"). A
+// grammar level per precedence would cost lark a reduction per level for
+// every single value.
+?expr: unary (binary_op unary)*
+!binary_op: "|" | "&" | "||" | "&&" | "==" | rel_op | "+" | "-" | "*" | "/"
 !rel_op: ">=" | "<=" | ">" | "<" | "!=" | "=~" | "!~"
 
 ?unary: primary
@@ -72,21 +59,29 @@ field: label ":" (label ":")* expr
         | primary "[" expr "]"      -> index
         | primary "(" [expr ("," expr)* [","]] ")" -> call
 
-?operand: literal
-        | IDENT                     -> ref
+?operand: IDENT                     -> ref
         | "(" expr ")"              -> paren
-        | "{" [decl ("," decl)* [","]] "}"   -> struct
-        | "[" "]"                            -> list
-        | "[" expr ("," expr)* [","] "]"     -> list
-        | "[" list_ellipsis [","] "]"        -> list
-        | "[" expr ("," expr)* "," list_ellipsis [","] "]"  -> list
+        | LBRACE [decl ("," decl)* [","]] "}"   -> struct
+        | LSQB "]"                                -> list
+        | LSQB expr ("," expr)* [","] "]"         -> list
+        | LSQB list_ellipsis [","] "]"            -> list
+        | LSQB expr ("," expr)* "," list_ellipsis [","] "]"  -> list
+        | INT                       -> literal
+        | FLOAT                     -> literal
+        | STRING                    -> literal
+        | BOTTOM                    -> literal
+        | SI_NUMBER                 -> literal
+        | MULTILINE_STRING          -> literal
+        | RAW_STRING                -> literal
+        | BYTES                     -> literal
+        | UNTERMINATED_STRING       -> literal
+        | ATTRIBUTE                 -> literal
+        | BAD_CHAR                  -> literal
 
 list_ellipsis: ELLIPSIS [expr]
 
-literal: INT | FLOAT | STRING | BOTTOM
-       | SI_NUMBER | MULTILINE_STRING | RAW_STRING | BYTES
-       | UNTERMINATED_STRING | ATTRIBUTE | BAD_CHAR
-
+LBRACE: "{"
+LSQB: "["
 ELLIPSIS: "..."
 BOTTOM.2: "_|_"
 
@@ -154,43 +149,31 @@ EOF_COMMA = ""
 
 
 class CommaInserter(PostLex):
-    """Turns significant newlines into ``COMMA`` tokens and drops the others.
-
-    ``previous`` and ``current`` are the last two tokens handed to the parser;
-    the error reporter reads them to explain a failure in context.
-    """
+    """Turns significant newlines into ``COMMA`` tokens and drops the others."""
 
     always_accept = ("NEWLINE",)
 
-    def __init__(self) -> None:
-        self.previous: Token | None = None
-        self.current: Token | None = None
-
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        last_type: str | None = None
         last: Token | None = None
         for token in stream:
             if token.type == "NEWLINE":
-                if last_type in COMMA_TRIGGERS:
-                    last_type = "COMMA"
-                    yield self._emit(Token.new_borrow_pos("COMMA", NEWLINE_COMMA, token))
+                if last is not None and last.type in COMMA_TRIGGERS:
+                    last = Token.new_borrow_pos("COMMA", NEWLINE_COMMA, token)
+                    yield last
                 continue
-            last_type = token.type
             last = token
-            yield self._emit(token)
-        if last_type in COMMA_TRIGGERS and last is not None:
-            end = Token.new_borrow_pos("COMMA", EOF_COMMA, last)
-            yield self._emit(end)
-
-    def _emit(self, token: Token) -> Token:
-        self.previous, self.current = self.current, token
-        return token
+            yield token
+        if last is not None and last.type in COMMA_TRIGGERS:
+            yield Token.new_borrow_pos("COMMA", EOF_COMMA, last)
 
 
-@functools.cache
-def _parser() -> Lark:
-    # lark resolves a shift/reduce conflict silently (as shift); the grammar
-    # has none, and tests/manifest/test_syntax.py keeps it that way.
+def make_parser(transformer: Transformer) -> Lark:
+    """An LALR parser that builds its result with ``transformer`` while it
+    parses (no parse tree is materialised, and nothing recurses on nesting).
+
+    Positions come from tokens (lark's ``propagate_positions`` costs more than
+    the rest of the parse).
+    """
     return Lark(
         GRAMMAR,
         start="file",
@@ -198,13 +181,5 @@ def _parser() -> Lark:
         lexer="basic",
         postlex=CommaInserter(),
         maybe_placeholders=True,
-        propagate_positions=True,
+        transformer=transformer,
     )
-
-
-def parser() -> tuple[Lark, CommaInserter]:
-    """The shared LALR parser and its post-lexer (not thread-safe: one parse at a time)."""
-    lark = _parser()
-    postlex = lark.options.postlex
-    assert isinstance(postlex, CommaInserter)
-    return lark, postlex

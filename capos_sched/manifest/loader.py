@@ -6,10 +6,13 @@ listing every problem found; nothing else escapes, whatever the input.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,24 @@ def schema_file() -> syntax.File:
     return parsed
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the duration of a load.
+
+    A load allocates hundreds of thousands of small, acyclic objects (AST
+    nodes, values); each allocation burst triggers collections that rescan
+    all of them, which cost about a third of a large load. Reference counting
+    still frees everything; the collector resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def evaluate(source: Source, diagnostics: Diagnostics) -> tuple[syntax.File, Exported] | None:
     """Parse ``source`` and export it unified with the schema (problems reported)."""
     with _parse_lock:
@@ -70,13 +91,8 @@ def load_plan_text(text: str, filename: str = "<string>") -> Plan:
     diagnostics = Diagnostics()
     source = Source(filename, text)
     try:
-        evaluated = evaluate(source, diagnostics)
-        plan = None
-        if evaluated is not None:
-            parsed, exported = evaluated
-            plan = build_plan(exported, parsed, filename, diagnostics)
-            if plan is not None and not diagnostics:
-                plan = _with_export(plan, exported)
+        with _cyclic_gc_paused():
+            plan = _load(source, diagnostics)
     except ManifestError:
         raise
     except RecursionError:
@@ -93,6 +109,17 @@ def load_plan_text(text: str, filename: str = "<string>") -> Plan:
     diagnostics.raise_if_any()
     assert plan is not None
     return plan
+
+
+def _load(source: Source, diagnostics: Diagnostics) -> Plan | None:
+    evaluated = evaluate(source, diagnostics)
+    if evaluated is None:
+        return None
+    parsed, exported = evaluated
+    plan = build_plan(exported, parsed, source.filename, diagnostics)
+    if plan is None or diagnostics:
+        return None
+    return _with_export(plan, exported)
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:

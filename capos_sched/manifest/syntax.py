@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import decimal
 import enum
+import functools
 import re
 from typing import Any
 
 import attrs
-from lark import Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Transformer, Tree
+from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostics, Pos, Source
-from .grammar import EOF_COMMA, NEWLINE_COMMA, parser
+from .grammar import EOF_COMMA, NEWLINE_COMMA, make_parser
 
 UNSUPPORTED = "not supported in capos-sched manifests"
 
@@ -191,21 +192,39 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
     Returns None when the text is not syntactically valid (the reported syntax
     errors would make any evaluation misleading). Returns a File, possibly with
     Poison nodes, when the text parses; unsupported constructs are reported.
+    Not reentrant: the parser and its builder are shared (see loader's lock).
     """
-    lark, commas = parser()
-    reporter = _SyntaxErrorReporter(source, diagnostics, commas)
+    lark, builder = _parser()
+    built = Diagnostics()  # what the builder finds, merged below
+    builder.begin(source, built)
+    reporter = _SyntaxErrorReporter(source, built)
+    result: Any = None
     try:
-        tree = lark.parse(source.text, on_error=reporter.recover)
+        result = lark.parse(source.text, on_error=reporter.recover)
     except UnexpectedInput as error:
         reporter.report(error)
-        return None
+    finally:
+        builder.end()
     if reporter.count:
+        # After a syntax error the recovered parse sees fragments; keep one
+        # diagnostic per line (the leftmost), so echoes do not bury the cause.
+        kept: dict[int, Any] = {}
+        for diagnostic in built.items():
+            line = kept.get(diagnostic.line)
+            if line is None or diagnostic.col < line.col:
+                kept[diagnostic.line] = diagnostic
+        for diagnostic in kept.values():
+            diagnostics.add(diagnostic)
         return None
-    builder = _AstBuilder(source, diagnostics)
-    try:
-        return builder.transform(tree)
-    except VisitError as error:  # pragma: no cover - a bug in the builder, not in the input
-        raise error.orig_exc from error
+    for diagnostic in built.items():
+        diagnostics.add(diagnostic)
+    return result if isinstance(result, File) else None
+
+
+@functools.cache
+def _parser() -> tuple[Lark, _AstBuilder]:
+    builder = _AstBuilder()
+    return make_parser(builder), builder
 
 
 # Terminals a value can start with, for "expected a value" in syntax errors.
@@ -259,15 +278,14 @@ class _SyntaxErrorReporter:
     almost always echoes of the first.
     """
 
-    def __init__(self, source: Source, diagnostics: Diagnostics, commas: Any) -> None:
+    def __init__(self, source: Source, diagnostics: Diagnostics) -> None:
         self.source = source
         self.diagnostics = diagnostics
-        self.commas = commas
         self.count = 0
         self.recoveries = 0
         self.last_line = 0
 
-    def _pos(self, token: Token) -> Pos:
+    def _token_pos(self, token: Token) -> Pos:
         if token.type == "$END" or token.line is None:
             return self._end_pos()
         if token.type == "COMMA" and token.value in (NEWLINE_COMMA, EOF_COMMA):
@@ -290,7 +308,7 @@ class _SyntaxErrorReporter:
             self._add(pos, "unexpected input")
             return
         token = error.token
-        pos = self._pos(token)
+        pos = self._token_pos(token)
         self._add(pos, self._message(token, error.accepts or error.expected))
 
     def _add(self, pos: Pos, message: str) -> None:
@@ -471,29 +489,46 @@ class _Ellipsis:
     tail: Expr
 
 
-@v_args(meta=True)
-class _AstBuilder(Transformer):
-    """Converts lark's parse tree to the AST, reporting unsupported constructs."""
+_BINARY_PRECEDENCE = {"|": 1, "&": 2}
+"""The binary operators the subset evaluates; the others are reported."""
 
-    def __init__(self, source: Source, diagnostics: Diagnostics) -> None:
+
+class _AstBuilder(Transformer):
+    """Builds the AST while lark parses, reporting unsupported constructs.
+
+    One instance serves every parse (lark binds it when the parser is made);
+    :meth:`begin` points it at the source being parsed.
+    """
+
+    def __init__(self) -> None:
         super().__init__(visit_tokens=False)
+        self.source: Source = Source("<none>", "")
+        self.diagnostics = Diagnostics()
+
+    def begin(self, source: Source, diagnostics: Diagnostics) -> None:
         self.source = source
         self.diagnostics = diagnostics
 
+    def end(self) -> None:
+        self.begin(Source("<none>", ""), Diagnostics())
+
     # -- helpers ---------------------------------------------------------
     def _tpos(self, token: Token) -> Pos:
+        if token.line is None:  # a token the error recovery inserted
+            return Pos(self.source, 1, 1)
         return Pos(self.source, token.line, token.column)
 
-    def _mpos(self, meta: Any, children: list[Any] | None = None) -> Pos:
-        if not meta.empty:
-            return Pos(self.source, meta.line, meta.column)
-        for child in children or ():
-            pos = getattr(child, "pos", None)
-            if isinstance(child, Token) and child.line is not None:
+    def _pos(self, children: list[Any]) -> Pos:
+        """The position of the first child that has one."""
+        for child in children:
+            if isinstance(child, Token):
                 return self._tpos(child)
+            if isinstance(child, Tree):
+                return self._pos(child.children)
+            pos = getattr(child, "pos", None)
             if pos is not None:
                 return pos
-        return Pos(self.source, 1, 1)  # pragma: no cover - every rule has a token
+        return Pos(self.source, 1, 1)
 
     def _poison(self, pos: Pos, message: str) -> Poison:
         self.diagnostics.error(pos, message)
@@ -506,7 +541,7 @@ class _AstBuilder(Transformer):
         return item
 
     # -- file and declarations ------------------------------------------
-    def file(self, meta: Any, children: list[Any]) -> File:
+    def file(self, children: list[Any]) -> File:
         package: str | None = None
         decls: list[Decl] = []
         seen_declaration = False
@@ -530,9 +565,17 @@ class _AstBuilder(Transformer):
                 decls.append(child)
         return File(self.source, package, tuple(decls), _idents(decls))
 
-    def preamble(self, meta: Any, children: list[Token]) -> Any:
+    def preamble(self, children: list[Token]) -> Any:
         keyword, argument = children
         pos = self._tpos(keyword)
+        if keyword.value in ("for", "if"):
+            self.diagnostics.error(
+                pos, f"comprehensions (`{keyword.value} ...`) are " + UNSUPPORTED
+            )
+            return None
+        if keyword.value == "let":
+            self.diagnostics.error(pos, "`let` declarations are " + UNSUPPORTED)
+            return None
         if keyword.value == "package" and argument.type == "IDENT":
             if _label_kind(argument.value) is not LabelKind.REGULAR or argument.value == "_":
                 self.diagnostics.error(self._tpos(argument), "invalid package name")
@@ -545,11 +588,10 @@ class _AstBuilder(Transformer):
         )
         return None
 
-    def embedding(self, meta: Any, children: list[Any]) -> None:
-        pos = self._mpos(meta, children)
-        if isinstance(children[0], Ref) and children[0].name in ("for", "if", "let"):
-            self.diagnostics.error(pos, f"`{children[0].name}` clauses are " + UNSUPPORTED)
-            return None
+    def embedding(self, children: list[Any]) -> None:
+        pos = self._pos(children)
+        if isinstance(children[0], Poison):
+            return None  # already reported
         self.diagnostics.error(
             pos,
             "embedding a value in a struct is " + UNSUPPORTED + "; unify instead "
@@ -557,11 +599,11 @@ class _AstBuilder(Transformer):
         )
         return None
 
-    def struct_ellipsis(self, meta: Any, children: list[Any]) -> None:
-        self.diagnostics.error(self._mpos(meta, children), "`...` in a struct is " + UNSUPPORTED)
+    def struct_ellipsis(self, children: list[Any]) -> None:
+        self.diagnostics.error(self._pos(children), "`...` in a struct is " + UNSUPPORTED)
         return None
 
-    def field(self, meta: Any, children: list[Any]) -> Decl | None:
+    def field(self, children: list[Any]) -> Decl | None:
         *labels, value = children
         value = self._value(value)
         if any(label is None for label in labels):
@@ -587,7 +629,7 @@ class _AstBuilder(Transformer):
         self.diagnostics.error(pos, f"required fields (`{name}!`) are " + UNSUPPORTED)
         return None
 
-    def ident_label(self, meta: Any, children: list[Any]) -> _Label | None:
+    def ident_label(self, children: list[Any]) -> _Label | None:
         token, mark = children
         pos = self._tpos(token)
         name = token.value
@@ -599,7 +641,7 @@ class _AstBuilder(Transformer):
             return None
         return _Label(pos, name, _label_kind(name), optional, quoted=False)
 
-    def string_label(self, meta: Any, children: list[Any]) -> _Label | None:
+    def string_label(self, children: list[Any]) -> _Label | None:
         token, mark = children
         pos = self._tpos(token)
         name = decode_string(token, self.source, self.diagnostics)
@@ -610,72 +652,86 @@ class _AstBuilder(Transformer):
             return None
         return _Label(pos, name, LabelKind.REGULAR, optional, quoted=True)
 
-    def pattern_label(self, meta: Any, children: list[Any]) -> _Label:
-        pos = self._mpos(meta, children)
+    def pattern_label(self, children: list[Any]) -> _Label:
+        pos = self._pos(children)
         return _Label(pos, None, LabelKind.REGULAR, False, False, pattern=self._value(children[0]))
 
-    def dynamic_label(self, meta: Any, children: list[Any]) -> None:
-        pos = self._mpos(meta, children)
+    def dynamic_label(self, children: list[Any]) -> None:
+        pos = self._pos(children)
         self.diagnostics.error(pos, "dynamic field labels (`(expr): value`) are " + UNSUPPORTED)
         return None
 
-    def alias_label(self, meta: Any, children: list[Any]) -> None:
-        pos = self._mpos(meta, children)
+    def alias_label(self, children: list[Any]) -> None:
+        pos = self._pos(children)
         self.diagnostics.error(pos, "aliases (`X=label: value`) are " + UNSUPPORTED)
         return None
 
     # -- expressions -----------------------------------------------------
-    def disj(self, meta: Any, children: list[Any]) -> Disj:
-        terms: list[Expr] = []
-        marked: list[bool] = []
-        for child in children:
-            if isinstance(child, _Default):
-                terms.append(child.operand)
-                marked.append(True)
+    def expr(self, children: list[Any]) -> Any:
+        """A flat ``operand (op operand)*`` sequence: apply CUE's precedence.
+
+        Only ``|`` (lowest) and ``&`` are evaluated; any other binary operator
+        is reported where it stands.
+        """
+        operands = children[0::2]
+        operators = [_operator_token(op) for op in children[1::2]]
+        for token in operators:
+            if token.value not in _BINARY_PRECEDENCE:
+                return self._poison(
+                    self._tpos(token), f"binary operator `{token.value}` is " + UNSUPPORTED
+                )
+        groups: list[list[Any]] = [[operands[0]]]
+        for token, operand in zip(operators, operands[1:], strict=True):
+            if token.value == "|":
+                groups.append([operand])
             else:
-                terms.append(child)
-                marked.append(False)
-        return Disj(self._mpos(meta, children), tuple(terms), tuple(marked))
+                groups[-1].append(operand)
+        terms = [self._conjunction(group) for group in groups]
+        if len(terms) == 1:
+            return terms[0]
+        exprs: list[Expr] = []
+        marked: list[bool] = []
+        for term in terms:
+            is_default = isinstance(term, _Default)
+            exprs.append(term.operand if is_default else term)
+            marked.append(is_default)
+        return Disj(self._pos(exprs), tuple(exprs), tuple(marked))
 
-    def conj(self, meta: Any, children: list[Any]) -> Conj:
-        terms = tuple(self._value(child) for child in children)
-        return Conj(self._mpos(meta, children), terms)
+    def _conjunction(self, group: list[Any]) -> Any:
+        if len(group) == 1:
+            return group[0]  # may be a default marker, legal as a disjunction term
+        terms = tuple(self._value(item) for item in group)
+        return Conj(self._pos(list(terms)), terms)
 
-    def binary(self, meta: Any, children: list[Any]) -> Poison:
-        operator = children[1].children[0]
-        if isinstance(operator, Tree):  # cmp_op wraps rel_op
-            operator = operator.children[0]
-        return self._poison(
-            self._tpos(operator), f"binary operator `{operator.value}` is " + UNSUPPORTED
-        )
+    def default(self, children: list[Any]) -> _Default:
+        return _Default(self._pos(children), self._value(children[0]))
 
-    def default(self, meta: Any, children: list[Any]) -> _Default:
-        return _Default(self._mpos(meta, children), self._value(children[0]))
-
-    def neg(self, meta: Any, children: list[Any]) -> Expr:
+    def neg(self, children: list[Any]) -> Expr:
         operand = self._value(children[0])
-        pos = self._mpos(meta, children)
+        pos = self._pos(children)
         if isinstance(operand, Lit) and operand.kind in ("int", "float"):
             return Lit(pos, operand.kind, -operand.value)
         if isinstance(operand, Poison):
             return operand
         return self._poison(pos, "unary `-` on anything but a number literal is " + UNSUPPORTED)
 
-    def unary_plus(self, meta: Any, children: list[Any]) -> Poison:
-        return self._poison(self._mpos(meta, children), "unary `+` is " + UNSUPPORTED)
+    def unary_plus(self, children: list[Any]) -> Poison:
+        return self._poison(self._pos(children), "unary `+` is " + UNSUPPORTED)
 
-    def unary_not(self, meta: Any, children: list[Any]) -> Poison:
-        return self._poison(self._mpos(meta, children), "unary `!` is " + UNSUPPORTED)
+    def unary_not(self, children: list[Any]) -> Poison:
+        return self._poison(self._pos(children), "unary `!` is " + UNSUPPORTED)
 
-    def bound(self, meta: Any, children: list[Any]) -> Expr:
-        op = children[0].children[0].value
-        pos = self._mpos(meta, children)
+    def bound(self, children: list[Any]) -> Expr:
+        token = _operator_token(children[0])
+        pos = self._tpos(token)
         operand = self._value(children[1])
-        if op in ("=~", "!~"):
-            return self._poison(pos, f"regular expression constraints (`{op}`) are " + UNSUPPORTED)
-        return Bound(pos, op, operand)
+        if token.value in ("=~", "!~"):
+            return self._poison(
+                pos, f"regular expression constraints (`{token.value}`) are " + UNSUPPORTED
+            )
+        return Bound(pos, token.value, operand)
 
-    def selector(self, meta: Any, children: list[Any]) -> Expr:
+    def selector(self, children: list[Any]) -> Expr:
         operand, name_token = children
         pos = self._tpos(name_token)
         if name_token.type == "STRING":
@@ -686,19 +742,15 @@ class _AstBuilder(Transformer):
             name = name_token.value
         return Selector(pos, self._value(operand), name)
 
-    def index(self, meta: Any, children: list[Any]) -> Poison:
-        return self._poison(
-            self._mpos(meta, children), "index expressions (`x[i]`) are " + UNSUPPORTED
-        )
+    def index(self, children: list[Any]) -> Poison:
+        return self._poison(self._pos(children), "index expressions (`x[i]`) are " + UNSUPPORTED)
 
-    def call(self, meta: Any, children: list[Any]) -> Poison:
+    def call(self, children: list[Any]) -> Poison:
         callee = children[0]
         what = f"`{callee.name}(...)`" if isinstance(callee, Ref) else "calls"
-        return self._poison(
-            self._mpos(meta, children), f"function calls ({what}) are " + UNSUPPORTED
-        )
+        return self._poison(self._pos(children), f"function calls ({what}) are " + UNSUPPORTED)
 
-    def ref(self, meta: Any, children: list[Token]) -> Expr:
+    def ref(self, children: list[Token]) -> Expr:
         token = children[0]
         pos = self._tpos(token)
         name = token.value
@@ -709,31 +761,31 @@ class _AstBuilder(Transformer):
             return Lit(pos, kind, value)
         return Ref(pos, name)
 
-    def paren(self, meta: Any, children: list[Any]) -> Expr:
+    def paren(self, children: list[Any]) -> Expr:
         return self._value(children[0])
 
-    def struct(self, meta: Any, children: list[Any]) -> StructLit:
-        decls = [c for c in children if isinstance(c, Field | PatternField)]
-        return StructLit(self._mpos(meta, children), tuple(decls), _idents(decls))
+    def struct(self, children: list[Any]) -> StructLit:
+        decls = [c for c in children[1:] if isinstance(c, Field | PatternField)]
+        return StructLit(self._tpos(children[0]), tuple(decls), _idents(decls))
 
-    def list(self, meta: Any, children: list[Any]) -> ListLit:
+    def list(self, children: list[Any]) -> ListLit:
         items: list[Expr] = []
         tail: Expr | None = None
-        for child in children:
+        for child in children[1:]:
             if child is None:
                 continue
             if isinstance(child, _Ellipsis):
                 tail = child.tail
             else:
                 items.append(self._value(child))
-        return ListLit(self._mpos(meta, children), tuple(items), tail)
+        return ListLit(self._tpos(children[0]), tuple(items), tail)
 
-    def list_ellipsis(self, meta: Any, children: list[Any]) -> _Ellipsis:
+    def list_ellipsis(self, children: list[Any]) -> _Ellipsis:
         token, tail = children
         pos = self._tpos(token)
         return _Ellipsis(pos, Top(pos) if tail is None else self._value(tail))
 
-    def literal(self, meta: Any, children: list[Token]) -> Expr:
+    def literal(self, children: list[Token]) -> Expr:
         token = children[0]
         pos = self._tpos(token)
         kind = token.type
@@ -749,6 +801,12 @@ class _AstBuilder(Transformer):
         if kind == "BAD_CHAR":
             return self._poison(pos, f"unexpected {_describe_char(token.value)}")
         return self._poison(pos, _UNSUPPORTED_TOKENS[kind])
+
+
+def _operator_token(tree: Tree) -> Token:
+    """The token inside a ``binary_op``/``rel_op`` tree (rel_op may be nested)."""
+    child = tree.children[0]
+    return _operator_token(child) if isinstance(child, Tree) else child
 
 
 def _idents(decls: list[Decl] | tuple[Decl, ...]) -> frozenset[str]:

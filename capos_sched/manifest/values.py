@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import decimal
 import difflib
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -68,15 +69,30 @@ class Problem:
     expected_pos: Pos | None = None
     got: str = ""
     hint: str = ""
+    candidates: frozenset[str] = frozenset()
+    """For "closed": the allowed labels, for a "did you mean" computed only
+    when the problem is reported (most problems die in failed disjuncts)."""
 
     def with_label(self, label: str) -> Problem:
-        return self if self.label is not None else attrs.evolve(self, label=label)
+        if self.label is not None:
+            return self
+        return Problem(
+            self.code,
+            self.pos,
+            self.text,
+            label,
+            self.expected,
+            self.expected_pos,
+            self.got,
+            self.hint,
+            self.candidates,
+        )
 
     def primary_pos(self) -> Pos:
         """The position to report: the manifest's side of a conflict if it has one."""
-        if self.code in MISMATCHES and self.expected_pos is not None:
-            if self.pos.source.is_schema and not self.expected_pos.source.is_schema:
-                return self.expected_pos
+        other = self.expected_pos
+        if self.code in MISMATCHES and other is not None and self.pos.source.is_schema:
+            return self.pos if other.source.is_schema else other
         return self.pos
 
     def message(self) -> str:
@@ -99,7 +115,8 @@ class Problem:
             text = f"unknown {self.label or 'value'} {self.got}; expected one of {self.expected}"
             return text + (f" (did you mean {self.hint}?)" if self.hint else "")
         if self.code == "closed":
-            return self.text + (f"; did you mean `{self.hint}`?" if self.hint else "")
+            hint = _suggest(self.label or "", self.candidates) if self.label else ""
+            return self.text + (f"; did you mean `{hint}`?" if hint else "")
         return self.text
 
 
@@ -195,6 +212,7 @@ class Constraint:
         return "is not allowed"  # pragma: no cover - only called with a bound
 
 
+@functools.cache
 def describe_kinds(kinds: frozenset[str]) -> str:
     if kinds == NUMBER_KINDS:
         return "number"
@@ -357,9 +375,12 @@ def kind_name(value: Value) -> str:
 
 def matches(pattern: Value, label: str) -> bool:
     """Whether a pattern constraint ``[pattern]: ...`` applies to ``label``."""
-    if isinstance(pattern, Constraint) and not pattern.excluded and pattern.low is None:
-        if pattern.high is None:
-            return STRING in pattern.kinds
+    if (
+        isinstance(pattern, Constraint)
+        and not pattern.excluded
+        and not (pattern.low or pattern.high)
+    ):
+        return STRING in pattern.kinds
     if isinstance(pattern, Atom):
         return pattern.kind == STRING and pattern.value == label
     if isinstance(pattern, Top):
@@ -499,11 +520,7 @@ def _unify_atoms(a: Atom, b: Atom) -> Value:
 
 
 def _got(value: Value) -> str:
-    if isinstance(value, Atom):
-        if value.kind in (STRING, FLOAT, INT):
-            return describe_atom(value)
-        return describe_atom(value)
-    return describe(value)
+    return describe_atom(value) if isinstance(value, Atom) else describe(value)
 
 
 def _mismatch(a: Value, b: Value) -> Bottom:
@@ -534,11 +551,12 @@ def _check_atom(constraint: Constraint, atom: Atom, atom_is_left: bool) -> Value
                 ),
             )
         )
-    if constraint.low is not None or constraint.high is not None:
-        if not _within(atom.value, constraint.low, constraint.high):
-            return Bottom(
-                (Problem("bound", atom.pos, text=constraint.range_text(), got=describe_atom(atom)),)
-            )
+    if (constraint.low or constraint.high) and not _within(
+        atom.value, constraint.low, constraint.high
+    ):
+        return Bottom(
+            (Problem("bound", atom.pos, text=constraint.range_text(), got=describe_atom(atom)),)
+        )
     for excluded in constraint.excluded:
         if _equal_atoms(excluded, atom):
             return Bottom(
@@ -652,7 +670,8 @@ def _disallowed(rules: tuple[Closedness, ...], label: str, pos: Pos) -> Bottom |
                         "closed",
                         pos,
                         text=f"field `{label}` not allowed",
-                        hint=_suggest(label, rule.labels),
+                        label=label,
+                        candidates=rule.labels,
                     ),
                 )
             )
@@ -668,6 +687,8 @@ def unify_structs(structs: Sequence[Struct]) -> Struct:
     rules to the fields the other structs bring."""
     if len(structs) == 1:
         return structs[0]
+    if len(structs) == 2:
+        return _unify_two_structs(structs[0], structs[1])
     # Group each label's declarations, remembering which structs declared it.
     by_label: dict[str, list[tuple[int, Field]]] = {}
     for index, struct in enumerate(structs):
@@ -732,6 +753,73 @@ def unify_structs(structs: Sequence[Struct]) -> Struct:
         if struct.pos is not None:
             pos = struct.pos if pos is None else _prefer_manifest(pos, struct.pos)
     return make_struct(fields, hidden, tuple(patterns), tuple(closed), pos)
+
+
+def _constrain(value: Value, label: str, pos: Pos, other: Struct) -> Value:
+    """``value``, a field only ``other``'s partner declares, under ``other``'s
+    pattern constraints and closedness rules."""
+    for pattern, constraint in other.patterns:
+        if matches(pattern, label):
+            value = unify(constraint, value)
+    if other.closed:
+        refused = _disallowed(other.closed, label, pos)
+        if refused is not None:
+            return refused
+    return value
+
+
+def _unify_two_structs(a: Struct, b: Struct) -> Struct:
+    """The common case of :func:`unify_structs` (a schema struct and a
+    manifest struct), without its bookkeeping."""
+    fields: dict[str, Field] = {}
+    b_fields = b.fields
+    b_constrains = bool(b.patterns or b.closed)
+    a_constrains = bool(a.patterns or a.closed)
+    for label, fa in a.fields.items():
+        fb = b_fields.get(label)
+        if fb is None:
+            value = fa.value
+            if b_constrains:
+                value = _constrain(value, label, fa.pos, b)
+            field = fa if value is fa.value else Field(value, fa.optional, fa.pos)
+        else:
+            value = unify(fa.value, fb.value)
+            pos = _prefer_manifest(fa.pos, fb.pos)
+            field = Field(value, fa.optional and fb.optional, pos)
+        if isinstance(field.value, Bottom):
+            field = Field(_label_problems(field.value, label), field.optional, field.pos)
+        fields[label] = field
+    a_fields = a.fields
+    for label, fb in b_fields.items():
+        if label in a_fields:
+            continue
+        value = fb.value
+        if a_constrains:
+            value = _constrain(value, label, fb.pos, a)
+        if isinstance(value, Bottom):
+            value = _label_problems(value, label)
+        fields[label] = fb if value is fb.value else Field(value, fb.optional, fb.pos)
+    if not b.hidden:
+        hidden = a.hidden
+    elif not a.hidden:
+        hidden = b.hidden
+    else:
+        hidden = dict(a.hidden)
+        for label, field in b.hidden.items():
+            previous = hidden.get(label)
+            if previous is None:
+                hidden[label] = field
+            else:
+                merged = _label_problems(unify(previous.value, field.value), label)
+                hidden[label] = Field(
+                    merged,
+                    previous.optional and field.optional,
+                    _prefer_manifest(previous.pos, field.pos),
+                )
+    patterns = a.patterns + tuple(p for p in b.patterns if p not in a.patterns)
+    closed = a.closed + tuple(c for c in b.closed if c not in a.closed)
+    pos = b.pos if a.pos is None else (a.pos if b.pos is None else _prefer_manifest(a.pos, b.pos))
+    return make_struct(fields, hidden, patterns, closed, pos)
 
 
 def _unify_lists(a: List, b: List) -> Value:
@@ -826,14 +914,20 @@ def _unify_disjunctions(a: Value, b: Value) -> Value:
     b_alts, b_defaults = alternatives_of(b)
     results: list[Value] = []
     failures: list[Value] = []
+    skipped: list[tuple[Value, Value]] = []
     for left in a_alts:
         for right in b_alts:
+            if _obviously_conflicting(left, right):
+                skipped.append((left, right))
+                continue
             result = unify(left, right)
             if is_failed(result):
                 failures.append(result)
             else:
                 _add_unique(results, result)
     if not results:
+        # Only now are the skipped pairs' reasons worth computing.
+        failures.extend(unify(left, right) for left, right in skipped)
         return explain_failed_alternatives(failures)
     defaults: list[Value] | None = None
     if a_defaults is not None or b_defaults is not None:
@@ -845,6 +939,31 @@ def _unify_disjunctions(a: Value, b: Value) -> Value:
                     _add_unique(defaults, result)
     pos = b.pos if not isinstance(b, Bottom) else None
     return _make_disjunction(results, defaults, pos)
+
+
+def _obviously_conflicting(a: Value, b: Value) -> bool:
+    """Whether unifying ``a`` and ``b`` certainly fails for a cheap reason: two
+    different atoms, an atom of a type a constraint excludes, or two structs
+    that disagree on a concrete field (typically ``kind``). Such pairs are
+    unified in full only if the reason is needed for a message."""
+    if isinstance(a, Struct):
+        if not isinstance(b, Struct):
+            return False
+        small, large = (a, b) if len(a.fields) <= len(b.fields) else (b, a)
+        for label, field in small.fields.items():
+            other = large.fields.get(label)
+            if other is not None and _atoms_differ(field.value, other.value):
+                return True
+        return False
+    return _atoms_differ(a, b)
+
+
+def _atoms_differ(x: Value, y: Value) -> bool:
+    if isinstance(x, Atom):
+        if isinstance(y, Atom):
+            return not x.same_as(y)
+        return isinstance(y, Constraint) and x.kind not in y.kinds
+    return isinstance(x, Constraint) and isinstance(y, Atom) and y.kind not in x.kinds
 
 
 def _problems_in(value: Value) -> tuple[Problem, ...]:
@@ -926,9 +1045,7 @@ def _summarise(problems: Sequence[Problem]) -> Problem:
         )
     # Types and literals mixed: a literal of a listed type says nothing more.
     kinds = {p.expected for p in problems if p.code == "mismatch"}
-    literal_kinds = {p.got.split()[0] for p in problems}
     shown = [e for e in expected if e in kinds or not _literal_of_kind(e, kinds)]
-    del literal_kinds
     text = " or ".join(shown)
     return Problem("mismatch", problems[0].pos, label=label, expected=text, got=got)
 
