@@ -170,8 +170,16 @@ class ThreadInfo:
     state: ThreadState
 
 
-def _enum_name(value: Any) -> str:
-    return str(value)
+E = TypeVar("E", LatencyClass, ThreadState)
+
+
+def _decode(enum_type: type[E], value: Any) -> E:
+    """A schema enum from the wire (by ordinal: the schema and core share them)."""
+    ordinal = int(getattr(value, "raw", value))
+    try:
+        return enum_type(ordinal)
+    except ValueError:
+        raise Failed(f"the daemon sent an unknown {enum_type.__name__} {ordinal}") from None
 
 
 # ------------------------------------------------------------ capabilities
@@ -187,7 +195,7 @@ class ThreadHandleClient:
     async def describe(self) -> ThreadInfo:
         r = await _call(self.cap.describe())
         return ThreadInfo(
-            str(r.name), int(r.threadId), int(r.generation), ThreadState[str(r.state).upper()]
+            str(r.name), int(r.threadId), int(r.generation), _decode(ThreadState, r.state)
         )
 
     async def is_live(self) -> bool:
@@ -232,7 +240,7 @@ class SchedulingPolicyClient:
         r = await _call(self.cap.snapshot(thread.cap))
         return Snapshot(
             int(r.weight),
-            LatencyClass.parse(_enum_name(getattr(r, "class"))),
+            _decode(LatencyClass, getattr(r, "class")),
             int(r.runtimeNs),
             int(r.virtualRuntimeNs),
         )

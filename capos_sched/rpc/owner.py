@@ -86,6 +86,9 @@ class Owner:
         return self.host.scheduler.snapshot(grant.ref)
 
     def is_live(self, grant: Grant) -> bool:
+        """False for a stale handle (never an error); revoked still fails."""
+        if grant.closed is not None and grant.closed.startswith("stale"):
+            return False
         grant.check()
         assert grant.ref is not None
         return bool(self.host.scheduler.is_live(grant.ref))

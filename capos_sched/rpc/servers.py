@@ -258,7 +258,7 @@ class PolicyServer(capos().SchedulingPolicyCap.Server):  # type: ignore[misc,nam
     @rpc_method
     async def setLatencyClass_context(self, context: Any) -> None:
         params = context.params
-        cls = getattr(params, "class")
+        cls = _enum_ordinal(getattr(params, "class"))
         grant = self.grant
         await self._apply(
             params.thread,
@@ -280,6 +280,11 @@ class PolicyServer(capos().SchedulingPolicyCap.Server):  # type: ignore[misc,nam
         setattr(r, "class", snap.latency_class.wire_name)
         r.runtimeNs = snap.runtime_ns
         r.virtualRuntimeNs = snap.virtual_runtime_ns
+
+
+def _enum_ordinal(value: Any) -> int:
+    """An enum parameter as its ordinal (pycapnp cannot name unknown enumerants)."""
+    return int(getattr(value, "raw", value))
 
 
 async def _claim(thread_cap: Any) -> Claim:

@@ -97,7 +97,7 @@ async def probe() -> bool:
         return _OFFSET is not None
     _PROBED = True
     if os.environ.get(ENV_SWITCH, "1") == "0":
-        log.info("handle unwrap disabled", switch=ENV_SWITCH)
+        log.info("handle unwrap probe", fast_path=False, disabled_by=ENV_SWITCH)
         return False
     try:
         offset = _candidate_offset()

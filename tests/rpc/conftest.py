@@ -1,0 +1,292 @@
+"""Harnesses for the capability-surface tests.
+
+* ``Daemon``: a real ``capos-sched serve`` process (sockets under a short /tmp
+  directory, token files, its log captured as JSON lines).
+* ``InProcess``: the same daemon stack (trio owner + RPC thread) inside the
+  test process, for tests that need to reach into the owner (kill a thread,
+  inject a fault).
+
+Tests are plain functions that drive the asyncio client with ``arun``
+(pytest-trio is configured for the suite, and pycapnp needs asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+BASE_MANIFEST = """\
+package capos
+
+machine: {cpus: 2, policy: "wfq"}
+
+processes: {
+	fairness: threads: {
+		a: {weight: 2048, workload: kind: "spin"}
+		b: {workload: kind: "spin"}
+	}
+	tuner: grants: {
+		policy: kind: "schedulingPolicy"
+		a: {kind: "thread", thread: "fairness/a"}
+		b: {kind: "thread", thread: "fairness/b"}
+	}
+	viewer: grants: a: {kind: "thread", thread: "fairness/a"}
+	other: grants: {
+		policy: kind: "schedulingPolicy"
+		b: {kind: "thread", thread: "fairness/b"}
+	}
+}
+"""
+
+TRACEBACK_MARKERS = ("Traceback", 'File "', ".py", "line ", "raise ", "capnp.lib")
+
+
+def arun(fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 60) -> T:
+    """Run an asyncio coroutine function to completion (with a time limit)."""
+
+    async def main() -> T:
+        return await asyncio.wait_for(fn(), timeout)
+
+    return asyncio.run(main())
+
+
+def assert_no_traceback(text: str) -> None:
+    for marker in TRACEBACK_MARKERS:
+        assert marker not in text, f"{marker!r} in client-visible error {text!r}"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    """Run ``capos-sched ARGS`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-c", "from capos_sched.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def wait_connectable(path: str, proc: subprocess.Popen[Any] | None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(path)
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise TimeoutError(f"{path} not connectable")
+
+
+class Daemon:
+    """A ``capos-sched serve`` subprocess."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        manifest: str | Path = BASE_MANIFEST,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        listen: str | None = None,
+    ) -> None:
+        self.dir = workdir
+        if isinstance(manifest, Path):
+            self.manifest = manifest
+        else:
+            self.manifest = workdir / "m.cue"
+            self.manifest.write_text(manifest)
+        self.listen = listen or f"unix:{workdir / 'l.sock'}"
+        self.admin_path = workdir / "a.sock"
+        self.admin = f"unix:{self.admin_path}"
+        self.grants = workdir / "grants"
+        self.log_path = workdir / "daemon.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from capos_sched.cli import main; main()",
+                "--log-level",
+                "info",
+                "serve",
+                str(self.manifest),
+                "--listen",
+                self.listen,
+                "--admin",
+                self.admin,
+                "--grants-dir",
+                str(self.grants),
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        wait_connectable(str(self.admin_path), self.proc)
+        if self.listen.startswith("unix:"):
+            wait_connectable(self.listen[5:], self.proc)
+
+    def token(self, process: str) -> bytes:
+        return (self.grants / f"{process}.token").read_bytes().strip()
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="capt-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(workdir: Path) -> Iterator[Daemon]:
+    d = Daemon(workdir)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------------- in-process
+
+
+class InProcess:
+    """serve_async in a trio thread of this process (no signals, PlanHost)."""
+
+    def __init__(self, workdir: Path, plan: Any, max_calls: int = 1024) -> None:
+        from capos_sched.rpc.addr import parse_address
+        from capos_sched.rpc.commands import plan_loader
+        from capos_sched.rpc.daemon import DaemonConfig, serve_async
+        from capos_sched.runtime.host import PlanHost
+
+        self.dir = workdir
+        self.listen = f"unix:{workdir / 'l.sock'}"
+        self.admin = f"unix:{workdir / 'a.sock'}"
+        self.grants = workdir / "grants"
+        config = DaemonConfig(
+            "<test>",
+            parse_address(self.listen),
+            parse_address(self.admin),
+            self.grants,
+            max_calls=max_calls,
+        )
+        self.state: Any = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self.status: int | None = None
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    self.state = await nursery.start(
+                        lambda task_status: serve_async(
+                            config,
+                            plan,
+                            plan_loader,
+                            lambda p: PlanHost(p),
+                            task_status=task_status,
+                            handle_signals=False,
+                        )
+                    )
+                    ready.set()
+
+        def run() -> None:
+            try:
+                trio.run(main)
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if self.state is None:
+            raise RuntimeError("in-process daemon did not start")
+
+    @property
+    def owner(self) -> Any:
+        return self.state.owner
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(owner)`` in the trio thread and return its result."""
+        assert self._token is not None
+        return trio.from_thread.run_sync(fn, self.owner, trio_token=self._token)
+
+    def token(self, process: str) -> bytes:
+        return (self.grants / f"{process}.token").read_bytes().strip()
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._scope.cancel)
+        self._thread.join(30)
+
+
+def base_plan() -> Any:
+    from capos_sched.manifest import load_plan_text
+
+    return load_plan_text(BASE_MANIFEST, "base.cue")
+
+
+@pytest.fixture
+def inproc(workdir: Path) -> Iterator[InProcess]:
+    d = InProcess(workdir, base_plan())
+    try:
+        yield d
+    finally:
+        d.stop()
