@@ -228,6 +228,13 @@ class Runtime(PlanHost):
         """The CPUs' workers (for diagnostics and tests; owned by the CPU tasks)."""
         return list(self._workers)
 
+    def thread(self, full_name: str) -> RtThread | None:
+        """The runtime state of a thread by full name (latest one of that name)."""
+        for rt in reversed(self._order):
+            if rt.name == full_name:
+                return rt
+        return None
+
     @property
     def running(self) -> bool:
         return self._started_ns is not None and self._ended_ns is None
@@ -467,8 +474,8 @@ class Runtime(PlanHost):
             pattern = random.Random(data_id).randbytes(min(size, 1 << 20))
             offset = 0
             while offset < size:
-                chunk = pattern[: size - offset]
-                offset += os.pwrite(fd, chunk, offset)
+                start = offset % len(pattern)
+                offset += os.pwrite(fd, pattern[start : start + size - offset], offset)
         except BaseException:
             os.close(fd)
             raise

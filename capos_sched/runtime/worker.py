@@ -115,15 +115,19 @@ def hash_blocks(
 
 
 def serve(sock: socket.socket, flag: mmap.mmap) -> None:
-    """Answer requests until EOF or OP_EXIT."""
+    """Answer requests until EOF, OP_EXIT or a dead socket (all mean: exit quietly)."""
+    try:
+        _serve(sock, flag)
+    except OSError:
+        return  # the daemon went away mid-reply
+
+
+def _serve(sock: socket.socket, flag: mmap.mmap) -> None:
     datasets: dict[int, tuple[mmap.mmap, memoryview, int, int]] = {}
     fd_space = socket.CMSG_SPACE(array.array("i").itemsize)
     sock.send(REPLY.pack(ST_READY, 0, os.getpid(), 0, 0))
     while True:
-        try:
-            msg, ancdata, _flags, _addr = sock.recvmsg(REQUEST.size, fd_space)
-        except (ConnectionError, OSError):
-            return
+        msg, ancdata, _flags, _addr = sock.recvmsg(REQUEST.size, fd_space)
         if not msg:
             return  # EOF: the daemon is gone or closed us
         op, tid, limit_ns, a1, a2, a3, acc = REQUEST.unpack(msg)
