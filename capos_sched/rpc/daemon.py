@@ -115,7 +115,13 @@ async def serve_async(
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
-            await trio.to_thread.run_sync(service.start)
+            try:
+                await trio.to_thread.run_sync(service.start)
+            except (OSError, ValueError) as exc:  # AddressError is a ValueError
+                log.error("cannot serve", error=str(exc))
+                status = 1
+                nursery.cancel_scope.cancel()
+                return status
             log.info(
                 "serving",
                 manifest=config.manifest_name,

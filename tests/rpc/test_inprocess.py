@@ -1,0 +1,90 @@
+"""The daemon stack in this process, for what needs a hand inside the owner:
+threads that exit (and ids reused), and internal faults."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from capos_sched.client import Failed, InvalidArgument, Stale, connect
+from capos_sched.rpc import servers
+from capos_sched.rpc.owner import Owner
+
+from .conftest import InProcess, arun, assert_no_traceback
+from .test_daemon import expect
+
+
+def test_handles_go_stale_when_their_thread_exits_even_if_the_id_is_reused(
+    inproc: InProcess,
+) -> None:
+    async def grab() -> tuple[int, int]:
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            info = await (await s.thread("a")).describe()
+            return info.thread_id, info.generation
+
+    tid, generation = arun(grab)
+
+    async def go() -> None:
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            policy, a = await s.policy(), await s.thread("a")
+            await policy.set_weight(a, 3333)
+
+            def exit_and_reuse(owner: Owner) -> tuple[int, int]:
+                sched = owner.host.scheduler
+                ref = owner.host.thread_ref("fairness/a")
+                sched.kill(ref, 0)
+                sched.reap(ref)
+                wake = sched.spawn("intruder", 0)  # takes the freed id
+                return wake.thread.tid, wake.thread.generation
+
+            new_tid, new_generation = inproc.call(exit_and_reuse)
+            assert (new_tid, new_generation) == (tid, generation + 1)
+            for call in (policy.set_weight(a, 5), policy.snapshot(a), a.describe()):
+                err = await expect(Stale, call)
+                assert str(err).startswith("disconnected: stale")
+            assert await a.is_live() is False
+            weights = inproc.call(lambda o: [t.weight for t in o.host.scheduler.threads()])
+            assert 5 not in weights  # the intruder was never reached
+            rows = inproc.call(lambda o: o.grant_rows())
+            states = {(r.process, r.name): r.state for r in rows}
+            assert states[("tuner", "a")] == states[("viewer", "a")] == "stale"
+            assert states[("tuner", "b")] == "granted"
+
+    arun(go)
+
+
+def test_internal_faults_reach_clients_as_failed_with_a_ref_and_no_traceback(
+    inproc: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_snapshot(self: Owner, **_: object) -> None:
+        raise RuntimeError("owner secret detail")
+
+    def broken_decode(value: object) -> int:
+        raise KeyError("rpc secret detail")
+
+    monkeypatch.setattr(Owner, "snapshot", broken_snapshot)
+    monkeypatch.setattr(servers, "_enum_ordinal", broken_decode)
+
+    async def go() -> list[Failed]:
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            policy, a = await s.policy(), await s.thread("a")
+            errors = [
+                await expect(Failed, policy.snapshot(a)),
+                await expect(Failed, policy.set_latency_class(a, "batch")),
+            ]
+            await policy.set_weight(a, 42)  # the connection and the owner carry on
+            await expect(InvalidArgument, policy.set_weight(a, 0))
+            return errors  # type: ignore[return-value]
+
+    with structlog.testing.capture_logs() as logs:
+        errors = arun(go)
+    refs = []
+    for err in errors:
+        text = str(err)
+        assert text.startswith("failed: internal error (ref ")
+        assert "secret" not in text
+        assert_no_traceback(text)
+        refs.append(text.rsplit("ref ", 1)[1].rstrip(")"))
+    logged = {entry.get("ref"): entry for entry in logs if entry.get("ref")}
+    assert set(refs) <= set(logged)
+    assert all(logged[r]["log_level"] == "error" for r in refs)
