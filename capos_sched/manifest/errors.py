@@ -39,9 +39,10 @@ class Source:
         return ""
 
 
-@attrs.frozen(eq=False, slots=True)
+@attrs.frozen(slots=True)
 class Pos:
-    """A 1-based line and column in a :class:`Source` (columns count characters)."""
+    """A 1-based line and column in a :class:`Source` (columns count characters).
+    Two positions are equal when they are the same place in the same Source."""
 
     source: Source
     line: int

@@ -330,22 +330,40 @@ Path = tuple[str | int, ...]
 @attrs.frozen
 class Exported:
     """Plain data (dicts, lists, str, int, Decimal, bool, None) with the
-    position of every value and label, keyed by path from the root."""
+    position of every value and label, keyed by path from the root.
+
+    ``broken`` holds every path that is, or leads to, a value left out of
+    ``data`` because it was an error or incomplete (reported or not): checks
+    on such parts of the data would only echo that error.
+    """
 
     data: Any
     value_positions: dict[Path, Pos]
     label_positions: dict[Path, Pos]
+    broken: frozenset[Path] = frozenset()
+
+    def intact(self, path: Path) -> bool:
+        """True when nothing at or under ``path`` was left out."""
+        return path not in self.broken
 
 
 _MISSING = object()
 
 
 class _Exporter:
-    def __init__(self, main: Source, diagnostics: Diagnostics) -> None:
+    def __init__(self, main: Source, diagnostics: Diagnostics, report_incomplete: bool) -> None:
         self.main = main
         self.diagnostics = diagnostics
+        self.report_incomplete = report_incomplete
         self.value_positions: dict[Path, Pos] = {}
         self.label_positions: dict[Path, Pos] = {}
+        self.broken: set[Path] = set()
+
+    def _break(self, path: Path) -> None:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.broken:
+                return
+            self.broken.add(path[:end])
 
     def run(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> Any:
         value = resolve_default(value)
@@ -375,13 +393,15 @@ class _Exporter:
                 if result is not _MISSING:
                     items.append(result)
             return items
+        self._break(path)
         if isinstance(value, Bottom):
             for problem in value.problems:
                 if problem.label is None and path and isinstance(path[-1], str):
                     problem = problem.with_label(path[-1])
                 self.diagnostics.error(problem.primary_pos(), problem.message())
             return _MISSING
-        self._incomplete(value, path, anchor)
+        if self.report_incomplete:
+            self._incomplete(value, path, anchor)
         return _MISSING
 
     def _incomplete(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> None:
@@ -431,14 +451,21 @@ def _ambiguous(shown: str, value: Disjunction) -> str:
     return f"incomplete value: `{shown}` is ambiguous ({shown_alts}); pick one"
 
 
-def export(value: Value, main: Source, diagnostics: Diagnostics) -> Exported:
+def export(
+    value: Value, main: Source, diagnostics: Diagnostics, report_incomplete: bool = True
+) -> Exported:
     """Export ``value`` like ``cue export``; problems go to ``diagnostics``.
 
     Positions that would lie in no manifest line are anchored at the nearest
     enclosing field the manifest (``main``) declares, or at its first line.
+    With ``report_incomplete`` False, values that are merely not concrete are
+    left out silently (see syntax.File.complete).
     """
-    exporter = _Exporter(main, diagnostics)
+    exporter = _Exporter(main, diagnostics, report_incomplete)
     data = exporter.run(value, (), (None, ()))
     return Exported(
-        {} if data is _MISSING else data, exporter.value_positions, exporter.label_positions
+        {} if data is _MISSING else data,
+        exporter.value_positions,
+        exporter.label_positions,
+        frozenset(exporter.broken),
     )

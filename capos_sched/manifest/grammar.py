@@ -47,10 +47,10 @@ field: label ":" (label ":")* expr
 !rel_op: ">=" | "<=" | ">" | "<" | "!=" | "=~" | "!~"
 
 ?unary: primary
-      | "*" unary                   -> default
-      | "-" unary                   -> neg
-      | "+" unary                   -> unary_plus
-      | "!" unary                   -> unary_not
+      | STAR unary                  -> default
+      | MINUS unary                 -> neg
+      | PLUS unary                  -> unary_plus
+      | BANG unary                  -> unary_not
       | rel_op unary                -> bound
 
 ?primary: operand
@@ -82,6 +82,10 @@ list_ellipsis: ELLIPSIS [expr]
 
 LBRACE: "{"
 LSQB: "["
+STAR: "*"
+MINUS: "-"
+PLUS: "+"
+BANG: "!"
 ELLIPSIS: "..."
 BOTTOM.2: "_|_"
 
@@ -149,9 +153,20 @@ EOF_COMMA = ""
 
 
 class CommaInserter(PostLex):
-    """Turns significant newlines into ``COMMA`` tokens and drops the others."""
+    """Turns significant newlines into ``COMMA`` tokens and drops the others.
+
+    ``emitted`` counts the tokens handed to the parser since the last
+    :meth:`reset`; the syntax error reporter uses it to tell an error that
+    follows a successful stretch of input from an echo of the previous one.
+    """
 
     always_accept = ("NEWLINE",)
+
+    def __init__(self) -> None:
+        self.emitted = 0
+
+    def reset(self) -> None:
+        self.emitted = 0
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         last: Token | None = None
@@ -159,11 +174,14 @@ class CommaInserter(PostLex):
             if token.type == "NEWLINE":
                 if last is not None and last.type in COMMA_TRIGGERS:
                     last = Token.new_borrow_pos("COMMA", NEWLINE_COMMA, token)
+                    self.emitted += 1
                     yield last
                 continue
             last = token
+            self.emitted += 1
             yield token
         if last is not None and last.type in COMMA_TRIGGERS:
+            self.emitted += 1
             yield Token.new_borrow_pos("COMMA", EOF_COMMA, last)
 
 

@@ -72,15 +72,37 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def evaluate(source: Source, diagnostics: Diagnostics) -> tuple[syntax.File, Exported] | None:
-    """Parse ``source`` and export it unified with the schema (problems reported)."""
+def evaluate(
+    source: Source, diagnostics: Diagnostics, with_schema: bool = True
+) -> tuple[syntax.File, Exported] | None:
+    """Parse ``source`` and export it, unified with the schema unless
+    ``with_schema`` is False (problems go to ``diagnostics``)."""
     with _parse_lock:
         parsed = syntax.parse(source, diagnostics)
     if parsed is None:
         return None
+    if not with_schema:
+        return parsed, export(Evaluator([parsed]).root(), source, diagnostics, parsed.complete)
     evaluator = Evaluator([schema_file(), parsed])
     root = close_root(evaluator.root(), evaluator.schema_labels())
-    return parsed, export(root, source, diagnostics)
+    return parsed, export(root, source, diagnostics, parsed.complete)
+
+
+def export_text(text: str, filename: str = "<string>", with_schema: bool = True) -> Any:
+    """The data ``cue export`` would print for ``text`` (with the schema, or as
+    a standalone CUE file when ``with_schema`` is False), without the model
+    checks. Floats come back as exact Decimals. Raises ManifestError."""
+    diagnostics = Diagnostics()
+    source = Source(filename, text)
+    try:
+        with _cyclic_gc_paused():
+            evaluated = evaluate(source, diagnostics, with_schema)
+    except RecursionError:
+        diagnostics.error(Pos(source, 1, 1), "the manifest is nested too deeply to evaluate")
+        evaluated = None
+    diagnostics.raise_if_any()
+    assert evaluated is not None
+    return evaluated[1].data
 
 
 def load_plan_text(text: str, filename: str = "<string>") -> Plan:

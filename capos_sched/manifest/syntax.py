@@ -25,7 +25,7 @@ from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostics, Pos, Source
-from .grammar import EOF_COMMA, NEWLINE_COMMA, make_parser
+from .grammar import EOF_COMMA, NEWLINE_COMMA, CommaInserter, make_parser
 
 UNSUPPORTED = "not supported in capos-sched manifests"
 
@@ -180,6 +180,10 @@ class File:
     package: str | None
     decls: tuple[Decl, ...]
     idents: frozenset[str]
+    complete: bool = True
+    """False when an unsupported construct that could declare fields
+    (an embedding, a dynamic label ...) was dropped: then a missing field may
+    just be in the dropped part, so missing-value errors are not reported."""
 
 
 # --------------------------------------------------------------------------
@@ -197,7 +201,10 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
     lark, builder = _parser()
     built = Diagnostics()  # what the builder finds, merged below
     builder.begin(source, built)
-    reporter = _SyntaxErrorReporter(source, built)
+    commas = lark.options.postlex
+    assert isinstance(commas, CommaInserter)
+    commas.reset()
+    reporter = _SyntaxErrorReporter(source, built, commas)
     result: Any = None
     try:
         result = lark.parse(source.text, on_error=reporter.recover)
@@ -241,6 +248,9 @@ _UNSUPPORTED_TOKENS = {
     "UNTERMINATED_STRING": "string literal not terminated",
 }
 _MAX_RECOVERIES = 200
+_RESYNC_TOKENS = 3
+"""Tokens the parser must accept after a syntax error before the next error
+counts as a new one (fewer, and it is taken for an echo of the first)."""
 _COMPREHENSION = re.compile(r"^\s*(for|if|let)\b")
 
 
@@ -278,12 +288,14 @@ class _SyntaxErrorReporter:
     almost always echoes of the first.
     """
 
-    def __init__(self, source: Source, diagnostics: Diagnostics) -> None:
+    def __init__(self, source: Source, diagnostics: Diagnostics, commas: CommaInserter) -> None:
         self.source = source
         self.diagnostics = diagnostics
+        self.commas = commas
         self.count = 0
         self.recoveries = 0
         self.last_line = 0
+        self.emitted_at_last_error = -_RESYNC_TOKENS
 
     def _token_pos(self, token: Token) -> Pos:
         if token.type == "$END" or token.line is None:
@@ -312,10 +324,15 @@ class _SyntaxErrorReporter:
         self._add(pos, self._message(token, error.accepts or error.expected))
 
     def _add(self, pos: Pos, message: str) -> None:
-        if pos.line == self.last_line:
+        # An error on the line of the previous one, or before the parser has
+        # accepted a few tokens since, is an echo of that error.
+        accepted = self.commas.emitted - 1 - self.emitted_at_last_error
+        self.emitted_at_last_error = self.commas.emitted
+        echo = self.count and (pos.line == self.last_line or accepted < _RESYNC_TOKENS)
+        self.count += 1
+        if echo:
             return
         self.last_line = pos.line
-        self.count += 1
         self.diagnostics.error(pos, message)
 
     def _message(self, token: Token, expected: set[str]) -> str:
@@ -504,10 +521,12 @@ class _AstBuilder(Transformer):
         super().__init__(visit_tokens=False)
         self.source: Source = Source("<none>", "")
         self.diagnostics = Diagnostics()
+        self.complete = True
 
     def begin(self, source: Source, diagnostics: Diagnostics) -> None:
         self.source = source
         self.diagnostics = diagnostics
+        self.complete = True
 
     def end(self) -> None:
         self.begin(Source("<none>", ""), Diagnostics())
@@ -563,7 +582,7 @@ class _AstBuilder(Transformer):
             seen_declaration = True
             if isinstance(child, Field | PatternField):
                 decls.append(child)
-        return File(self.source, package, tuple(decls), _idents(decls))
+        return File(self.source, package, tuple(decls), _idents(decls), self.complete)
 
     def preamble(self, children: list[Token]) -> Any:
         keyword, argument = children
@@ -590,6 +609,7 @@ class _AstBuilder(Transformer):
 
     def embedding(self, children: list[Any]) -> None:
         pos = self._pos(children)
+        self.complete = False
         if isinstance(children[0], Poison):
             return None  # already reported
         self.diagnostics.error(
@@ -607,6 +627,7 @@ class _AstBuilder(Transformer):
         *labels, value = children
         value = self._value(value)
         if any(label is None for label in labels):
+            self.complete = False
             return None
         result: Decl | None = None
         for label in reversed(labels):
@@ -620,14 +641,15 @@ class _AstBuilder(Transformer):
                 )
         return result
 
-    def _mark(self, pos: Pos, name: str, mark: Tree | None) -> bool | None:
-        """True for `?`; False for no mark; None (reported) for `!`."""
+    def _mark(self, pos: Pos, name: str, mark: Tree | None) -> bool:
+        """True for `?` (optional). A `!` (required) is reported, and the
+        field kept as a regular one so that it causes no further errors."""
         if mark is None:
             return False
         if mark.children[0].value == "?":
             return True
         self.diagnostics.error(pos, f"required fields (`{name}!`) are " + UNSUPPORTED)
-        return None
+        return False
 
     def ident_label(self, children: list[Any]) -> _Label | None:
         token, mark = children
@@ -636,10 +658,7 @@ class _AstBuilder(Transformer):
         if name == "_":
             self.diagnostics.error(pos, "`_` cannot be used as a label")
             return None
-        optional = self._mark(pos, name, mark)
-        if optional is None:
-            return None
-        return _Label(pos, name, _label_kind(name), optional, quoted=False)
+        return _Label(pos, name, _label_kind(name), self._mark(pos, name, mark), quoted=False)
 
     def string_label(self, children: list[Any]) -> _Label | None:
         token, mark = children
@@ -647,10 +666,7 @@ class _AstBuilder(Transformer):
         name = decode_string(token, self.source, self.diagnostics)
         if name is None:
             return None
-        optional = self._mark(pos, name, mark)
-        if optional is None:
-            return None
-        return _Label(pos, name, LabelKind.REGULAR, optional, quoted=True)
+        return _Label(pos, name, LabelKind.REGULAR, self._mark(pos, name, mark), quoted=True)
 
     def pattern_label(self, children: list[Any]) -> _Label:
         pos = self._pos(children)
@@ -661,10 +677,10 @@ class _AstBuilder(Transformer):
         self.diagnostics.error(pos, "dynamic field labels (`(expr): value`) are " + UNSUPPORTED)
         return None
 
-    def alias_label(self, children: list[Any]) -> None:
+    def alias_label(self, children: list[Any]) -> _Label | None:
         pos = self._pos(children)
         self.diagnostics.error(pos, "aliases (`X=label: value`) are " + UNSUPPORTED)
-        return None
+        return children[1]  # the field itself is kept; only the alias is dropped
 
     # -- expressions -----------------------------------------------------
     def expr(self, children: list[Any]) -> Any:
@@ -704,11 +720,11 @@ class _AstBuilder(Transformer):
         return Conj(self._pos(list(terms)), terms)
 
     def default(self, children: list[Any]) -> _Default:
-        return _Default(self._pos(children), self._value(children[0]))
+        return _Default(self._tpos(children[0]), self._value(children[1]))
 
     def neg(self, children: list[Any]) -> Expr:
-        operand = self._value(children[0])
-        pos = self._pos(children)
+        operand = self._value(children[1])
+        pos = self._tpos(children[0])
         if isinstance(operand, Lit) and operand.kind in ("int", "float"):
             return Lit(pos, operand.kind, -operand.value)
         if isinstance(operand, Poison):
@@ -716,10 +732,10 @@ class _AstBuilder(Transformer):
         return self._poison(pos, "unary `-` on anything but a number literal is " + UNSUPPORTED)
 
     def unary_plus(self, children: list[Any]) -> Poison:
-        return self._poison(self._pos(children), "unary `+` is " + UNSUPPORTED)
+        return self._poison(self._tpos(children[0]), "unary `+` is " + UNSUPPORTED)
 
     def unary_not(self, children: list[Any]) -> Poison:
-        return self._poison(self._pos(children), "unary `!` is " + UNSUPPORTED)
+        return self._poison(self._tpos(children[0]), "unary `!` is " + UNSUPPORTED)
 
     def bound(self, children: list[Any]) -> Expr:
         token = _operator_token(children[0])

@@ -164,8 +164,8 @@ class _Builder:
         return None
 
     def thread(self, process: str, name: str, data: Any, path: Path) -> ThreadPlan | None:
-        if not isinstance(data, dict):
-            self.failed = True
+        if not isinstance(data, dict) or not self.exported.intact(path):
+            self.failed = True  # already reported
             return None
         workload = self.workload(data.get("workload"), (*path, "workload"))
         if workload is None or "weight" not in data or "class" not in data:
@@ -188,7 +188,9 @@ class _Builder:
             if thread is not None:
                 threads.append(thread)
         command: tuple[str, ...] | None = None
-        if "exec" in data:
+        if not self.exported.intact((*path, "exec")):
+            self.failed = True  # already reported
+        elif "exec" in data:
             command = tuple(data["exec"])
             if not command:
                 self.error(
@@ -215,8 +217,11 @@ class _Builder:
 
     # -- whole-manifest checks ----------------------------------------------
     def grant_targets(self, processes: dict[str, Any]) -> None:
+        # Every declared thread counts, even one whose value had an error.
         threads = [
-            f"{p}/{t}" for p, body in _items(processes) for t, _ in _items(_get(body, "threads"))
+            f"{path[1]}/{path[3]}"
+            for path in self.exported.label_positions
+            if len(path) == 4 and path[0] == "processes" and path[2] == "threads"
         ]
         known = set(threads)
         for process, body in _items(processes):
@@ -260,6 +265,11 @@ class _Builder:
                         servers[endpoint] = (f"{process}/{thread}", path)
                 elif kind == "ipcClient":
                     clients.setdefault(endpoint, path)
+        if any(
+            len(path) >= 5 and path[0] == "processes" and path[2] == "threads"
+            for path in self.exported.broken
+        ):
+            return  # a thread with an error may be the missing server
         for endpoint, path in clients.items():
             if endpoint not in servers:
                 self.error(
@@ -336,8 +346,9 @@ def build_plan(
     data = exported.data if isinstance(exported.data, dict) else {}
     check_duplicates(file, diagnostics)
     processes_data = data.get("processes")
-    builder.grant_targets(processes_data if isinstance(processes_data, dict) else {})
-    builder.endpoints(processes_data if isinstance(processes_data, dict) else {})
+    if file.complete:  # else a thread or server may be in the part that was dropped
+        builder.grant_targets(processes_data if isinstance(processes_data, dict) else {})
+        builder.endpoints(processes_data if isinstance(processes_data, dict) else {})
     machine = builder.machine(data.get("machine"))
     processes: list[ProcessPlan] = []
     for name, body in _items(processes_data):

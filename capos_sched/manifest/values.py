@@ -988,6 +988,7 @@ def explain_failed_alternatives(failures: Sequence[Value]) -> Bottom:
     """The error of a disjunction none of whose alternatives unified.
 
     CUE would list every alternative's error. To say something useful, pick:
+    a problem inside the value that every alternative meets; else
     the alternative that failed for a reason other than a clashing value
     (the user picked it, and got it wrong: a bound, an unknown field ...);
     failing that, when every alternative clashed at the same user value,
@@ -997,13 +998,18 @@ def explain_failed_alternatives(failures: Sequence[Value]) -> Bottom:
     per_alternative = [_problems_in(f) for f in failures]
     if any(not problems for problems in per_alternative):
         return Bottom(())  # an error reported elsewhere caused this one
+    # A problem every alternative shares lies in the value itself (a conflict
+    # inside it), not in the choice of alternative: report just that.
+    shared = [p for p in per_alternative[0] if all(p in ps for ps in per_alternative[1:])]
+    if shared:
+        return Bottom(tuple(shared))
     plausible = [ps for ps in per_alternative if not any(p.code in MISMATCHES for p in ps)]
     if plausible:
         return Bottom(min(plausible, key=len))
     # Every alternative clashed; find a user value they all clashed with.
-    shared = _shared_mismatch(per_alternative)
-    if shared is not None:
-        return Bottom((shared,))
+    summary = _shared_mismatch(per_alternative)
+    if summary is not None:
+        return Bottom((summary,))
     return Bottom(min(per_alternative, key=len))
 
 
