@@ -398,11 +398,23 @@ class _Exporter:
             for problem in value.problems:
                 if problem.label is None and path and isinstance(path[-1], str):
                     problem = problem.with_label(path[-1])
-                self.diagnostics.error(problem.primary_pos(), problem.message())
+                self._report(problem, path, anchor)
             return _MISSING
         if self.report_incomplete:
             self._incomplete(value, path, anchor)
         return _MISSING
+
+    def _report(self, problem: Problem, path: Path, anchor: tuple[Pos | None, Path]) -> None:
+        pos = problem.primary_pos()
+        message = problem.message()
+        if pos.source.is_schema and pos.source is not self.main:
+            # A schema line would not help the reader: point at the manifest
+            # field this is about, and say where the schema has its part.
+            anchor_pos, anchor_path = anchor
+            shown = _dotted(path[len(anchor_path) - 1 :] if anchor_path else path)
+            message = f"{message} (in `{shown}`; schema at {pos.short()})"
+            pos = anchor_pos if anchor_pos is not None else Pos(self.main, 1, 1)
+        self.diagnostics.error(pos, message)
 
     def _incomplete(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> None:
         anchor_pos, anchor_path = anchor
