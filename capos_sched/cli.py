@@ -32,6 +32,7 @@ def main(log_level: str) -> None:
 
 def _register() -> None:
     from bench.dispatch import dispatch
+    from bench.matrix import matrix
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
@@ -47,6 +48,7 @@ def _register() -> None:
     bench.add_command(rpc)
     main.add_command(run)
     main.add_command(simulate)
+    bench.add_command(matrix)
 
 
 _register()

@@ -154,10 +154,12 @@ class RtThread:
     removed: bool = False
     last_cpu: int | None = None
     woke_ns: int | None = None
+    sleep_deadline_ns: int | None = None
     call_started_ns: int | None = None
     reply_pending: bool = False
     wake_latency: Samples = attrs.Factory(Samples)
     timer_late: Samples = attrs.Factory(Samples)
+    oversleep: Samples = attrs.Factory(Samples)
     round_trips: Samples = attrs.Factory(Samples)
     dispatches: int = 0
 
@@ -358,6 +360,7 @@ class Runtime(PlanHost):
                     "migrations": snap.migrations,
                     "wake_latency_ns": rt.wake_latency.summary(),
                     "timer_late_ns": rt.timer_late.summary(),
+                    "oversleep_ns": rt.oversleep.summary(),
                     "ipc_round_trip_ns": rt.round_trips.summary(),
                     "finished_ns": rt.finished_ns,
                     "failed": rt.failed,
@@ -539,6 +542,9 @@ class Runtime(PlanHost):
         if rt.woke_ns is not None:
             rt.wake_latency.add(start - rt.woke_ns)
             rt.woke_ns = None
+            if rt.sleep_deadline_ns is not None:
+                rt.oversleep.add(start - rt.sleep_deadline_ns)
+                rt.sleep_deadline_ns = None
         if rt.reply_pending and rt.call_started_ns is not None:
             rt.round_trips.add(start - rt.call_started_ns)
             rt.call_started_ns = None
@@ -679,6 +685,7 @@ class Runtime(PlanHost):
         cpu = thread.cpu if thread.cpu is not None else 0
         wake = core.wake(rt.ref, now, QueueCpu(cpu), WakeReason.TIMER)
         rt.woke_ns = now
+        rt.sleep_deadline_ns = deadline_ns
         self._on_wake(wake, "timer", rt)
 
     def _on_wake(self, wake: Wake, reason: str, rt: RtThread) -> None:
