@@ -73,20 +73,27 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-def host_plugin(cpus: int | None) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
+def host_plugin(
+    cpus: int | None, execute: bool = True
+) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
-    A bare PlanHost keeps the plan's threads in the core without executing
-    them. To run them on the trio runtime, return instead::
-
-        (lambda plan: Runtime(plan, cpus=cpus),
-         lambda host, task_status: host.run(stop_when_finished=False, task_status=task_status))
+    By default the trio runtime executes the plan's threads on worker
+    processes. With ``execute=False`` a bare PlanHost keeps the threads in the
+    core without running them (grants and state changes only).
     """
     from capos_sched.runtime.host import PlanHost
 
     from .daemon import idle_runner
 
-    return (lambda plan: PlanHost(plan, cpus=cpus)), idle_runner
+    if not execute:
+        return (lambda plan: PlanHost(plan, cpus=cpus)), idle_runner
+    from capos_sched.runtime.runtime import Runtime
+
+    async def run_runtime(host: Any, *, task_status: Any) -> None:
+        await host.run(stop_when_finished=False, task_status=task_status)
+
+    return (lambda plan: Runtime(plan, cpus=cpus, manifest_name=plan.source)), run_runtime
 
 
 def plan_loader(source: str, name: str) -> Any:
@@ -123,6 +130,13 @@ def plan_loader(source: str, name: str) -> Any:
 )
 @click.option("--cpus", type=click.IntRange(1, 64), default=None, help="Override machine.cpus.")
 @click.option(
+    "--execute/--no-execute",
+    default=True,
+    show_default=True,
+    help="Run the threads on the trio runtime, or only hold them in the core "
+    "(grants and state changes work; nothing executes).",
+)
+@click.option(
     "--max-calls",
     type=click.IntRange(1, 1_000_000),
     default=1024,
@@ -135,6 +149,7 @@ def serve(
     admin: Address | None,
     grants_dir: Path | None,
     cpus: int | None,
+    execute: bool,
     max_calls: int,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
@@ -164,7 +179,7 @@ def serve(
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
     )
-    factory, runner = host_plugin(cpus)
+    factory, runner = host_plugin(cpus, execute)
     status = run_daemon(config, plan, loader=plan_loader, host_factory=factory, host_runner=runner)
     sys.exit(status)
 

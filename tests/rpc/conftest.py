@@ -41,8 +41,8 @@ machine: {cpus: 2, policy: "wfq"}
 
 processes: {
 	fairness: threads: {
-		a: {weight: 2048, workload: kind: "spin"}
-		b: {workload: kind: "spin"}
+		a: {weight: 2048, workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+		b: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
 	}
 	tuner: grants: {
 		policy: kind: "schedulingPolicy"
@@ -56,6 +56,9 @@ processes: {
 	}
 }
 """
+
+SLEEPER_B = '\t\tb: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}\n'
+"""The line declaring thread fairness/b in BASE_MANIFEST (tests remove it)."""
 
 TRACEBACK_MARKERS = ("Traceback", 'File "', ".py", "line ", "raise ", "capnp.lib")
 

@@ -33,7 +33,7 @@ from capos_sched.rpc.errors import CODES, WireError, from_core, parse_remote, wi
 from capos_sched.rpc.grants import GrantTable
 from capos_sched.runtime.host import PlanHost
 
-from .conftest import BASE_MANIFEST
+from .conftest import BASE_MANIFEST, SLEEPER_B
 
 # ------------------------------------------------------------------ errors
 
@@ -351,7 +351,7 @@ def test_load_that_removes_a_thread_marks_its_grants_stale() -> None:
     table, host, _ = _table()
     b_grant = table.processes["other"].grants["b"]
     text = (
-        BASE_MANIFEST.replace('\t\tb: {workload: kind: "spin"}\n', "")
+        BASE_MANIFEST.replace(SLEEPER_B, "")
         .replace('\t\tb: {kind: "thread", thread: "fairness/b"}\n', "")
         .replace('\tother: grants: {\n\t\tpolicy: kind: "schedulingPolicy"\n\t}\n', "")
     )
