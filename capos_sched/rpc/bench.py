@@ -120,7 +120,9 @@ def echo_server(address: str) -> None:
 # ------------------------------------------------------------------ client
 
 
-async def _measure(address: str, token: bytes, calls: int, inflight: int) -> dict[str, Any]:
+async def _measure(
+    address: str, token: bytes, calls: int, inflight: int, thread: str = "t"
+) -> dict[str, Any]:
     """Sequential then concurrent setWeight calls with raw pycapnp."""
     import capnp
 
@@ -139,7 +141,7 @@ async def _measure(address: str, token: bytes, calls: int, inflight: int) -> dic
             restorer = client.bootstrap().cast_as(s.Restorer)
             caps = (await restorer.restore(token)).caps
             policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
-            handle = (await caps.get("t")).cap.as_interface(s.ThreadHandle)
+            handle = (await caps.get(thread)).cap.as_interface(s.ThreadHandle)
             for i in range(min(200, calls)):  # warm-up
                 await policy.setWeight(handle, 1 + i % 100)
             lat: list[float] = []
@@ -290,7 +292,7 @@ def _loaded_phase(
                 "runtime is not executing threads, so nothing loads the CPUs"
             }
         token = (grants / "tuner.token").read_bytes().strip()
-        result = asyncio.run(_measure(listen, token, calls, inflight))
+        result = asyncio.run(_measure(listen, token, calls, inflight, "fairness/a"))
         result["cpu_seconds_per_second"] = round((after - before) / 1e9, 2)
         return result
 
