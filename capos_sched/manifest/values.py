@@ -639,7 +639,18 @@ def _unify_constraints(a: Constraint, b: Constraint) -> Value:
     )
     if kinds == a.kinds and low is a.low and high is a.high and len(excluded) == len(a.excluded):
         return a
-    return Constraint(kinds, a.pos or b.pos, low, high, excluded)
+    pos = a.pos or b.pos
+    if low is not None and high is not None and low.value == high.value and pos is not None:
+        # `>=5 & <=5` admits one number: it is that number (spec, default
+        # values: `(* >=5 | int) & (* <=5 | int)` resolves to 5).
+        only = low.value
+        kind = INT if INT in kinds and only == int(only) else FLOAT if FLOAT in kinds else None
+        if kind is not None:
+            value = int(only) if kind == INT else decimal.Decimal(only)
+            return _check_atom(
+                Constraint(kinds, pos, excluded=excluded), Atom(kind, value, pos), False
+            )
+    return Constraint(kinds, pos, low, high, excluded)
 
 
 def _constraint_with_composite(constraint: Constraint, composite: Struct | List) -> Value:
@@ -1040,7 +1051,10 @@ def _summarise(problems: Sequence[Problem]) -> Problem:
         # Every alternative is a literal of the same type as the value.
         hint = ""
         if got.startswith('"'):
-            hint = _suggest(got, expected)
+            # Compare the strings' contents: the quotes alone look alike.
+            unquoted = {e[1:-1]: e for e in expected if e.startswith('"')}
+            match = _suggest(got[1:-1], unquoted)
+            hint = unquoted[match] if match else ""
         return Problem(
             "alternatives",
             problems[0].pos,

@@ -23,17 +23,11 @@ from capos_sched.manifest.render import to_cue
 
 GOLDEN = Path(__file__).parent / "golden"
 SHIPPED = DEFAULT_MANIFEST.parent
-# The shipped manifests this layer owns; others' manifests are only required
-# to load (test_every_shipped_manifest_loads), so their authors can change them.
-OWNED = (
-    "default",
-    "system-thread-fairness",
-    "thread-fairness-interactive",
-    "ipc-pairs",
-    "multi-process",
-    "thread-scale",
-)
-CASES = sorted(GOLDEN.glob("*.cue")) + [SHIPPED / f"{name}.cue" for name in OWNED]
+# Of the shipped manifests only the one issue 3 specifies exactly is pinned;
+# the others' sizes are tuned by the runtime's benchmarks, so they are only
+# required to load (here) and to keep their shape (test_shipped.py).
+PINNED = ("system-thread-fairness",)
+CASES = sorted(GOLDEN.glob("*.cue")) + [SHIPPED / f"{name}.cue" for name in PINNED]
 UPDATE = os.environ.get("CAPOS_UPDATE_GOLDEN") == "1"
 
 
