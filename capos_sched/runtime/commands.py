@@ -157,7 +157,8 @@ def run(
     else:
         from capos_sched.runtime.view import console, report_view
 
-        console().print(report_view(report))
+        out = console()
+        out.print(report_view(report, out.width))
         if trace_path is not None:
             click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
     if received:
@@ -246,4 +247,5 @@ def simulate(
         return
     from capos_sched.runtime.view import console, report_view
 
-    console().print(report_view(report))
+    out = console()
+    out.print(report_view(report, out.width))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -42,28 +43,38 @@ def ideal_by_name(report: dict[str, Any]) -> dict[str, float]:
     return {t["name"]: s for t, s in zip(bound, shares, strict=True)}
 
 
-def report_table(report: dict[str, Any], *, title: str | None = None) -> Table:
+FULL_WIDTH = 150
+"""Consoles at least this wide get every column; narrower ones a compact table."""
+
+
+def report_table(
+    report: dict[str, Any], *, title: str | None = None, width: int = FULL_WIDTH
+) -> Table:
     """The final per-thread table of a run (or simulation) report."""
     elapsed = max(1, report["elapsed_ns"])
     ideals = ideal_by_name(report)
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for column, justify in (
-        ("thread", "left"),
-        ("class", "left"),
-        ("weight", "right"),
-        ("runtime ms", "right"),
-        ("share", "right"),
-        ("ideal", "right"),
-        ("error", "right"),
-        ("switch", "right"),
-        ("preempt", "right"),
-        ("block", "right"),
-        ("migr", "right"),
-        ("wake p50/p99 us", "right"),
-        ("rtt p50/p99 us", "right"),
-        ("end", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    full = width >= FULL_WIDTH
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.HEAVY_HEAD if full else box.SIMPLE_HEAD,
+        pad_edge=full,
+        show_edge=full,
+    )
+    with_class = width >= 100
+    columns = [("thread", "left")]
+    columns += [("class", "left")] if with_class else []
+    columns += [("weight", "right")]
+    columns += [("runtime ms", "right"), ("share", "right"), ("ideal", "right")]
+    if full:
+        columns += [("error", "right"), ("switch", "right"), ("preempt", "right")]
+        columns += [("block", "right"), ("migr", "right")]
+        columns += [("wake p50/p99 us", "right"), ("rtt p50/p99 us", "right"), ("end", "left")]
+    else:
+        columns += [("wake p99", "right"), ("rtt p99", "right"), ("end", "left")]
+    for column, justify in columns:
+        table.add_column(column, justify=justify, no_wrap=column != "end")  # type: ignore[arg-type]
     for t in report["threads"]:
         share = t["runtime_ns"] / elapsed
         ideal = ideals.get(t["name"])
@@ -72,25 +83,21 @@ def report_table(report: dict[str, Any], *, title: str | None = None) -> Table:
         if t.get("failed"):
             end = Text("failed", style="red")
         elif t.get("finished_ns") is not None:
-            end = Text(f"done {t['finished_ns'] / 1e6:.0f} ms")
+            end = Text(f"done {t['finished_ns'] / 1e6:.0f} ms" if full else "done")
         else:
             end = Text("")
-        table.add_row(
-            t["name"],
-            t["class"],
-            str(t["weight"]),
-            _ms(t["runtime_ns"]),
-            f"{share:.3f}",
-            "-" if ideal is None else f"{ideal:.3f}",
-            error,
-            str(t["context_switches"]),
-            str(t["preemptions"]),
-            str(t["voluntary_blocks"]),
-            str(t["migrations"]),
-            "-" if not wake else f"{_us(wake['p50'])}/{_us(wake['p99'])}",
-            "-" if not rtt else f"{_us(rtt['p50'])}/{_us(rtt['p99'])}",
-            end,
-        )
+        cells = [t["name"], *([t["class"]] if with_class else [])]
+        cells += [str(t["weight"]), _ms(t["runtime_ns"]), f"{share:.3f}"]
+        cells.append("-" if ideal is None else f"{ideal:.3f}")
+        if full:
+            cells += [error, str(t["context_switches"]), str(t["preemptions"])]
+            cells += [str(t["voluntary_blocks"]), str(t["migrations"])]
+            cells.append("-" if not wake else f"{_us(wake['p50'])}/{_us(wake['p99'])}")
+            cells.append("-" if not rtt else f"{_us(rtt['p50'])}/{_us(rtt['p99'])}")
+        else:
+            cells.append("-" if not wake else f"{_us(wake['p99'])} us")
+            cells.append("-" if not rtt else f"{_us(rtt['p99'])} us")
+        table.add_row(*cells, end)
     return table
 
 
@@ -124,8 +131,8 @@ def console() -> Console:
     return Console(width=160, soft_wrap=False)
 
 
-def report_view(report: dict[str, Any]) -> Group:
-    items: list[Any] = [report_header(report), report_table(report)]
+def report_view(report: dict[str, Any], width: int = FULL_WIDTH) -> Group:
+    items: list[Any] = [report_header(report), report_table(report, width=width)]
     for t in report["threads"]:
         if t.get("failed"):
             items.append(Text(f"{t['name']} failed: {t['failed']}", style="red"))
