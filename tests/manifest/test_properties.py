@@ -119,7 +119,7 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
                 threads[name] = _thread(weight, draw(classes), draw(workloads(endpoints)))
         processes[process] = {"threads": threads}
         all_threads.extend(f"{process}/{name}" for name in threads)
-    for process, body in processes.items():
+    for body in processes.values():
         if draw(st.booleans()):
             body["exec"] = draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=3))
         grants: dict[str, Any] = {}
@@ -278,7 +278,7 @@ VALID_TEXTS = [
 @given(
     st.sampled_from(VALID_TEXTS),
     st.lists(
-        st.tuples(st.floats(0, 1), st.integers(0, 12), st.sampled_from(TOKENS + ["", "x"])),
+        st.tuples(st.floats(0, 1), st.integers(0, 12), st.sampled_from([*TOKENS, "", "x"])),
         min_size=1,
         max_size=4,
     ),

@@ -99,7 +99,7 @@ def test_a_default_is_kept_through_a_reference():
         ("!=null & 1", 1),
         ("_ & 5", 5),
         ("number & 1", 1),
-        ("0x1F + 0" if False else "0xBad_Face", 0xBADFACE),
+        ("0xBad_Face", 0xBADFACE),
         ("0o755", 0o755),
         ("0b0101_0001", 0b01010001),
         ("170_141_183_460_469_231_731_687_303_715_884_105_727", 2**127 - 1),
