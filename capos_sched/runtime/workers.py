@@ -76,7 +76,7 @@ class Worker:
     core: int | None
     flag_fd: int
     flag: mmap.mmap
-    process: trio.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
     sock: trio.socket.SocketType | None = None
     pid: int | None = None
     attached: set[int] = attrs.Factory(set)
@@ -112,7 +112,11 @@ class Worker:
                 "--core",
                 str(-1 if self.core is None else self.core),
             ]
-            self.process = await trio.lowlevel.open_process(
+            # Spawned synchronously from the trio thread, on purpose: the worker's
+            # PR_SET_PDEATHSIG fires when the *thread* that forked it exits, and
+            # trio.lowlevel.open_process forks from a cached helper thread that
+            # retires after 10 s idle (which would SIGKILL every worker).
+            self.process = subprocess.Popen(
                 cmd,
                 pass_fds=(child_end.fileno(), self.flag_fd),
                 stdin=subprocess.DEVNULL,
@@ -189,7 +193,7 @@ class Worker:
 
     def exit_status(self) -> str:
         """How the process ended, for crash reports (call after it exited)."""
-        code = None if self.process is None else self.process.returncode
+        code = None if self.process is None else self.process.poll()
         if code is None:
             return "still running"
         if code < 0:
@@ -204,8 +208,8 @@ class Worker:
         if self.process is None:
             return
         with trio.move_on_after(timeout_s):
-            await self.process.wait()
-        if self.process.returncode is None:
+            await self._wait()
+        if self.process.poll() is None:
             await self.kill()
 
     async def stop(self, timeout_s: float = 2.0) -> None:
@@ -224,11 +228,30 @@ class Worker:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.process is not None and self.process.returncode is None:
+        if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self.process.wait()
+                await self._wait()
+
+    async def _wait(self) -> None:
+        """Wait for the process to exit and reap it (pidfd readiness, else polling)."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            pidfd = -1
+        try:
+            while process.poll() is None:
+                if pidfd >= 0:
+                    await trio.lowlevel.wait_readable(pidfd)
+                else:  # pragma: no cover - kernels without pidfd
+                    await trio.sleep(0.005)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def close(self) -> None:
         """Release the flag page (after the process is gone)."""

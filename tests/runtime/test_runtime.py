@@ -290,3 +290,13 @@ async def test_trace_document_structure() -> None:
     assert any(e["cat"] == "wake" for e in instants)
     assert any(e["cat"] == "migration" for e in instants)
     assert all(e["s"] == "t" for e in instants)
+
+
+@pytest.mark.slow
+async def test_workers_outlive_trios_thread_cache() -> None:
+    # Regression: workers forked from trio's cached helper thread were SIGKILLed
+    # by their PR_SET_PDEATHSIG when that thread retired (10 s idle).
+    _, report, _ = await run_for(plan(thread("h/a", Spin()), cpus=1), 12.5)
+    assert report["workers"]["restarts"] == 0
+    assert not [t for t in report["threads"] if t["failed"]]
+    assert by_name(report)["h/a"]["runtime_ns"] > 10e9 * 0.5
