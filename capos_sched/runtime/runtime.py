@@ -12,7 +12,9 @@ the core. Everything on it belongs to the one trio thread that runs it:
   Use ``await nursery.start(runtime.run, ...)``: it reports started (value:
   the runtime) once every worker is up and the CPUs are about to dispatch.
   A Runtime runs once. Every worker is stopped before ``run`` returns or
-  raises, also on cancellation.
+  raises, also on cancellation. Workers are forked by the thread that runs
+  ``run`` (their parent-death signal is tied to that thread), so run it in a
+  thread that lives as long as the daemon: the main thread.
 - ``runtime.trio_token`` (set once ``run`` has started): hand mutations from
   another thread with ``runtime.trio_token.run_sync_soon(fn)``; ``fn`` then
   runs in the trio thread and may call ``runtime.apply_plan(plan)``,
