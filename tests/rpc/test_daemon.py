@@ -560,3 +560,31 @@ def test_handles_go_stale_when_the_runtime_finishes_their_thread(workdir: Path) 
         arun(go)
     finally:
         d.stop()
+
+
+def test_a_lost_daemon_surfaces_as_disconnected(workdir: Path) -> None:
+    d = Daemon(workdir)
+    token = d.token("tuner")
+
+    async def go() -> None:
+        s = await connect(d.listen, token=token)
+        try:
+            policy, a = await s.policy(), await s.thread("a")
+            await policy.set_weight(a, 10)
+            pending = [asyncio.ensure_future(_settle(policy.set_weight(a, 11))) for _ in range(50)]
+            d.proc.kill()  # no goodbye at all
+            await asyncio.to_thread(d.proc.wait)
+            for out in await asyncio.gather(*pending):
+                assert out is None or type(out) is Disconnected, repr(out)
+            for call in (policy.set_weight(a, 12), a.describe(), s.list()):
+                err = await expect(Disconnected, call)
+                assert type(err) is Disconnected
+        finally:
+            await s.close()
+        with pytest.raises(Disconnected):
+            await connect(d.listen, token=token)
+
+    try:
+        arun(go)
+    finally:
+        d.stop()
