@@ -449,12 +449,11 @@ def _ambiguous(shown: str, value: Disjunction) -> str:
     alternatives = value.alternatives
     if all(isinstance(a, Struct) for a in alternatives):
         structs = [a for a in alternatives if isinstance(a, Struct)]
-        for label, field in structs[0].fields.items():
+        for label in structs[0].fields:
             atoms = [s.fields[label].value if label in s.fields else None for s in structs]
             if all(isinstance(a, Atom) for a in atoms):
                 names = [describe_atom(a) for a in atoms if isinstance(a, Atom)]
                 if len(set(names)) == len(names):
-                    del field
                     return (
                         f"incomplete value: `{shown}` matches {len(structs)} alternatives; "
                         f"set `{label}` to one of {', '.join(names)}"

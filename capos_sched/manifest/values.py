@@ -385,11 +385,11 @@ def matches(pattern: Value, label: str) -> bool:
         return pattern.kind == STRING and pattern.value == label
     if isinstance(pattern, Top):
         return True
-    probe = Atom(STRING, label, value_pos(pattern) or _NOWHERE)  # type: ignore[arg-type]
+    # Any other pattern (a disjunction of labels, a `!=` bound ...): the label
+    # matches when it unifies with the pattern. The probe's position is never
+    # reported: only whether the result failed matters.
+    probe = Atom(STRING, label, value_pos(pattern))  # type: ignore[arg-type]
     return not is_failed(unify(pattern, probe))
-
-
-_NOWHERE: Any = None
 
 
 def close(value: Value, cache: dict[int, Value] | None = None) -> Value:

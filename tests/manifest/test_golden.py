@@ -61,3 +61,25 @@ def test_exported_cue_loads_back_to_the_same_plan(manifest: Path):
     assert again.to_json() == plan.to_json()
     assert again.machine == plan.machine
     assert again.processes == plan.processes
+
+
+def test_the_examples_in_the_documentation_are_valid():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "manifests.md"
+    blocks = docs.read_text(encoding="utf-8").split("```cue\n")[1:]
+    examples = [block.split("```")[0] for block in blocks]
+    assert len(examples) == 2
+    complete, template = examples
+    plan = load_plan_text(complete, "example.cue")
+    assert [t.full_name for t in plan.threads()] == [
+        "hogs/heavy",
+        "hogs/light",
+        "shell/typist",
+        "echo/server",
+        "echo/client",
+    ]
+    assert [g.name for g in plan.process("tuner").grants] == ["policy", "hogs/heavy", "hogs/light"]
+    hogs = load_plan_text("machine: cpus: 1\n" + template, "template.cue").threads()
+    assert [(t.name, t.weight, t.workload.total_ns) for t in hogs] == [
+        ("a", 1024, 250_000_000),
+        ("b", 512, 250_000_000),
+    ]
