@@ -8,11 +8,27 @@ of them in one run; the collection is raised as a single :class:`ManifestError`.
 
 from __future__ import annotations
 
+import json
+
 import attrs
 
 MAX_DIAGNOSTICS = 20
 """Diagnostics reported per load; further ones are counted, not shown, because
 past twenty most are consequences of the first ones."""
+
+
+def quote(text: str) -> str:
+    """A user's string as a message shows it: double-quoted, with control
+    characters escaped, so a message always stays on one line."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def show_name(text: str) -> str:
+    """A label or name as a message shows it: in backticks when it reads
+    plainly, else quoted like a string."""
+    if text and text.isprintable() and "`" not in text and text.strip() == text:
+        return f"`{text}`"
+    return quote(text)
 
 
 @attrs.frozen(eq=False)

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from . import syntax
-from .errors import Diagnostics, Pos, Source
+from .errors import Diagnostics, Pos, Source, show_name
 from .syntax import UNSUPPORTED, LabelKind
 from .values import (
     ALL_KINDS,
@@ -412,7 +412,7 @@ class _Exporter:
             # field this is about, and say where the schema has its part.
             anchor_pos, anchor_path = anchor
             shown = _dotted(path[len(anchor_path) - 1 :] if anchor_path else path)
-            message = f"{message} (in `{shown}`; schema at {pos.short()})"
+            message = f"{message} (in {show_name(shown)}; schema at {pos.short()})"
             pos = anchor_pos if anchor_pos is not None else Pos(self.main, 1, 1)
         self.diagnostics.error(pos, message)
 
@@ -428,9 +428,9 @@ class _Exporter:
             return
         what = describe(value)
         if anchor_path == path:
-            text = f"incomplete value: `{shown}` must be concrete, not {what}"
+            text = f"incomplete value: {show_name(shown)} must be concrete, not {what}"
         else:
-            text = f"incomplete value: `{shown}` is not set ({what})"
+            text = f"incomplete value: {show_name(shown)} is not set ({what})"
         self.diagnostics.error(anchor_pos, text)
 
 
@@ -455,11 +455,11 @@ def _ambiguous(shown: str, value: Disjunction) -> str:
                 names = [describe_atom(a) for a in atoms if isinstance(a, Atom)]
                 if len(set(names)) == len(names):
                     return (
-                        f"incomplete value: `{shown}` matches {len(structs)} alternatives; "
-                        f"set `{label}` to one of {', '.join(names)}"
+                        f"incomplete value: {show_name(shown)} matches {len(structs)} "
+                        f"alternatives; set {show_name(label)} to one of {', '.join(names)}"
                     )
     shown_alts = " | ".join(describe(a) for a in alternatives)
-    return f"incomplete value: `{shown}` is ambiguous ({shown_alts}); pick one"
+    return f"incomplete value: {show_name(shown)} is ambiguous ({shown_alts}); pick one"
 
 
 def export(

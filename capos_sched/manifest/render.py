@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-_IDENTIFIER = re.compile(r"^[A-Za-z$][A-Za-z0-9_$]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z$][A-Za-z0-9_$]*")
 # Keywords and the literal names may be labels in CUE, but quoting them keeps
 # the output obviously unambiguous to a reader.
 _QUOTED_WORDS = frozenset({"package", "import", "true", "false", "null", "for", "if", "let", "in"})
@@ -22,7 +22,7 @@ _QUOTED_WORDS = frozenset({"package", "import", "true", "false", "null", "for", 
 
 def label(name: str) -> str:
     """A field label: bare when it is a plain identifier, else a quoted string."""
-    if _IDENTIFIER.match(name) and name not in _QUOTED_WORDS:
+    if _IDENTIFIER.fullmatch(name) and name not in _QUOTED_WORDS:
         return name
     return string(name)
 

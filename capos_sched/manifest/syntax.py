@@ -599,6 +599,7 @@ class _AstBuilder(Transformer):
             if _label_kind(argument.value) is not LabelKind.REGULAR or argument.value == "_":
                 self.diagnostics.error(self._tpos(argument), "invalid package name")
             return ("package", pos, argument.value)
+        self.complete = False  # whatever it meant, it is dropped
         if keyword.value == "import":
             self.diagnostics.error(pos, "`import` is " + UNSUPPORTED)
             return None

@@ -25,13 +25,13 @@ from capos_sched.core.thread import LatencyClass
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload
 
 from . import syntax
-from .errors import Diagnostics, Pos
+from .errors import Diagnostics, Pos, quote, show_name
 from .evaluator import Exported, Path
 from .plan import GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
 
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s)$")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class DurationError(ValueError):
@@ -48,16 +48,16 @@ def parse_duration(value: int | str) -> int:
         raise DurationError(f"{value!r} is not a duration")
     if isinstance(value, int):
         return value
-    match = _DURATION.match(value)
+    match = _DURATION.fullmatch(value)
     if match is None:
         raise DurationError(
-            f'invalid duration "{value}": write a number with a unit ns, us, ms or s '
+            f"invalid duration {quote(value)}: write a number with a unit ns, us, ms or s "
             '(such as "250us" or "1.5ms"), or integer nanoseconds'
         )
     number, unit = match.groups()
     nanoseconds = decimal.Decimal(number) * _UNIT_NS[unit]
     if nanoseconds != nanoseconds.to_integral_value():
-        raise DurationError(f'duration "{value}" is not a whole number of nanoseconds')
+        raise DurationError(f"duration {quote(value)} is not a whole number of nanoseconds")
     return int(nanoseconds)
 
 
@@ -101,24 +101,25 @@ class _Builder:
             return None
         if nanoseconds < 0 or (positive and nanoseconds == 0):
             need = "> 0" if positive else ">= 0"
-            self.error(self.value_pos((*path, key)), f'{key} "{raw}" must be {need}')
+            shown = quote(raw) if isinstance(raw, str) else str(raw)
+            self.error(self.value_pos((*path, key)), f"{key} {shown} must be {need}")
             return None
         return nanoseconds
 
     def name(self, what: str, name: str, path: Path) -> bool:
-        if _NAME.match(name):
+        if _NAME.fullmatch(name):
             return True
         self.error(
             self.label_pos(path),
-            f'{what} name "{name}" is not valid: use letters, digits, `_`, `-` and `.` '
+            f"{what} name {quote(name)} is not valid: use letters, digits, `_`, `-` and `.` "
             "(it forms part of a `process/thread` name)",
         )
         return False
 
     # -- the model ---------------------------------------------------------
     def machine(self, data: Any) -> MachinePlan | None:
-        if not isinstance(data, dict) or not {"cpus", "policy", "slice"} <= data.keys():
-            self.failed = True
+        if not isinstance(data, dict) or not self.exported.intact(("machine",)):
+            self.failed = True  # already reported
             return None
         slice_ns = self.duration(data, "slice", ("machine",), positive=True)
         if slice_ns is None:
@@ -126,10 +127,10 @@ class _Builder:
         return MachinePlan(data["cpus"], data["policy"], slice_ns)
 
     def workload(self, data: Any, path: Path) -> Workload | None:
-        if not isinstance(data, dict) or "kind" not in data:
-            self.failed = True
+        if not isinstance(data, dict) or not self.exported.intact(path):
+            self.failed = True  # already reported
             return None
-        kind = data["kind"]
+        kind = data["kind"]  # intact: every field the schema requires is there
         try:
             if kind == "spin":
                 total = self.duration(data, "total", path, positive=True)
@@ -154,9 +155,6 @@ class _Builder:
                 if service is None:
                     return None
                 return IpcServer(data["endpoint"], service)
-        except KeyError:  # a field the schema requires, reported as incomplete already
-            self.failed = True
-            return None
         except ValueError as error:  # pragma: no cover - the schema rules these out
             self.error(self.value_pos(path), f"invalid workload: {error}")
             return None
@@ -207,10 +205,10 @@ class _Builder:
             if grant_name == "":
                 self.error(self.label_pos((*path, "grants", "")), "a grant name must not be empty")
                 continue
-            if isinstance(grant, dict) and "kind" in grant:
+            if isinstance(grant, dict) and self.exported.intact((*path, "grants", grant_name)):
                 grants.append(GrantPlan(grant_name, grant["kind"], grant.get("thread")))
             else:
-                self.failed = True
+                self.failed = True  # already reported
         if self.failed:
             return None
         return ProcessPlan(name, tuple(threads), command, tuple(grants))
@@ -232,10 +230,13 @@ class _Builder:
                 if target in known:
                     continue
                 path = ("processes", process, "grants", grant_name, "thread")
-                message = f"grant `{grant_name}` names thread `{target}`, which does not exist"
+                message = (
+                    f"grant {show_name(grant_name)} names thread {show_name(target)}, "
+                    "which does not exist"
+                )
                 suggestion = difflib.get_close_matches(target, threads, n=1, cutoff=0.6)
                 if suggestion:
-                    message += f"; did you mean `{suggestion[0]}`?"
+                    message += f"; did you mean {show_name(suggestion[0])}?"
                 elif "/" not in target:
                     message += "; name a thread as `process/thread`"
                 self.error(self.value_pos(path), message)
@@ -257,8 +258,8 @@ class _Builder:
                         first = self.value_pos(first_path)
                         self.error(
                             self.value_pos(path),
-                            f'endpoint "{endpoint}" already has a server, `{first_name}` '
-                            f"(at {first.short(self.fallback.source)}); "
+                            f"endpoint {quote(endpoint)} already has a server, "
+                            f"{show_name(first_name)} (at {first.short(self.fallback.source)}); "
                             "an endpoint has exactly one server",
                         )
                     else:
@@ -274,8 +275,8 @@ class _Builder:
             if endpoint not in servers:
                 self.error(
                     self.value_pos(path),
-                    f'endpoint "{endpoint}" has clients but no server '
-                    f'(a thread with workload kind "ipcServer" and endpoint "{endpoint}")',
+                    f"endpoint {quote(endpoint)} has clients but no server "
+                    f'(a thread with workload kind "ipcServer" and endpoint {quote(endpoint)})',
                 )
 
 
@@ -311,8 +312,10 @@ def check_duplicates(file: syntax.File, diagnostics: Diagnostics) -> None:
 
 
 _MEMBER_NOUNS: dict[str, Callable[[str], Callable[[str], str]]] = {
-    "threads": lambda process: lambda name: f"thread `{process}/{name}`",
-    "grants": lambda process: lambda name: f"grant `{name}` of process `{process}`",
+    "threads": lambda process: lambda name: f"thread {show_name(f'{process}/{name}')}",
+    "grants": lambda process: (
+        lambda name: f"grant {show_name(name)} of process {show_name(process)}"
+    ),
 }
 
 

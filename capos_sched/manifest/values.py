@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from .errors import Pos
+from .errors import Pos, show_name
 
 # --------------------------------------------------------------------------
 # Problems: what a Bottom says
@@ -97,7 +97,8 @@ class Problem:
 
     def message(self) -> str:
         """The message, naming the field (``label``) when known."""
-        name = f"`{self.label}`" if self.label else "value"
+        name = show_name(self.label) if self.label else "value"
+        plain = self.label if self.label and show_name(self.label)[0] == "`" else name
         if self.code == "conflict":
             primary = self.primary_pos()
             here, there = (self.got, self.expected)
@@ -109,14 +110,13 @@ class Problem:
         if self.code == "mismatch":
             return f"{name}: expected {self.expected}, got {self.got}"
         if self.code == "bound":
-            subject = self.label if self.label else "value"
-            return f"{subject} {self.got} {self.text}"
+            return f"{plain} {self.got} {self.text}"
         if self.code == "alternatives":
-            text = f"unknown {self.label or 'value'} {self.got}; expected one of {self.expected}"
+            text = f"unknown {plain} {self.got}; expected one of {self.expected}"
             return text + (f" (did you mean {self.hint}?)" if self.hint else "")
         if self.code == "closed":
             hint = _suggest(self.label or "", self.candidates) if self.label else ""
-            return self.text + (f"; did you mean `{hint}`?" if hint else "")
+            return self.text + (f"; did you mean {show_name(hint)}?" if hint else "")
         return self.text
 
 
@@ -680,7 +680,7 @@ def _disallowed(rules: tuple[Closedness, ...], label: str, pos: Pos) -> Bottom |
                     Problem(
                         "closed",
                         pos,
-                        text=f"field `{label}` not allowed",
+                        text=f"field {show_name(label)} not allowed",
                         label=label,
                         candidates=rule.labels,
                     ),

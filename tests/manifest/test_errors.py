@@ -369,6 +369,16 @@ def test_invalid_process_name():
     )
 
 
+def test_process_name_with_a_trailing_newline_is_shown_escaped():
+    text = BASE + 'processes: "p\\n": threads: {}\n'
+    error_at(
+        text,
+        '"p\\n"',
+        'process name "p\\n" is not valid: use letters, digits, `_`, `-` and `.` '
+        "(it forms part of a `process/thread` name)",
+    )
+
+
 def test_thread_name_with_a_slash():
     text = 'machine: cpus: 1\nprocesses: p: threads: "a/b": workload: kind: "spin"\n'
     error_at(

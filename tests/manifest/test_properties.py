@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,12 @@ from capos_sched.manifest import ManifestError, Plan, load_plan, load_plan_text
 from capos_sched.manifest.loader import DEFAULT_MANIFEST, export_text
 from capos_sched.manifest.render import to_cue
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CAPOS_FUZZ_EXAMPLES=5000 runs a long fuzzing session; the default keeps the suite fast.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("CAPOS_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # --------------------------------------------------------------------------
 # Any data survives rendering as CUE and evaluating it back.
