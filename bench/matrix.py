@@ -154,6 +154,46 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def _busy_ns() -> int:
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (
+        (user + nice + system + irq + softirq + steal) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    )
+
+
+def _own_ns() -> int:
+    """CPU time of this process and its reaped children (workers, baseline processes)."""
+    t = os.times()
+    return int((t.user + t.system + t.children_user + t.children_system) * 1e9)
+
+
+class ForeignLoad:
+    """CPUs' worth of work done on the machine by processes that are not ours."""
+
+    def __init__(self) -> None:
+        self.wall, self.busy, self.own = time.monotonic_ns(), _busy_ns(), _own_ns()
+
+    def cpus(self) -> float:
+        wall = time.monotonic_ns() - self.wall
+        foreign = (_busy_ns() - self.busy) - (_own_ns() - self.own)
+        return max(0.0, foreign / max(wall, 1))
+
+
+def settle(max_wait_s: float, threshold_cpus: float = 0.3) -> float:
+    """Wait (at most ``max_wait_s``) until others use less than ``threshold_cpus``
+    over one second; return the last measured foreign load."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        probe = ForeignLoad()
+        time.sleep(1.0)
+        load = probe.cpus()
+        if load < threshold_cpus or time.monotonic() >= deadline:
+            return load
+        say(f"  machine busy ({load:.2f} CPUs used by others); waiting...")
+
+
 # -------------------------------------------------------------------- cases
 
 
@@ -242,7 +282,6 @@ def case_multiprocess(window_s: float) -> dict[str, Any]:
         want[t.process] = want.get(t.process, 0) + i
     names = sorted(got)
     out["linux_error"] = max_share_error([got[n] for n in names], [want[n] for n in names])
-    out["linux_nice"] = process_nice
     return out
 
 
@@ -373,6 +412,16 @@ def _spread_x(node: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -
     )
 
 
+def _load_line(case: dict[str, Any]) -> str:
+    node = case.get("foreign_load_cpus")
+    if not node or node.get("median") is None:
+        return ""
+    return (
+        f"Other processes on the machine used {node['median']:.2f} CPUs "
+        f"({node['min']:.2f} - {node['max']:.2f}) while this case ran."
+    )
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     agg = result["matrix"]
     runs = result["runs"]
@@ -413,6 +462,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{_spread_pct(f.get('linux_2cpu_error'))} | <= 2% | "
             f"{verdict('fairness_2cpu_error')} |",
             "",
+            _load_line(f),
+            "",
         ]
     if "sleepers" in agg:
         s = agg["sleepers"]
@@ -446,7 +497,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             f"Gate p99 <= one slice (4 ms): {verdict('sleeper_p99_le_slice')}. "
             f"Goal p99 <= slice / 4 with wake-up preemption: "
-            f"{verdict('sleeper_p99_le_quarter_slice (goal)')}.",
+            f"{verdict('sleeper_p99_le_quarter_slice (goal)')}. " + _load_line(s),
             "",
         ]
     if "ipc" in agg:
@@ -472,7 +523,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"Gate WFQ within 10% of FIFO: p50 {verdict('ipc_p50_wfq_over_fifo')} "
             f"(ratio {g.get('ipc_p50_wfq_over_fifo', {}).get('value') or 0:.2f}), "
             f"p99 {verdict('ipc_p99_wfq_over_fifo')} "
-            f"(ratio {g.get('ipc_p99_wfq_over_fifo', {}).get('value') or 0:.2f}).",
+            f"(ratio {g.get('ipc_p99_wfq_over_fifo', {}).get('value') or 0:.2f}). " + _load_line(i),
             "",
         ]
     if "multiprocess" in agg:
@@ -486,6 +537,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             "| ---: | ---: | ---: | ---: | --- |",
             f"| {_spread_pct(m.get('wfq_error'))} | {_spread_pct(m.get('fifo_error'))} | "
             f"{_spread_pct(m.get('linux_error'))} | <= 2% | {verdict('multiprocess_error')} |",
+            "",
+            _load_line(m),
             "",
         ]
     if "scale" in agg:
@@ -501,6 +554,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| Linux processes | {_spread_x(c.get('linux_elapsed_1cpu_ns'), 1e9)} | "
             f"{_spread_x(c.get('linux_elapsed_2cpu_ns'), 1e9)} | "
             f"{_spread_x(c.get('linux_speedup'))} | | |",
+            "",
+            _load_line(c),
             "",
         ]
     lines += [
@@ -527,7 +582,9 @@ def write_section(markdown: str, path: Path = DOCS) -> None:
 # ------------------------------------------------------------------ command
 
 
-def measure(cases: Sequence[str], runs: int, window_s: float) -> dict[str, Any]:
+def measure(
+    cases: Sequence[str], runs: int, window_s: float, settle_s: float = 0.0
+) -> dict[str, Any]:
     makers: dict[str, Callable[[], dict[str, Any]]] = {
         "fairness": lambda: case_fairness(window_s),
         "sleepers": lambda: case_sleepers(window_s),
@@ -540,10 +597,17 @@ def measure(cases: Sequence[str], runs: int, window_s: float) -> dict[str, Any]:
     for index in range(runs):
         run: dict[str, Any] = {}
         for case in cases:
+            if settle_s > 0:
+                settle(settle_s)
             say(f"run {index + 1}/{runs}: {case} ...")
             t0 = time.monotonic()
+            load = ForeignLoad()
             run[case] = makers[case]()
-            say(f"run {index + 1}/{runs}: {case} done in {time.monotonic() - t0:.1f} s")
+            run[case]["foreign_load_cpus"] = load.cpus()
+            say(
+                f"run {index + 1}/{runs}: {case} done in {time.monotonic() - t0:.1f} s "
+                f"(others used {run[case]['foreign_load_cpus']:.2f} CPUs meanwhile)"
+            )
         per_run.append(run)
     agg = aggregate(per_run)
     return {
@@ -584,15 +648,30 @@ def measure(cases: Sequence[str], runs: int, window_s: float) -> dict[str, Any]:
     help="Where the JSON is written.",
 )
 @click.option("--no-docs", is_flag=True, help="Do not rewrite docs/benchmarks.md.")
+@click.option(
+    "--settle",
+    "settle_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Before each case, wait up to this many seconds for other processes to "
+    "use less than 0.3 CPU (the machines are shared).",
+)
 def matrix(
-    runs: int, window_s: float, cases: str, as_json: bool, output: Path, no_docs: bool
+    runs: int,
+    window_s: float,
+    cases: str,
+    as_json: bool,
+    output: Path,
+    no_docs: bool,
+    settle_s: float,
 ) -> None:
     """The Phase D test matrix on the real runtime, beside Linux and FIFO (takes minutes)."""
     chosen = [c.strip() for c in cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in CASES]
     if unknown:
         raise click.BadParameter(f"unknown case(s) {', '.join(unknown)}", param_hint="--cases")
-    result = measure(chosen, runs, window_s)
+    result = measure(chosen, runs, window_s, settle_s)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     markdown = render_markdown(result)
