@@ -559,6 +559,24 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
         ]
     lines += [
+        "How to read these figures:",
+        "",
+        "- The runtime's shares are of the time the core is charged: the wall-clock time "
+        "each worker measured around the thread's compute. A worker that Linux descheduled "
+        "in favour of another process still charges that time to the thread it was "
+        "running, so the runtime's shares hold up under outside load, while the Linux "
+        "baselines (CPU time from `/proc`) move with it: compare the 'other processes' "
+        "line of each case.",
+        "- Wake-up preemption is what gets the interactive sleeper under a quarter slice: "
+        "without it, or as class `normal`, the sleeper waits for the hog's current slice "
+        "to end (the hog runs 4 ms slices and the sleeper wakes every 5 ms, so about "
+        "3 ms at the median).",
+        "- IPC threads are charged their compute only; the two dispatch round trips per "
+        "call (about 50-100 us each) are overhead nobody is charged, which is why the "
+        "IPC run lasts longer than the hogs' 2 s of CPU each would suggest.",
+        "- The daemon itself (nice 0, not pinned) shares the cores with the workers; its "
+        "per-slice work is the dispatch overhead in `capos-sched run --json`.",
+        "",
         f"Reproduce: `.venv/bin/capos-sched bench matrix --runs {runs}` (writes this section "
         "and the JSON; `--json` prints the JSON on stdout; `--cases` picks cases).",
         "",
