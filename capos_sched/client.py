@@ -390,6 +390,8 @@ def read_token(path: str | Path) -> bytes:
 
 @attrs.frozen
 class GrantInfo:
+    """One row of ``Admin.grants``; ``state`` is granted, revoked or stale."""
+
     process: str
     name: str
     kind: str
