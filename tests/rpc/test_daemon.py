@@ -190,6 +190,9 @@ def test_capabilities_work_and_bad_input_changes_nothing(daemon: Daemon) -> None
             setattr(req, "class", 7)
             err = await expect(InvalidArgument, req.send())
             assert "unknown latency class 7" in str(err)
+            # no thread at all (a null capability)
+            err = await expect(InvalidArgument, policy.cap.setWeight(weight=5))
+            assert "thread handle" in err.message
             snap = await policy.snapshot(a)
             assert (snap.weight, snap.latency_class.wire_name) == (3000, "interactive")
         async with await connect(daemon.listen, token=daemon.token("viewer")) as s:
