@@ -104,13 +104,14 @@ class Diagnostic:
         """``file:line:col: message``, then the source line and a caret under the column."""
         if self.line == 0:
             return f"{self.filename}: {self.message}"
-        # Keep tabs in the caret's indentation so it lines up under tabbed source.
-        prefix = "".join("\t" if ch == "\t" else " " for ch in self.source_line[: self.col - 1])
-        return (
-            f"{self.filename}:{self.line}:{self.col}: {self.message}\n"
-            f"    {self.source_line}\n"
-            f"    {prefix}^"
+        # Control characters are shown as U+FFFD, one for one, so that the
+        # terminal is not driven by the file and the caret stays aligned; tabs
+        # are kept in the caret's indentation to line up under tabbed source.
+        shown = "".join(
+            ch if ch.isprintable() or ch == "\t" else "\ufffd" for ch in self.source_line
         )
+        prefix = "".join("\t" if ch == "\t" else " " for ch in shown[: self.col - 1])
+        return f"{self.filename}:{self.line}:{self.col}: {self.message}\n    {shown}\n    {prefix}^"
 
 
 class ManifestError(Exception):

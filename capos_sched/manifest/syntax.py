@@ -273,6 +273,7 @@ def describe_token(token: Token) -> str:
         return f"number `{token.value}`"
     if kind == "STRING":
         text = token.value if len(token.value) <= 30 else token.value[:27] + '..."'
+        text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
         return f"string {text}"
     if kind == "BAD_CHAR":
         return _describe_char(token.value)

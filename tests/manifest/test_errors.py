@@ -564,3 +564,13 @@ def test_binary_file(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_plan(path)
     assert info.value.diagnostics[0].message.startswith("the file is not valid UTF-8")
+
+
+def test_control_characters_are_not_echoed_to_the_terminal():
+    text = "machine: cpus: 0 // \x1b[31mred\x07\n"
+    with pytest.raises(ManifestError) as info:
+        load_plan_text(text, "m.cue")
+    rendered = str(info.value)
+    assert "\x1b" not in rendered and "\x07" not in rendered
+    assert rendered.splitlines()[1] == "    machine: cpus: 0 // \ufffd[31mred\ufffd"
+    assert rendered.splitlines()[2] == "    " + " " * 15 + "^"
