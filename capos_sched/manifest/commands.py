@@ -52,7 +52,7 @@ def check(manifests: tuple[str, ...]) -> None:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print JSON, exactly what `cue export` prints for the schema and manifest.",
+    help="Print JSON: the data `cue export` gives for the schema and the manifest.",
 )
 def export(manifest: str, as_json: bool) -> None:
     """Print MANIFEST as evaluated: defaults filled in, checked.
