@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The main job: run the embedded default manifest on real time (worker
+# processes, live view on a terminal, final table).
 demo: $(STAMP)
-	$(BIN)/capos-sched demo
+	$(BIN)/capos-sched run
 
 lint: $(STAMP)
 	$(BIN)/ruff check capos_sched tests bench services
