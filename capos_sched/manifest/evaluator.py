@@ -119,6 +119,7 @@ class Evaluator:
         self._references: dict[str, Value] = {}
         self._in_progress: set[tuple[bool, str]] = set()
         self._top_patterns: list[tuple[Value, Value]] | None = None
+        self._computing_patterns = False
         self._close_cache: dict[int, Value] = {}
 
     # -- the package ------------------------------------------------------
@@ -133,7 +134,7 @@ class Evaluator:
                     pos = decl.pos
             value = self._top_value(True, name, decls[0].pos)
             fields[name] = Field(value, all(d.optional for d in decls), pos)
-        return make_struct(fields, {}, tuple(self._package_patterns()), (), None)
+        return make_struct(fields, {}, tuple(self._package_patterns() or ()), (), None)
 
     def schema_labels(self) -> frozenset[str]:
         """Regular top-level labels declared in schema files (the manifest's
@@ -146,11 +147,20 @@ class Evaluator:
             if isinstance(decl, syntax.Field) and decl.kind is LabelKind.REGULAR
         )
 
-    def _package_patterns(self) -> list[tuple[Value, Value]]:
+    def _package_patterns(self) -> list[tuple[Value, Value]] | None:
+        """The top-level pattern constraints, or None while they are being
+        evaluated (a top-level field they refer to cannot have them applied
+        yet: that cycle is reported, not approximated)."""
         if self._top_patterns is None:
-            self._top_patterns = [
-                (self.eval(p.pattern, ()), self.eval(p.value, ())) for p in self._patterns
-            ]
+            if self._computing_patterns:
+                return None
+            self._computing_patterns = True
+            try:
+                self._top_patterns = [
+                    (self.eval(p.pattern, ()), self.eval(p.value, ())) for p in self._patterns
+                ]
+            finally:
+                self._computing_patterns = False
         return self._top_patterns
 
     def _top_value(self, regular: bool, name: str, ref_pos: Pos) -> Value:
@@ -164,10 +174,16 @@ class Evaluator:
         try:
             decls = (self._regular if regular else self._others)[name]
             value = unify_all([self.eval(d.value, ()) for d in decls])
-            if regular:
-                for pattern, constraint in self._package_patterns():
-                    if matches(pattern, name):
-                        value = unify(constraint, value)
+            patterns = self._package_patterns() if regular else []
+            if patterns is None:
+                value = _problem(
+                    ref_pos,
+                    f"reference cycle: `{name}` is used by a top-level pattern constraint "
+                    "that applies to it",
+                )
+            for pattern, constraint in patterns or ():
+                if matches(pattern, name):
+                    value = unify(constraint, value)
         finally:
             self._in_progress.discard(key)
         self._top[key] = value

@@ -263,3 +263,14 @@ def test_the_grammar_has_no_lalr_conflicts(caplog):
         lark_logger.setLevel(level)
     conflicts = [m for m in messages_logged if "conflict" in m.lower()]
     assert len(conflicts) == 1 and "else" in conflicts[0].lower(), conflicts
+
+
+def test_top_level_patterns_apply_to_top_level_fields():
+    assert messages('[string]: int\na: 1\nb: "x"\n') == ['`b`: expected int, got "x"']
+
+
+def test_a_top_level_pattern_referring_to_a_field_it_constrains_is_a_cycle():
+    assert messages("[string]: x\nx: int\n") == ["reference cycle: `x` depends on itself"]
+    assert messages("[string]: x\na: 1\nx: int\n") == [
+        "reference cycle: `x` is used by a top-level pattern constraint that applies to it"
+    ]
