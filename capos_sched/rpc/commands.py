@@ -25,6 +25,7 @@ import structlog
 from capos_sched.core import LatencyClass
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
+from .errors import WireError
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -180,7 +181,12 @@ def serve(
         max_calls=max_calls,
     )
     factory, runner = host_plugin(cpus, execute)
-    status = run_daemon(config, plan, loader=plan_loader, host_factory=factory, host_runner=runner)
+    try:
+        status = run_daemon(
+            config, plan, loader=plan_loader, host_factory=factory, host_runner=runner
+        )
+    except WireError as exc:  # the plan was refused before anything started
+        _fail(exc.wire_text)
     sys.exit(status)
 
 

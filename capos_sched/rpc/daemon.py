@@ -10,13 +10,11 @@ Threads:
 
 The host is pluggable: ``host_factory(plan)`` builds it and
 ``host_runner(host, task_status=...)`` runs it until the daemon stops (calling
-``task_status.started()`` once it is running). ``PlanHost`` with
-``idle_runner`` keeps the plan's threads in the core without executing them;
-the trio runtime plugs in as::
-
-    run_daemon(..., host_factory=lambda plan: Runtime(plan, cpus=cpus),
-               host_runner=lambda host, task_status: host.run(
-                   stop_when_finished=False, task_status=task_status))
+``task_status.started()`` once it is running). ``serve`` picks them in
+``commands.host_plugin``: the trio ``Runtime`` run with
+``stop_when_finished=False`` (threads execute on worker processes), or, with
+``--no-execute``, a bare ``PlanHost`` with ``idle_runner`` (threads are held
+in the core; grants and state changes work, nothing runs).
 """
 
 from __future__ import annotations

@@ -115,3 +115,14 @@ def test_serve_over_tcp_and_argument_checks(workdir: Path) -> None:
     out = cli("serve", str(broken), "--admin", f"unix:{workdir}/b.sock")
     assert out.returncode == 1
     assert out.stderr.startswith("invalidArgument: ") and f"{broken}:" in out.stderr
+    bad_exec = workdir / "bad-exec.cue"
+    bad_exec.write_text(
+        d.manifest.read_text().replace(
+            "\tviewer: grants:", '\tviewer: exec: ["/nonexistent/prog"]\n\tviewer: grants:'
+        )
+    )
+    out = cli("serve", str(bad_exec), "--admin", f"unix:{workdir}/c.sock")
+    assert (out.returncode, out.stderr) == (
+        1,
+        "invalidArgument: process viewer: exec program '/nonexistent/prog' not found\n",
+    )
