@@ -62,6 +62,10 @@ def parse_duration(value: int | str) -> int:
 
 
 class _Builder:
+    """Builds the Plan's parts from exported data, reporting model problems at
+    their positions. ``failed`` becomes True when some part could not be
+    built, whether the problem was reported here or earlier (then no Plan)."""
+
     def __init__(self, exported: Exported, diagnostics: Diagnostics, fallback: Pos) -> None:
         self.exported = exported
         self.diagnostics = diagnostics
