@@ -72,6 +72,7 @@ from capos_sched.runtime.protocol import (
     ST_COMPLETE,
     ST_ERROR,
     ST_LIMIT,
+    ST_PREEMPTED,
     encode_request,
 )
 from capos_sched.runtime.stats import Samples
@@ -625,7 +626,7 @@ class Runtime(PlanHost):
                     "budget_ns": dispatch.budget_ns,
                     "stop": stop.value,
                     "source": dispatch.source,
-                    "preempted": status == 1,
+                    "preempted": status == ST_PREEMPTED,
                 },
             )
         self._after_run(k, rt, elapsed, stop, end)
