@@ -1,14 +1,13 @@
 """The ABI: names, ordinals and constants of schema/capos.capnp, and the core's mirror."""
 
-from pathlib import Path
-
 import capnp
 import pytest
 
 from capos_sched.core import constants
 from capos_sched.core.thread import LatencyClass, ThreadState
+from capos_sched.paths import CAPOS_SCHEMA
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schema" / "capos.capnp"
+SCHEMA = CAPOS_SCHEMA
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,17 @@ from typing import Any
 
 import structlog
 
+from capos_sched import paths
+
 from . import syntax
 from .errors import Diagnostic, Diagnostics, ManifestError, Pos, Source
 from .evaluator import Evaluator, Exported, close_root, export
 from .plan import Plan
 from .validate import build_plan
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MANIFEST: Path = _REPO_ROOT / "manifests" / "default.cue"
+DEFAULT_MANIFEST: Path = paths.DEFAULT_MANIFEST
 """The default boot manifest (absolute path)."""
-SCHEMA_PATH: Path = _REPO_ROOT / "schema" / "manifest.cue"
+SCHEMA_PATH: Path = paths.MANIFEST_SCHEMA
 """The manifest schema, written in the manifest language."""
 
 _log = structlog.get_logger(__name__)

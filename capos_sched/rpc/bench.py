@@ -36,6 +36,8 @@ from typing import Any
 
 import click
 
+from capos_sched.paths import MANIFESTS_DIR
+
 IDLE_MANIFEST = """\
 // bench rpc, idle phase: one sleeping thread and a client holding grants for it.
 package capos
@@ -352,7 +354,7 @@ def _run_bench(
         "echo": _median(echo_runs),
         "idle": _median(idle_runs),
     }
-    fairness = Path(__file__).resolve().parents[2] / "manifests" / "system-thread-fairness.cue"
+    fairness = MANIFESTS_DIR / "system-thread-fairness.cue"
     if loaded and fairness.is_file():
         report["loaded"] = _loaded_phase(workdir, kind, calls, inflight, fairness)
     elif loaded:

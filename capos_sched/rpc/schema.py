@@ -8,21 +8,14 @@ from typing import Any
 
 import capnp
 
-_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "schema" / "capos.capnp",
-    Path(__file__).resolve().parents[1] / "schema" / "capos.capnp",
-)
+from capos_sched.paths import CAPOS_SCHEMA
 
 
 def schema_path() -> Path:
-    """Where ``capos.capnp`` lives: the repository's ``schema/`` (editable
-    install) or ``capos_sched/schema/`` (installed package data)."""
-    for path in _CANDIDATES:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        "capos.capnp not found; looked in " + ", ".join(str(p) for p in _CANDIDATES)
-    )
+    """Where ``capos.capnp`` lives (the repository's ``schema/``)."""
+    if not CAPOS_SCHEMA.is_file():
+        raise FileNotFoundError(f"capos.capnp not found at {CAPOS_SCHEMA}")
+    return CAPOS_SCHEMA
 
 
 @functools.cache
