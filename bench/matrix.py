@@ -570,11 +570,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         "How to read these figures:",
         "",
         "- The runtime's shares are of the time the core is charged: the wall-clock time "
-        "each worker measured around the thread's compute. A worker that Linux descheduled "
-        "in favour of another process still charges that time to the thread it was "
-        "running, so the runtime's shares hold up under outside load, while the Linux "
-        "baselines (CPU time from `/proc`) move with it: compare the 'other processes' "
-        "line of each case.",
+        "each worker measured around the thread's compute (time Linux gives another "
+        "process meanwhile is charged too, so the runtime's shares are shares of its "
+        "CPUs' wall-clock time). The Linux baselines are CPU time read from `/proc`. "
+        "Linux's 2-CPU error varies widely from run to run, as its spread shows, even "
+        "when the 'other processes' line says the machine was quiet.",
         "- Wake-up preemption is what gets the interactive sleeper under a quarter slice: "
         "without it, or as class `normal`, the sleeper waits for the hog's current slice "
         "to end (the hog runs 4 ms slices and the sleeper wakes every 5 ms, so about "
@@ -675,6 +675,12 @@ def measure(
 )
 @click.option("--no-docs", is_flag=True, help="Do not rewrite docs/benchmarks.md.")
 @click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Measure nothing: render the docs section from a saved result.",
+)
+@click.option(
     "--settle",
     "settle_s",
     type=click.FloatRange(min=0),
@@ -691,15 +697,19 @@ def matrix(
     output: Path,
     no_docs: bool,
     settle_s: float,
+    from_json: Path | None,
 ) -> None:
     """The Phase D test matrix on the real runtime, beside Linux and FIFO (takes minutes)."""
     chosen = [c.strip() for c in cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in CASES]
     if unknown:
         raise click.BadParameter(f"unknown case(s) {', '.join(unknown)}", param_hint="--cases")
-    result = measure(chosen, runs, window_s, settle_s)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if from_json is not None:
+        result = json.loads(from_json.read_text(encoding="utf-8"))
+    else:
+        result = measure(chosen, runs, window_s, settle_s)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     markdown = render_markdown(result)
     if not no_docs:
         write_section(markdown)
