@@ -239,7 +239,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _daemon(manifest: Path, workdir: Path, kind: str, tag: str) -> Any:
+def _daemon(manifest: Path, workdir: Path, kind: str, tag: str, extra: tuple[str, ...] = ()) -> Any:
     listen = _address(kind, workdir, f"{tag}-listen")
     admin = f"unix:{workdir / (tag + '-admin.sock')}"
     grants = workdir / f"{tag}-grants"
@@ -259,6 +259,7 @@ def _daemon(manifest: Path, workdir: Path, kind: str, tag: str) -> Any:
             admin,
             "--grants-dir",
             str(grants),
+            *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -281,9 +282,14 @@ async def _runtime_ns(admin: str) -> int:
 
 
 def _loaded_phase(
-    workdir: Path, kind: str, calls: int, inflight: int, manifest: Path
+    workdir: Path, kind: str, calls: int, inflight: int, manifest: Path, workers: str
 ) -> dict[str, Any]:
-    with _daemon(manifest, workdir, kind, "loaded") as (listen, admin, grants):
+    extra = ("--idle-workers",) if workers == "idle" else ("--nice-workers",)
+    with _daemon(manifest, workdir, kind, f"loaded-{workers}", extra) as (
+        listen,
+        admin,
+        grants,
+    ):
         before = asyncio.run(_runtime_ns(admin))
         time.sleep(1.0)
         after = asyncio.run(_runtime_ns(admin))
@@ -356,7 +362,11 @@ def _run_bench(
     }
     fairness = MANIFESTS_DIR / "system-thread-fairness.cue"
     if loaded and fairness.is_file():
-        report["loaded"] = _loaded_phase(workdir, kind, calls, inflight, fairness)
+        # serve's default (SCHED_IDLE workers), then plain reniced workers for comparison.
+        report["loaded"] = _loaded_phase(workdir, kind, calls, inflight, fairness, "idle")
+        report["loaded_nice_workers"] = _loaded_phase(
+            workdir, kind, calls, inflight, fairness, "nice"
+        )
     elif loaded:
         report["loaded"] = {"skipped": f"{fairness} not found"}
     ratio = (
@@ -378,17 +388,17 @@ def _print(report: dict[str, Any]) -> None:
     click.echo(
         f"transport {report['transport']}, {report['inflight']} in flight for the concurrent runs"
     )
-    click.echo(f"{'phase':<8} {'mode':<11} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    for phase in ("echo", "idle", "loaded"):
+    click.echo(f"{'phase':<20} {'mode':<11} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for phase in ("echo", "idle", "loaded", "loaded_nice_workers"):
         data = report.get(phase)
         if data is None:
             continue
         if "skipped" in data:
-            click.echo(f"{phase:<8} skipped: {data['skipped']}")
+            click.echo(f"{phase:<20} skipped: {data['skipped']}")
             continue
         for mode in ("sequential", "inflight"):
             d = data[mode]
             rate, p50, p99 = d["calls_per_s"], d["p50_ms"], d["p99_ms"]
-            click.echo(f"{phase:<8} {mode:<11} {rate:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+            click.echo(f"{phase:<20} {mode:<11} {rate:>10.0f} {p50:>8.3f} {p99:>8.3f}")
     click.echo(f"idle/echo sequential throughput: {report['idle_vs_echo_sequential']:.0%}")
     click.echo("goals: " + ", ".join(f"{k}={v}" for k, v in report["goals"].items()))

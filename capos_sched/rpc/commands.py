@@ -75,7 +75,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def host_plugin(
-    cpus: int | None, execute: bool = True
+    cpus: int | None, execute: bool = True, sched_idle: bool = True
 ) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
@@ -89,12 +89,17 @@ def host_plugin(
 
     if not execute:
         return (lambda plan: PlanHost(plan, cpus=cpus)), idle_runner
-    from capos_sched.runtime.runtime import Runtime
+    from capos_sched.runtime.runtime import Runtime, RuntimeConfig
+
+    config = RuntimeConfig(sched_idle=sched_idle)
 
     async def run_runtime(host: Any, *, task_status: Any) -> None:
         await host.run(stop_when_finished=False, task_status=task_status)
 
-    return (lambda plan: Runtime(plan, cpus=cpus, manifest_name=plan.source)), run_runtime
+    def make_runtime(plan: Any) -> Any:
+        return Runtime(plan, cpus=cpus, config=config, manifest_name=plan.source)
+
+    return make_runtime, run_runtime
 
 
 def plan_loader(source: str, name: str) -> Any:
@@ -138,6 +143,13 @@ def plan_loader(source: str, name: str) -> Any:
     "(grants and state changes work; nothing executes).",
 )
 @click.option(
+    "--idle-workers/--nice-workers",
+    default=True,
+    show_default=True,
+    help="Run the CPU worker processes under SCHED_IDLE, so the daemon's RPC always "
+    "preempts them (loaded p99 in docs/benchmarks.md), or only reniced (+10).",
+)
+@click.option(
     "--max-calls",
     type=click.IntRange(1, 1_000_000),
     default=1024,
@@ -151,6 +163,7 @@ def serve(
     grants_dir: Path | None,
     cpus: int | None,
     execute: bool,
+    idle_workers: bool,
     max_calls: int,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
@@ -180,7 +193,7 @@ def serve(
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
     )
-    factory, runner = host_plugin(cpus, execute)
+    factory, runner = host_plugin(cpus, execute, idle_workers)
     try:
         status = run_daemon(
             config, plan, loader=plan_loader, host_factory=factory, host_runner=runner

@@ -109,6 +109,10 @@ class RuntimeConfig:
     """
 
     nice: int = DEFAULT_NICE
+    sched_idle: bool = False
+    """Workers under SCHED_IDLE: the daemon's RPC and dispatch always preempt
+    them (``serve`` turns this on; ``run`` keeps plain nice so that a busy
+    machine's other tasks do not preempt the simulated CPUs)."""
     pin: bool = True
     wake_preemption: bool = True
     watchdog_threshold_ns: int | None = None
@@ -286,7 +290,9 @@ class Runtime(PlanHost):
         self.trio_token = trio.lowlevel.current_trio_token()
         cores = pinned_cores(self.cpus) if self.config.pin else None
         self._workers = [
-            Worker.create(k, self.config.nice, None if cores is None else cores[k])
+            Worker.create(
+                k, self.config.nice, None if cores is None else cores[k], self.config.sched_idle
+            )
             for k in range(self.cpus)
         ]
         try:
@@ -394,6 +400,7 @@ class Runtime(PlanHost):
             },
             "workers": {
                 "nice": self.config.nice,
+                "sched_idle": self.config.sched_idle,
                 "pinned": [w.core for w in self._workers] if self._workers else None,
                 "restarts": self._restarts,
             },

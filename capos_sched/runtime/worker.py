@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--nice", type=int, default=0)
     parser.add_argument("--core", type=int, default=-1)
+    parser.add_argument("--sched-idle", action="store_true")
     args = parser.parse_args(argv)
     _set_parent_death_signal(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,6 +186,12 @@ def main(argv: list[str] | None = None) -> None:
             os.nice(args.nice)
         except OSError as exc:
             print(f"capos-sched worker: nice {args.nice} refused: {exc}", file=sys.stderr)
+    if args.sched_idle:
+        # Below every normal task: the daemon (RPC, dispatch) always runs first.
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            print(f"capos-sched worker: SCHED_IDLE refused: {exc}", file=sys.stderr)
     if args.core >= 0:
         try:
             os.sched_setaffinity(0, {args.core})

@@ -76,6 +76,8 @@ class Worker:
     core: int | None
     flag_fd: int
     flag: mmap.mmap
+    sched_idle: bool = False
+    """Run the process under SCHED_IDLE instead of only reniced (see RuntimeConfig)."""
     process: subprocess.Popen[bytes] | None = None
     sock: trio.socket.SocketType | None = None
     pid: int | None = None
@@ -84,11 +86,11 @@ class Worker:
     busy: bool = False
 
     @classmethod
-    def create(cls, cpu: int, nice: int, core: int | None) -> Worker:
+    def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
         flag_fd = os.memfd_create(f"capos-sched-preempt-{cpu}", os.MFD_CLOEXEC)
         os.ftruncate(flag_fd, FLAG_BYTES)
         flag = mmap.mmap(flag_fd, FLAG_BYTES)
-        return cls(cpu=cpu, nice=nice, core=core, flag_fd=flag_fd, flag=flag)
+        return cls(cpu=cpu, nice=nice, core=core, flag_fd=flag_fd, flag=flag, sched_idle=sched_idle)
 
     async def start(self) -> None:
         """Spawn the process (replacing any previous one) and wait for its READY."""
@@ -111,6 +113,7 @@ class Worker:
                 str(self.nice),
                 "--core",
                 str(-1 if self.core is None else self.core),
+                *(["--sched-idle"] if self.sched_idle else []),
             ]
             # Spawned synchronously from the trio thread, on purpose: the worker's
             # PR_SET_PDEATHSIG fires when the *thread* that forked it exits, and

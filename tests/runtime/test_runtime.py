@@ -304,3 +304,19 @@ async def test_workers_outlive_trios_thread_cache() -> None:
     assert report["workers"]["restarts"] == 0
     assert not [t for t in report["threads"] if t["failed"]]
     assert by_name(report)["h/a"]["runtime_ns"] > 10e9 * 0.5
+
+
+@pytest.mark.parametrize("sched_idle", [True, False])
+async def test_worker_scheduling_class_follows_the_config(sched_idle: bool) -> None:
+    config = RuntimeConfig(sched_idle=sched_idle)
+    runtime = Runtime(plan(thread("h/a", Spin()), cpus=1), config=config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        pid = runtime.workers[0].pid
+        assert pid is not None
+        policy = os.sched_getscheduler(pid)
+        niceness = os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0)
+        runtime.request_stop("checked")
+    assert policy == (os.SCHED_IDLE if sched_idle else os.SCHED_OTHER)
+    assert niceness == config.nice  # reniced either way
+    assert runtime.report()["workers"]["sched_idle"] is sched_idle
