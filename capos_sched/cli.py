@@ -32,6 +32,7 @@ def main(log_level: str) -> None:
 
 def _register() -> None:
     from bench.dispatch import dispatch
+    from bench.manifest_check import manifest
     from bench.matrix import matrix
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
@@ -41,6 +42,7 @@ def _register() -> None:
 
     main.add_command(bench)
     bench.add_command(dispatch)
+    bench.add_command(manifest)
     main.add_command(check)
     main.add_command(export)
     for command in RPC_COMMANDS:

@@ -1,4 +1,4 @@
-"""`capos-sched bench dispatch` prints the documented JSON keys (tiny sizes here)."""
+"""The bench commands print their documented JSON keys (tiny sizes here)."""
 
 import json
 
@@ -25,3 +25,14 @@ def test_bench_dispatch_rejects_bad_sizes_cleanly():
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "--threads" in result.output
+
+
+def test_bench_manifest_json_keys():
+    result = CliRunner().invoke(
+        main, ["bench", "manifest", "--processes", "3", "--threads", "4", "--runs", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["threads"] == 12
+    assert set(report) >= {"load_plan_s", "check_process_s", "json_loads_s", "goal_met"}
+    assert 0 < report["load_plan_s"]["best"] <= report["load_plan_s"]["median"]
