@@ -132,6 +132,8 @@ class SimThread:
     woke_ns: int | None = None
     wake_latencies: list[int] = attrs.Factory(list)
     call_started_ns: int | None = None
+    """Set by a call, cleared when the client next runs (the round trip ends
+    when the client runs again, as in the runtime, not at the reply)."""
     round_trips: list[int] = attrs.Factory(list)
 
 
@@ -250,6 +252,9 @@ class Simulator:
         if sim.woke_ns is not None:
             sim.wake_latencies.append(self.now_ns - sim.woke_ns)
             sim.woke_ns = None
+        if sim.call_started_ns is not None:
+            sim.round_trips.append(self.now_ns - sim.call_started_ns)
+            sim.call_started_ns = None
         ran, stop = sim.program.run(dispatch.budget_ns)
         if self._jitter and ran > 0:
             ran = max(1, int(ran * (1.0 + self._rng.uniform(-self._jitter, self._jitter))))
@@ -289,11 +294,8 @@ class Simulator:
         self._threads[server.tid].program.resume()
 
     def _on_reply(self, client: ThreadRef) -> None:
-        sim = self._threads[client.tid]
-        if sim.call_started_ns is not None:
-            sim.round_trips.append(self.now_ns - sim.call_started_ns)
-            sim.call_started_ns = None
-        sim.program.resume()  # a client past its count exits on its next dispatch
+        # A client past its count exits on its next dispatch.
+        self._threads[client.tid].program.resume()
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]

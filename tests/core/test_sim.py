@@ -59,3 +59,17 @@ def test_report_has_the_run_keys():
         "ipc_round_trip_ns", "finished_ns",
     }  # fmt: skip
     assert report["threads"][0]["runtime_ns"] == 10 * MS
+
+
+def test_round_trip_ends_when_the_client_runs_again():
+    # One CPU shared with a hog: after the reply the client may wait its turn,
+    # and that wait is part of the round trip (as in the runtime's report).
+    sim = Simulator(1)
+    sim.add_thread("hog", Spin())
+    # Weight 1: each 50 us burst costs the client 50 ms of virtual time.
+    sim.add_thread("client", IpcClient("echo", burst_ns=50_000, count=50), weight=1)
+    sim.add_thread("server", IpcServer("echo", service_ns=30_000), latency_class="ipcServer")
+    rtt = by_name(sim.run(10**10))["client"]["ipc_round_trip_ns"]
+    assert rtt["count"] == 50
+    assert rtt["p50"] >= 30_000
+    assert rtt["max"] > 30_000  # some replies found the hog's slice ahead of the client
