@@ -8,8 +8,10 @@ the connection's concurrent-call bound and turns every failure into a typed
 details in the daemon log only).
 
 Server objects are per connection (the bound and the handle registry are
-per connection); a CapSet hands out one object per grant, so repeated ``get``
-calls return the same capability and its calls share one E-order.
+per connection); a connection hands out one object per grant, so repeated
+``get`` calls (also through CapSets restored again on the same connection)
+return the same capability, its calls share one E-order, and what the daemon
+keeps per connection is bounded by the grants, not by the calls made.
 """
 
 from __future__ import annotations
@@ -66,7 +68,17 @@ class ConnContext:
     bound is refused with ``overloaded`` before it does anything.
     """
 
-    __slots__ = ("bridge", "counters", "id", "inflight", "kind", "max_calls", "registry", "service")
+    __slots__ = (
+        "bridge",
+        "caps",
+        "counters",
+        "id",
+        "inflight",
+        "kind",
+        "max_calls",
+        "registry",
+        "service",
+    )
 
     def __init__(
         self,
@@ -84,9 +96,12 @@ class ConnContext:
         self.max_calls = max_calls
         self.inflight = 0
         self.registry = HookRegistry()
+        self.caps: dict[Grant, Any] = {}
+        """The capability handed out for each grant on this connection."""
 
     def close(self) -> None:
         self.registry.clear()
+        self.caps.clear()
 
 
 Method = Callable[[Any, Any], Awaitable[None]]
@@ -165,7 +180,6 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
     def __init__(self, ctx: ConnContext, pg: ProcessGrants) -> None:
         self._ctx = ctx
         self._pg = pg
-        self._caps: dict[Grant, Any] = {}
 
     @rpc_method
     async def get_context(self, context: Any) -> None:
@@ -181,16 +195,17 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
         context.results.names = names
 
     def _client_for(self, grant: Grant) -> Any:
-        client = self._caps.get(grant)
+        ctx = self._ctx
+        client = ctx.caps.get(grant)
         if client is None:
             s = capos()
             if grant.kind == "thread":
-                handle = ThreadHandleServer(self._ctx, grant)
+                handle = ThreadHandleServer(ctx, grant)
                 client = s.ThreadHandle._new_client(handle)
-                self._ctx.registry.register(client, handle)
+                ctx.registry.register(client, handle)
             else:
-                client = s.SchedulingPolicyCap._new_client(PolicyServer(self._ctx, grant))
-            self._caps[grant] = client
+                client = s.SchedulingPolicyCap._new_client(PolicyServer(ctx, grant))
+            ctx.caps[grant] = client
         return client
 
 

@@ -9,6 +9,7 @@ import structlog
 from capos_sched.client import Failed, InvalidArgument, Stale, connect
 from capos_sched.rpc import servers
 from capos_sched.rpc.owner import Owner
+from capos_sched.rpc.schema import capos
 
 from .conftest import InProcess, arun, assert_no_traceback
 from .test_daemon import expect
@@ -88,3 +89,31 @@ def test_internal_faults_reach_clients_as_failed_with_a_ref_and_no_traceback(
     logged = {entry.get("ref"): entry for entry in logs if entry.get("ref")}
     assert set(refs) <= set(logged)
     assert all(logged[r]["log_level"] == "error" for r in refs)
+
+
+def test_repeated_restore_and_get_on_one_connection_does_not_grow_its_state(
+    inproc: InProcess,
+) -> None:
+    """A client looping restore + get on one connection must not make the
+    daemon keep one more capability (and registry entry) per iteration."""
+
+    def registry_sizes() -> list[int]:
+        return [len(ctx.registry) for ctx, _, _ in list(inproc.state.service._conns.values())]
+
+    async def go() -> list[int]:
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            restorer = s._client.bootstrap().cast_as(capos().Restorer)
+            token = inproc.token("tuner")
+            sizes = []
+            for _ in range(3):
+                for _ in range(20):
+                    caps = (await restorer.restore(token)).caps
+                    await caps.get("a")
+                    await caps.get("policy")
+                    await s.thread("a")
+                sizes.append(max(registry_sizes()))
+            return sizes
+
+    sizes = arun(go)
+    assert sizes[0] <= 2  # at most one handle per thread grant ("a", "b")
+    assert sizes[0] == sizes[1] == sizes[2]
