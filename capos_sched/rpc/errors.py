@@ -23,8 +23,11 @@ import secrets
 from typing import ClassVar
 
 import attrs
+import structlog
 
 from capos_sched.core import CoreError
+
+log = structlog.get_logger("capos_sched.rpc")
 
 CODES: tuple[str, ...] = (
     "failed",
@@ -122,8 +125,11 @@ def from_core(exc: CoreError) -> WireError:
     if code == "disconnected":
         return stale(exc.message)
     if code == "failed":
-        # InvalidState and friends are caller bugs inside the daemon, not client input.
-        return internal_error()
+        # InvalidState and friends are caller bugs inside the daemon, not client
+        # input: the client gets a ref, the log gets the details under that ref.
+        ref = new_ref()
+        log.error("internal error: the core refused an operation", ref=ref, error=repr(exc))
+        return internal_error(ref)
     return wire_error(code, exc.message)
 
 

@@ -117,3 +117,28 @@ def test_repeated_restore_and_get_on_one_connection_does_not_grow_its_state(
     sizes = arun(go)
     assert sizes[0] <= 2  # at most one handle per thread grant ("a", "b")
     assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_a_core_internal_error_is_logged_under_the_ref_the_client_gets(
+    inproc: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capos_sched.core import InvalidState
+
+    def broken_set_weight(self: Owner, **_: object) -> None:
+        raise InvalidState("CPU 0 is idle (core detail)")
+
+    monkeypatch.setattr(Owner, "set_weight", broken_set_weight)
+
+    async def go() -> Failed:
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            policy, a = await s.policy(), await s.thread("a")
+            return await expect(Failed, policy.set_weight(a, 42))  # type: ignore[return-value]
+
+    with structlog.testing.capture_logs() as logs:
+        err = arun(go)
+    text = str(err)
+    assert text.startswith("failed: internal error (ref ")
+    assert "core detail" not in text
+    ref = text.rsplit("ref ", 1)[1].rstrip(")")
+    logged = [entry for entry in logs if entry.get("ref") == ref]
+    assert logged and logged[0]["log_level"] == "error"
