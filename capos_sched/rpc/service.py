@@ -32,10 +32,10 @@ import attrs
 import capnp
 import structlog
 
-from . import unwrap
+from . import offload, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
-from .errors import WireError, wire_error
+from .errors import wire_error
 from .grants import ProcessGrants
 from .owner import LoadResult, Owner
 from .servers import AdminServer, CapSetServer, ConnContext, RestorerServer, RpcCounters
@@ -43,7 +43,8 @@ from .servers import AdminServer, CapSetServer, ConnContext, RestorerServer, Rpc
 log = structlog.get_logger("capos_sched.rpc")
 
 PlanLoader = Callable[[str, str], Any]
-"""``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics."""
+"""``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics.
+A module-level function: it runs in a child interpreter (see offload.py)."""
 
 FD_ENV = "CAPOS_SCHED_FD"
 PROCESS_ENV = "CAPOS_SCHED_PROCESS"
@@ -244,19 +245,16 @@ class RpcService:
     # ------------------------------------------------------------------ load
 
     async def load(self, source: str, name: str) -> LoadResult:
-        """Admin.load: parse (off-loop), check exec paths, apply in the owner, then
+        """Admin.load: parse (in a child interpreter), check exec paths, apply in the owner, then
         start/stop exec'd processes. Any error before the apply changes nothing."""
         if self.loader is None:
             raise wire_error("unimplemented", "this daemon was started without a manifest loader")
         assert self._load_lock is not None
         async with self._load_lock:
-            loop = asyncio.get_running_loop()
             try:
-                plan = await loop.run_in_executor(None, self.loader, source, name)
-            except WireError:
-                raise
-            except Exception as exc:
-                raise wire_error("invalidArgument", str(exc) or type(exc).__name__) from None
+                plan = await offload.run_loader(self.loader, source, name)
+            except offload.OffloadError as exc:
+                raise wire_error("invalidArgument", str(exc)) from None
             base = _base_dir(name, self.config.base_dir)
             for proc in plan.processes:
                 argv = getattr(proc, "exec", None)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import structlog
 
-from capos_sched.client import Failed, InvalidArgument, Stale, connect
+from capos_sched.client import Failed, InvalidArgument, Stale, connect, connect_admin
 from capos_sched.rpc import servers
 from capos_sched.rpc.owner import Owner
 from capos_sched.rpc.schema import capos
 
-from .conftest import InProcess, arun, assert_no_traceback
+from .conftest import BASE_MANIFEST, InProcess, arun, assert_no_traceback
 from .test_daemon import expect
 
 
@@ -142,3 +142,28 @@ def test_a_core_internal_error_is_logged_under_the_ref_the_client_gets(
     ref = text.rsplit("ref ", 1)[1].rstrip(")")
     logged = [entry for entry in logs if entry.get("ref") == ref]
     assert logged and logged[0]["log_level"] == "error"
+
+
+def test_admin_load_evaluates_the_manifest_outside_the_daemon_interpreter(
+    inproc: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation is CPU-bound: it must not run in a thread of the daemon."""
+    import capos_sched.manifest
+
+    def not_here(source: str, name: str) -> None:
+        raise AssertionError("manifest evaluated in the daemon interpreter")
+
+    monkeypatch.setattr(capos_sched.manifest, "load_plan_text", not_here)
+
+    async def go() -> tuple[dict[str, list[str]], InvalidArgument]:
+        async with await connect_admin(inproc.admin) as admin:
+            changed = await admin.load(BASE_MANIFEST.replace("weight: 2048", "weight: 512"), "m")
+            bad = await expect(InvalidArgument, admin.load("machine: [", "bad.cue"))
+            return changed, bad  # type: ignore[return-value]
+
+    changed, bad = arun(go)
+    assert "fairness/a" in changed["kept"]
+    assert str(bad).startswith("invalidArgument: bad.cue:1:")
+    assert_no_traceback(str(bad))
+    weights = inproc.call(lambda o: {t.name: t.weight for t in o.host.scheduler.threads()})
+    assert weights["fairness/a"] == 512
