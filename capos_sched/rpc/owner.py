@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from capos_sched.core import CoreError, LatencyClass, StaleThread, ThreadRef, ThreadSnapshot
+from capos_sched.core import CoreError, StaleThread, ThreadRef, ThreadSnapshot
 
 from .errors import wire_error
 from .grants import Grant, GrantRow, GrantTable, HostLike, PlanDiff, ProcessGrants
@@ -177,10 +177,6 @@ class Owner:
 
     def processes_to_start(self) -> list[tuple[str, tuple[str, ...], ProcessGrants]]:
         return [(n, pg.exec, pg) for n, pg in self.grants.processes.items() if pg.exec]
-
-
-def class_name(value: LatencyClass) -> str:
-    return value.wire_name
 
 
 __all__ = ["Claim", "CoreError", "LoadResult", "Owner", "ThreadArg"]

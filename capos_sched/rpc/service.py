@@ -346,9 +346,6 @@ class RpcService:
         if self._children.get(child.name) is child:
             del self._children[child.name]
 
-    def child_pids(self) -> dict[str, int]:
-        return {n: c.process.pid for n, c in self._children.items() if c.process is not None}
-
 
 async def _pump(name: str, stream_name: str, reader: asyncio.StreamReader | None) -> None:
     if reader is None:
