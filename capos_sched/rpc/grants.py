@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
+import structlog
 
 from capos_sched.core import ThreadRef
 
@@ -325,9 +326,17 @@ class GrantTable:
                     pg.grants[gname] = _new_grant(name, gp, host)
             if pg.grants and pg.token is None:
                 pg.token = new_token()
-        self.write_token_files(n for n in new if n not in diff.removed_processes)
-        for name in diff.removed_processes:
-            self.remove_token_file(name)
+        # The plan is applied by now (in memory, all of it); token files are a
+        # side effect on disk, so a failure to write them is reported, not raised
+        # half-way through (which would leave host and grants disagreeing).
+        try:
+            self.write_token_files(n for n in new if n not in diff.removed_processes)
+            for name in diff.removed_processes:
+                self.remove_token_file(name)
+        except OSError as exc:
+            structlog.get_logger("capos_sched.rpc").error(
+                "token files not updated after load", grants_dir=str(self.grants_dir), error=str(exc)
+            )
         return diff
 
 

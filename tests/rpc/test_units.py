@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import threading
 import traceback
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
 from capos_sched.client import (
@@ -362,3 +364,22 @@ def test_load_that_removes_a_thread_marks_its_grants_stale() -> None:
     assert b_grant.closed is not None and b_grant.closed.startswith("stale:")
     assert "other" not in table.processes or "b" not in table.processes["other"].grants
     assert "other.b" in diff.revoked
+
+
+def test_load_with_an_unwritable_grants_dir_still_applies_the_whole_plan(tmp_path: Path) -> None:
+    grants_dir = tmp_path / "g"
+    table, host, _ = _table(grants_dir)
+    table.write_token_files()
+    tuner = table.processes["tuner"]
+    new_text = BASE_MANIFEST.replace(
+        '\t\tb: {kind: "thread", thread: "fairness/b"}\n\t}\n\tviewer', "\t}\n\tviewer", 1
+    )
+    plan2 = load_plan_text(new_text, "m2.cue")
+    shutil.rmtree(grants_dir)
+    grants_dir.write_text("not a directory")  # token files can no longer be written
+    change = host.apply_plan(plan2, 0)
+    with structlog.testing.capture_logs() as logs:
+        diff = table.apply_plan(plan2, host, change.removed)
+    assert diff.revoked == ("tuner.b",)  # the grant table followed the host all the way
+    assert "b" not in tuner.grants
+    assert any(e["event"] == "token files not updated after load" for e in logs)

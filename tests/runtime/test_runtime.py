@@ -34,7 +34,9 @@ async def test_runtime_is_charged_exactly_the_worker_measured_time() -> None:
     sleeper = threads["s/sleeper"]
     blocks = sleeper["voluntary_blocks"]
     assert blocks >= 5
-    assert blocks * MS <= sleeper["runtime_ns"] <= (blocks + 1) * MS + blocks * 200_000
+    # Up to 1 ms of overrun per block: a worker descheduled by a busy host
+    # mid-burst is charged that wall-clock time (time is real).
+    assert blocks * MS <= sleeper["runtime_ns"] <= (blocks + 1) * MS + blocks * MS
     assert sleeper["runtime_ns"] < report["elapsed_ns"] * 0.4
 
 
