@@ -335,7 +335,9 @@ class GrantTable:
                 self.remove_token_file(name)
         except OSError as exc:
             structlog.get_logger("capos_sched.rpc").error(
-                "token files not updated after load", grants_dir=str(self.grants_dir), error=str(exc)
+                "token files not updated after load",
+                grants_dir=str(self.grants_dir),
+                error=str(exc),
             )
         return diff
 
