@@ -754,6 +754,8 @@ class Runtime(PlanHost):
             now = self.now_ns()
             started = self._started_ns or 0
             worst: tuple[Any, int] | None = None
+            # Only threads stalled right now are remembered: one report per stall.
+            stalled_now: dict[tuple[int, int], int] = {}
             for thread in core.threads():
                 if thread.state is not ThreadState.RUNNABLE or thread.runnable_since_ns is None:
                     continue
@@ -761,8 +763,8 @@ class Runtime(PlanHost):
                 if waited <= threshold:
                     continue
                 key = (thread.tid, thread.generation)
+                stalled_now[key] = thread.runnable_since_ns
                 if reported.get(key) != thread.runnable_since_ns:
-                    reported[key] = thread.runnable_since_ns
                     self._stalls += 1
                     log.warning(
                         "watchdog: runnable thread stalled",
@@ -773,6 +775,7 @@ class Runtime(PlanHost):
                     )
                 if worst is None or waited > worst[1]:
                     worst = (thread, waited)
+            reported = stalled_now
             if (
                 worst is not None
                 and worst[1] > self.watchdog_bypass_ns
