@@ -133,8 +133,12 @@ class Worker:
         self.attached = set()
         self.pending_detach = []
         self.flag[0] = 0
-        with trio.move_on_after(START_TIMEOUT_S) as scope:
-            data = await self.sock.recv(REPLY.size)
+        try:
+            with trio.move_on_after(START_TIMEOUT_S) as scope:
+                data = await self.sock.recv(REPLY.size)
+        except OSError as exc:  # e.g. ECONNRESET from a child that died at once
+            await self.kill()
+            raise WorkerDied(f"worker for CPU {self.cpu} did not start: {exc}") from exc
         if scope.cancelled_caught or not data:
             await self.kill()
             raise WorkerDied(f"worker for CPU {self.cpu} did not start")
