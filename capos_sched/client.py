@@ -308,11 +308,21 @@ async def _enter_kj_loop() -> Any:
     return cm
 
 
-async def _open_stream(address: Address | str) -> Any:
-    addr = parse_address(address) if isinstance(address, str) else address
-    if addr.kind == "unix":
-        return await capnp.AsyncIoStream.create_unix_connection(addr.path)
-    return await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+async def _open_stream(address: Address | str, timeout: float) -> Any:
+    """A connected stream, or a typed error (bad address, unreachable, timeout)."""
+
+    async def open_() -> Any:
+        addr = parse_address(address) if isinstance(address, str) else address
+        if addr.kind == "unix":
+            return await capnp.AsyncIoStream.create_unix_connection(addr.path)
+        return await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+
+    try:
+        return await asyncio.wait_for(open_(), timeout)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    except Exception as exc:
+        raise translate(exc) from None
 
 
 async def connect(
@@ -324,12 +334,7 @@ async def connect(
     loop_cm = await _enter_kj_loop()
     stream = client = None
     try:
-        try:
-            stream = await asyncio.wait_for(_open_stream(address), timeout)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        except Exception as exc:
-            raise translate(exc) from None
+        stream = await _open_stream(address, timeout)
         client = capnp.TwoPartyClient(stream)
         restorer = client.bootstrap().cast_as(capos().Restorer)
         r = await _call(restorer.restore(raw), timeout)
@@ -478,12 +483,7 @@ async def connect_admin(address: Address | str, timeout: float = DEFAULT_TIMEOUT
     loop_cm = await _enter_kj_loop()
     stream = client = None
     try:
-        try:
-            stream = await asyncio.wait_for(_open_stream(address), timeout)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        except Exception as exc:
-            raise translate(exc) from None
+        stream = await _open_stream(address, timeout)
         client = capnp.TwoPartyClient(stream)
         admin = client.bootstrap().cast_as(capos().Admin)
         return AdminSession(client, stream, admin, loop_cm)
