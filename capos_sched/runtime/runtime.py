@@ -76,6 +76,7 @@ from capos_sched.runtime.protocol import (
     encode_request,
 )
 from capos_sched.runtime.stats import Samples
+from capos_sched.runtime.timers import sleep_until_monotonic_ns
 from capos_sched.runtime.trace import TraceRecorder
 from capos_sched.runtime.workers import Worker, WorkerDied, pinned_cores
 from capos_sched.sim import Program, Stop
@@ -85,6 +86,9 @@ if TYPE_CHECKING:
     from capos_sched.manifest import Plan, ThreadPlan
 
 log = structlog.get_logger("capos_sched.runtime")
+
+_MONOTONIC_CLOCKS = (time.perf_counter_ns, time.monotonic_ns)
+"""Clocks that read CLOCK_MONOTONIC on Linux, the clock timerfd deadlines use."""
 
 DEFAULT_NICE = 10
 WATCHDOG_SLICES = 250
@@ -681,7 +685,11 @@ class Runtime(PlanHost):
         self._check_finished()
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
-        await trio.sleep(max(0, deadline_ns - self.now_ns()) / 1e9)
+        if self._clock in _MONOTONIC_CLOCKS:
+            # Precise to the kernel's hrtimer, not to epoll's millisecond.
+            await sleep_until_monotonic_ns(deadline_ns + self._epoch)
+        else:  # an injected clock (tests): only trio's own time is comparable
+            await trio.sleep(max(0, deadline_ns - self.now_ns()) / 1e9)
         core = self.scheduler
         if self._stopping or not core.is_live(rt.ref):
             return
