@@ -479,8 +479,9 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             "Wake latency: from the timer wake (the sleeper made runnable) to running on "
             "a worker. Oversleep: from the requested wake-up time to running, which also "
-            "counts the daemon's timer lateness (trio sleeps on epoll, millisecond "
-            "resolution); it is the figure comparable with Linux's. Microseconds.",
+            "counts the daemon's timer lateness (sleeper timers are timerfds armed at "
+            "the absolute deadline, `capos_sched/runtime/timers.py`); it is the figure "
+            "comparable with Linux's. Microseconds.",
             "",
             "| variant | wake p50 | wake p99 | wake max | oversleep p50 | oversleep p99 |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
