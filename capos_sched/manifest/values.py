@@ -689,6 +689,20 @@ def _disallowed(rules: tuple[Closedness, ...], label: str, pos: Pos) -> Bottom |
     return None
 
 
+def _merge_hidden(hidden: dict[str, Field], label: str, field: Field) -> None:
+    """Unify ``field`` into ``hidden[label]`` (hidden fields merge like regular ones)."""
+    previous = hidden.get(label)
+    if previous is None:
+        hidden[label] = field
+        return
+    merged = _label_problems(unify(previous.value, field.value), label)
+    hidden[label] = Field(
+        merged,
+        previous.optional and field.optional,
+        _prefer_manifest(previous.pos, field.pos),
+    )
+
+
 def _prefer_manifest(a: Pos, b: Pos) -> Pos:
     return b if a.source.is_schema and not b.source.is_schema else a
 
@@ -743,16 +757,7 @@ def unify_structs(structs: Sequence[Struct]) -> Struct:
     hidden: dict[str, Field] = {}
     for struct in structs:
         for label, field in struct.hidden.items():
-            previous = hidden.get(label)
-            if previous is None:
-                hidden[label] = field
-            else:
-                merged = _label_problems(unify(previous.value, field.value), label)
-                hidden[label] = Field(
-                    merged,
-                    previous.optional and field.optional,
-                    _prefer_manifest(previous.pos, field.pos),
-                )
+            _merge_hidden(hidden, label, field)
 
     patterns: list[tuple[Value, Value]] = []
     closed: list[Closedness] = []
@@ -817,16 +822,7 @@ def _unify_two_structs(a: Struct, b: Struct) -> Struct:
     else:
         hidden = dict(a.hidden)
         for label, field in b.hidden.items():
-            previous = hidden.get(label)
-            if previous is None:
-                hidden[label] = field
-            else:
-                merged = _label_problems(unify(previous.value, field.value), label)
-                hidden[label] = Field(
-                    merged,
-                    previous.optional and field.optional,
-                    _prefer_manifest(previous.pos, field.pos),
-                )
+            _merge_hidden(hidden, label, field)
     patterns = a.patterns + tuple(p for p in b.patterns if p not in a.patterns)
     closed = a.closed + tuple(c for c in b.closed if c not in a.closed)
     pos = b.pos if a.pos is None else (a.pos if b.pos is None else _prefer_manifest(a.pos, b.pos))
