@@ -15,7 +15,6 @@ Workload models (``capos_sched.workload``):
 
 from __future__ import annotations
 
-import enum
 import heapq
 import random
 import statistics
@@ -32,94 +31,7 @@ from capos_sched.core import (
     ThreadState,
     WakeReason,
 )
-from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload, is_finite
-
-HASH_NS_PER_BYTE = 1
-"""Modelled cost of hashing one byte (order of hashlib's blake2b on these machines)."""
-
-
-class Stop(enum.Enum):
-    """Why a modelled run segment ended."""
-
-    EXPIRED = "expired"
-    SLEEP = "sleep"
-    CALL = "call"
-    WAIT = "wait"
-    REPLY = "reply"
-    FINISHED = "finished"
-
-
-@attrs.define
-class Program:
-    """A thread's progress through its workload.
-
-    Invariant: ``burst_left_ns`` is the CPU time still needed before the next
-    stop that is not a slice expiry (None: never, a hog without total).
-    """
-
-    spec: Workload
-    burst_left_ns: int | None
-    completed: int = 0
-    done: bool = False
-
-    @classmethod
-    def start(cls, spec: Workload) -> Program:
-        match spec:
-            case Spin(total_ns=total):
-                return cls(spec, total)
-            case Hash(blocks=b, block_size=size, rounds=r):
-                return cls(spec, b * size * r * HASH_NS_PER_BYTE)
-            case Sleeper(burst_ns=burst) | IpcClient(burst_ns=burst):
-                return cls(spec, burst)
-            case IpcServer():
-                return cls(spec, 0)
-        raise TypeError(f"not a workload: {spec!r}")
-
-    def run(self, budget_ns: int) -> tuple[int, Stop]:
-        """Run for at most ``budget_ns``: how long it ran and why it stopped."""
-        if self.done:
-            return 0, Stop.FINISHED
-        if self.burst_left_ns is None:
-            return budget_ns, Stop.EXPIRED
-        if self.burst_left_ns > budget_ns:
-            self.burst_left_ns -= budget_ns
-            return budget_ns, Stop.EXPIRED
-        ran, self.burst_left_ns = self.burst_left_ns, 0
-        return ran, self._burst_done()
-
-    def _burst_done(self) -> Stop:
-        match self.spec:
-            case Spin() | Hash():
-                return Stop.FINISHED
-            case Sleeper(count=count):
-                self.completed += 1
-                return (
-                    Stop.FINISHED if count is not None and self.completed >= count else Stop.SLEEP
-                )
-            case IpcClient():
-                return Stop.CALL
-            case IpcServer():
-                return Stop.REPLY if self.completed else Stop.WAIT
-        raise TypeError(self.spec)
-
-    def resume(self) -> Stop | None:
-        """Called when the thread is woken (timer, reply, call delivered).
-
-        Returns FINISHED when the workload is over, else None.
-        """
-        match self.spec:
-            case Sleeper(burst_ns=burst):
-                self.burst_left_ns = burst
-            case IpcClient(burst_ns=burst, count=count):
-                self.completed += 1
-                if count is not None and self.completed >= count:
-                    self.done = True
-                    return Stop.FINISHED
-                self.burst_left_ns = burst
-            case IpcServer(service_ns=service):
-                self.completed += 1
-                self.burst_left_ns = service
-        return None
+from capos_sched.workload import Program, Stop, Workload, is_finite
 
 
 @attrs.define

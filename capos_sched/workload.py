@@ -3,9 +3,15 @@
 These are plain immutable values. The manifest layer produces them, the
 deterministic simulator models them on virtual time, and the runtime's worker
 processes execute them for real. Durations are integer nanoseconds.
+
+``Program`` is a thread's progress through its workload: how much CPU it needs
+before its next voluntary stop, and what that stop is. The simulator and the
+runtime both step threads with it, so a workload means the same in both.
 """
 
 from __future__ import annotations
+
+import enum
 
 import attrs
 
@@ -89,3 +95,92 @@ def is_finite(workload: Workload) -> bool:
         case IpcServer():
             return False
     raise TypeError(f"not a workload: {workload!r}")
+
+
+HASH_NS_PER_BYTE = 1
+"""Modelled cost of hashing one byte, for hash work stepped on virtual time (the
+simulator); the runtime hashes real data instead (order of hashlib's blake2b)."""
+
+
+class Stop(enum.Enum):
+    """Why a modelled run segment ended."""
+
+    EXPIRED = "expired"
+    SLEEP = "sleep"
+    CALL = "call"
+    WAIT = "wait"
+    REPLY = "reply"
+    FINISHED = "finished"
+
+
+@attrs.define
+class Program:
+    """A thread's progress through its workload.
+
+    Invariant: ``burst_left_ns`` is the CPU time still needed before the next
+    stop that is not a slice expiry (None: never, a hog without total).
+    """
+
+    spec: Workload
+    burst_left_ns: int | None
+    completed: int = 0
+    done: bool = False
+
+    @classmethod
+    def start(cls, spec: Workload) -> Program:
+        match spec:
+            case Spin(total_ns=total):
+                return cls(spec, total)
+            case Hash(blocks=b, block_size=size, rounds=r):
+                return cls(spec, b * size * r * HASH_NS_PER_BYTE)
+            case Sleeper(burst_ns=burst) | IpcClient(burst_ns=burst):
+                return cls(spec, burst)
+            case IpcServer():
+                return cls(spec, 0)
+        raise TypeError(f"not a workload: {spec!r}")
+
+    def run(self, budget_ns: int) -> tuple[int, Stop]:
+        """Run for at most ``budget_ns``: how long it ran and why it stopped."""
+        if self.done:
+            return 0, Stop.FINISHED
+        if self.burst_left_ns is None:
+            return budget_ns, Stop.EXPIRED
+        if self.burst_left_ns > budget_ns:
+            self.burst_left_ns -= budget_ns
+            return budget_ns, Stop.EXPIRED
+        ran, self.burst_left_ns = self.burst_left_ns, 0
+        return ran, self._burst_done()
+
+    def _burst_done(self) -> Stop:
+        match self.spec:
+            case Spin() | Hash():
+                return Stop.FINISHED
+            case Sleeper(count=count):
+                self.completed += 1
+                return (
+                    Stop.FINISHED if count is not None and self.completed >= count else Stop.SLEEP
+                )
+            case IpcClient():
+                return Stop.CALL
+            case IpcServer():
+                return Stop.REPLY if self.completed else Stop.WAIT
+        raise TypeError(self.spec)
+
+    def resume(self) -> Stop | None:
+        """Called when the thread is woken (timer, reply, call delivered).
+
+        Returns FINISHED when the workload is over, else None.
+        """
+        match self.spec:
+            case Sleeper(burst_ns=burst):
+                self.burst_left_ns = burst
+            case IpcClient(burst_ns=burst, count=count):
+                self.completed += 1
+                if count is not None and self.completed >= count:
+                    self.done = True
+                    return Stop.FINISHED
+                self.burst_left_ns = burst
+            case IpcServer(service_ns=service):
+                self.completed += 1
+                self.burst_left_ns = service
+        return None

@@ -79,8 +79,7 @@ from capos_sched.runtime.stats import Samples
 from capos_sched.runtime.timers import sleep_until_monotonic_ns
 from capos_sched.runtime.trace import TraceRecorder
 from capos_sched.runtime.workers import Worker, WorkerDied, pinned_cores
-from capos_sched.sim import Program, Stop
-from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, is_finite
+from capos_sched.workload import Hash, IpcClient, IpcServer, Program, Sleeper, Spin, Stop, is_finite
 
 if TYPE_CHECKING:
     from capos_sched.manifest import Plan, ThreadPlan
