@@ -83,12 +83,13 @@ def host_plugin(
     processes. With ``execute=False`` a bare PlanHost keeps the threads in the
     core without running them (grants and state changes only).
     """
+    from capos_sched.runtime.commands import effective_policy  # CAPOS_SCHED_DISABLE_WFQ
     from capos_sched.runtime.host import PlanHost
 
     from .daemon import idle_runner
 
     if not execute:
-        return (lambda plan: PlanHost(plan, cpus=cpus)), idle_runner
+        return (lambda plan: PlanHost(plan, effective_policy(None, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
     config = RuntimeConfig(sched_idle=sched_idle)
@@ -97,7 +98,13 @@ def host_plugin(
         await host.run(stop_when_finished=False, task_status=task_status)
 
     def make_runtime(plan: Any) -> Any:
-        return Runtime(plan, cpus=cpus, config=config, manifest_name=plan.source)
+        return Runtime(
+            plan,
+            effective_policy(None, plan),
+            cpus=cpus,
+            config=config,
+            manifest_name=plan.source,
+        )
 
     return make_runtime, run_runtime
 

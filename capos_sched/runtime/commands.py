@@ -34,7 +34,7 @@ def _load(manifest: Path | None) -> tuple[Any, str]:
     return plan, name
 
 
-def _policy(explicit: str | None, plan: Any) -> str:
+def effective_policy(explicit: str | None, plan: Any) -> str:
     """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO)."""
     policy = explicit or plan.machine.policy
     if os.environ.get(DISABLE_WFQ_ENV, "") not in ("", "0"):
@@ -116,7 +116,7 @@ def run(
     from capos_sched.runtime.trace import TraceRecorder
 
     plan, name = _load(manifest)
-    chosen_policy = _policy(policy, plan)
+    chosen_policy = effective_policy(policy, plan)
     if duration is None and not _has_finite(plan):
         duration = DEFAULT_DURATION_S
     if trace_path is not None:
@@ -238,7 +238,7 @@ def simulate(
         duration_ns=int(duration * 1e9),
         seed=seed,
         cpus=cpus,
-        policy=_policy(policy, plan),
+        policy=effective_policy(policy, plan),
         jitter=DEFAULT_JITTER if jitter is None else jitter,
         manifest_name=name,
     )

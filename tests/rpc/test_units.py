@@ -383,3 +383,19 @@ def test_load_with_an_unwritable_grants_dir_still_applies_the_whole_plan(tmp_pat
     assert diff.revoked == ("tuner.b",)  # the grant table followed the host all the way
     assert "b" not in tuner.grants
     assert any(e["event"] == "token files not updated after load" for e in logs)
+
+
+@pytest.mark.parametrize("env", ["1", "0", None])
+def test_serve_honours_disable_wfq(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
+    from capos_sched.core import Policy
+    from capos_sched.rpc.commands import host_plugin
+
+    if env is None:
+        monkeypatch.delenv("CAPOS_SCHED_DISABLE_WFQ", raising=False)
+    else:
+        monkeypatch.setenv("CAPOS_SCHED_DISABLE_WFQ", env)
+    plan = load_plan_text(BASE_MANIFEST, "base.cue")
+    assert plan.machine.policy == "wfq"
+    factory, _runner = host_plugin(None, execute=False)
+    expected = Policy.FIFO if env == "1" else Policy.WFQ
+    assert factory(plan).scheduler.policy is expected
