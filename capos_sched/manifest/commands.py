@@ -25,7 +25,14 @@ def _summary(plan: Plan) -> str:
 
 @click.command()
 @click.argument("manifests", nargs=-1, required=True, metavar="MANIFEST...")
-def check(manifests: tuple[str, ...]) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON document instead: {"files": [{"file", "ok", "errors": '
+    '[{"line", "col", "message"}]}]} (line and col are 0 for whole-file problems).',
+)
+def check(manifests: tuple[str, ...], as_json: bool) -> None:
     """Check manifests against the schema and the model's rules.
 
     Prints one "OK" line per valid file on stdout. Every problem in every
@@ -33,16 +40,25 @@ def check(manifests: tuple[str, ...]) -> None:
     line and a caret under the column. Exits 0 when all files are valid,
     1 otherwise.
     """
-    failed = False
+    files = []
     for path in manifests:
         try:
             plan = load_plan(path)
         except ManifestError as error:
-            failed = True
-            click.echo(str(error), err=True)
+            files.append({"file": path, "ok": False, "errors": error.diagnostics})
+            if not as_json:
+                click.echo(str(error), err=True)
         else:
-            click.echo(f"{path}: OK ({_summary(plan)})")
-    if failed:
+            files.append({"file": path, "ok": True, "errors": ()})
+            if not as_json:
+                click.echo(f"{path}: OK ({_summary(plan)})")
+    if as_json:
+        for entry in files:
+            entry["errors"] = [
+                {"line": d.line, "col": d.col, "message": d.message} for d in entry["errors"]
+            ]
+        click.echo(json.dumps({"files": files}, indent=2))
+    if not all(entry["ok"] for entry in files):
         raise SystemExit(1)
 
 

@@ -60,6 +60,35 @@ def test_check_reports_every_error_on_stderr_and_exits_1(runner, bad_file):
     )
 
 
+def test_check_json_reports_every_file_and_error(runner, bad_file, tmp_path):
+    missing = tmp_path / "missing.cue"
+    result = runner.invoke(check, ["--json", str(FAIRNESS), str(bad_file), str(missing)])
+    assert result.exit_code == 1
+    assert result.stderr == ""
+    assert json.loads(result.stdout) == {
+        "files": [
+            {"file": str(FAIRNESS), "ok": True, "errors": []},
+            {
+                "file": str(bad_file),
+                "ok": False,
+                "errors": [
+                    {"line": 1, "col": 16, "message": "cpus 0 outside [1, 64]"},
+                    {
+                        "line": 2,
+                        "col": 28,
+                        "message": "field `wieght` not allowed; did you mean `weight`?",
+                    },
+                ],
+            },
+            {
+                "file": str(missing),
+                "ok": False,
+                "errors": [{"line": 0, "col": 0, "message": "no such file"}],
+            },
+        ]
+    }
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
