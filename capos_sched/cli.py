@@ -15,19 +15,22 @@ from capos_sched.logs import configure_logging
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
-    show_default=True,
-    help="Minimum level of the structured log (written to stderr).",
+    default=None,
+    help="Minimum level of the structured log (written to stderr). "
+    "[default: info for serve, warning for every other command]",
 )
 @click.version_option(package_name="capos-sched")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """capos-sched: a capability-secured weighted-fair scheduler service.
 
     Threads declared in CUE-style manifests run on simulated CPUs under the
     capOS Phase D weighted-fair policy; scheduling authority is handed out only
     as Cap'n Proto capabilities.
     """
-    configure_logging(log_level)
+    if log_level is None and ctx.invoked_subcommand == "serve":
+        log_level = "info"  # a daemon says where it listens and what it does
+    configure_logging(log_level or "warning")
 
 
 def _register() -> None:

@@ -1,4 +1,4 @@
-"""The bench commands print their documented JSON keys (tiny sizes here)."""
+"""The CLI surface: bench commands print their JSON keys; log-level defaults."""
 
 import json
 
@@ -36,3 +36,15 @@ def test_bench_manifest_json_keys():
     assert report["threads"] == 12
     assert set(report) >= {"load_plan_s", "check_process_s", "json_loads_s", "goal_met"}
     assert 0 < report["load_plan_s"]["best"] <= report["load_plan_s"]["median"]
+
+
+def test_log_level_defaults_to_info_for_serve_and_warning_elsewhere(monkeypatch):
+    seen = []
+    monkeypatch.setattr("capos_sched.cli.configure_logging", seen.append)
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["bench", "dispatch", "--threads", "5", "--cycles", "5"]).exit_code == 0
+    )
+    assert runner.invoke(main, ["serve", "--help"]).exit_code == 0
+    assert runner.invoke(main, ["--log-level", "error", "serve", "--help"]).exit_code == 0
+    assert seen == ["warning", "info", "error"]
