@@ -217,8 +217,9 @@ class Scheduler:
             slice_ns if balance_threshold_ns is None else balance_threshold_ns
         )
         self.policy = Policy.parse(policy)
-        self.cpus: list[Cpu] = [Cpu(k, VirtualFinishQueue()) for k in range(cpus)]
-        self._install_queues(self.policy)
+        self.cpus: list[Cpu] = [
+            Cpu(k, queue) for k, queue in enumerate(_new_queues(self.policy, cpus))
+        ]
         self._threads: dict[int, Thread] = {}
         self._free_tids: list[int] = []
         self._next_tid = 1
@@ -264,12 +265,6 @@ class Scheduler:
         """True while ``ref`` names its thread and the thread has not exited."""
         return self._is_live(ref)
 
-    def runnable_count(self) -> int:
-        return sum(1 for t in self._threads.values() if t.owner is not None)
-
-    def idle_cpus(self) -> list[int]:
-        return [c.id for c in self.cpus if c.current is None]
-
     # --------------------------------------------------------------- mutations
 
     def spawn(
@@ -292,7 +287,6 @@ class Scheduler:
         self._last_generation[tid] = generation
         thread = Thread(tid, generation, name, weight, latency_class)
         thread.virtual_runtime_ns = self.cpus[cpu].virtual_time_ns
-        thread.owner = None
         self._threads[tid] = thread
         return self._make_runnable(thread, cpu, now_ns)
 
@@ -443,7 +437,8 @@ class Scheduler:
             key=lambda t: (t.virtual_finish_ns(self.slice_ns), t.tid),
         )
         self.policy = policy
-        self._install_queues(policy)
+        for cpu, queue in zip(self.cpus, _new_queues(policy, len(self.cpus)), strict=True):
+            cpu.queue = queue
         for thread in queued:
             thread.owner = None
             self._enqueue(thread, self.cpus[thread.cpu or 0])
@@ -547,15 +542,6 @@ class Scheduler:
             assert len(cpu.queue) <= len(self._threads)
 
     # ---------------------------------------------------------------- internals
-
-    def _install_queues(self, policy: Policy) -> None:
-        if policy is Policy.FIFO:
-            shared = FifoQueue()
-            for cpu in self.cpus:
-                cpu.queue = shared
-        else:
-            for cpu in self.cpus:
-                cpu.queue = VirtualFinishQueue()
 
     def _cpu(self, cpu_id: int) -> Cpu:
         if cpu_id >= 0:
@@ -736,6 +722,13 @@ class Scheduler:
             return None
         thread.owner = None
         return thread
+
+
+def _new_queues(policy: Policy, cpus: int) -> list[RunQueue]:
+    """One virtual-finish queue per CPU (WFQ), or one FIFO shared by all."""
+    if policy is Policy.FIFO:
+        return [FifoQueue()] * cpus
+    return [VirtualFinishQueue() for _ in range(cpus)]
 
 
 def _snapshot(thread: Thread) -> ThreadSnapshot:
