@@ -146,8 +146,9 @@ def run(
 
     try:
         trio.run(main)
-    except RuntimeFailure as error:
-        click.echo(f"error: {error}", err=True)
+    except* RuntimeFailure as group:  # arrives wrapped by the nurseries it crossed
+        failures = _leaves(group)
+        click.echo(f"error: {'; '.join(str(e) for e in failures)}", err=True)
         sys.exit(1)
     report = runtime.report()
     if trace is not None and trace_path is not None:
@@ -163,6 +164,14 @@ def run(
             click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
     if received:
         sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions of a (possibly nested) exception group, flattened."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 async def _signals(runtime: Any, received: list[int]) -> None:

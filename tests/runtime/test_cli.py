@@ -213,3 +213,21 @@ def test_run_default_manifest_table() -> None:
     assert "default.cue" in result.stdout
     for name in ("hogs/heavy", "shell/typist", "echo/client"):
         assert name in result.stdout
+
+
+def test_run_reports_workers_that_cannot_start_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from capos_sched.cli import main
+    from capos_sched.runtime import workers
+
+    async def refuse(self: workers.Worker) -> None:
+        raise workers.WorkerDied(f"worker for CPU {self.cpu} did not start")
+
+    monkeypatch.setattr(workers.Worker, "start", refuse)
+    result = CliRunner().invoke(main, ["run", "--duration", "0.2"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert "error: worker for CPU 0 did not start" in result.stderr
