@@ -29,8 +29,9 @@ Replies (worker -> daemon), ``REPLY``: ``status, tid, elapsed_ns, position, acc`
   ``elapsed_ns`` holds the worker's pid).
 
 The preempt flag is byte 0 of a small shared-memory page per CPU (an inherited
-``memfd``): the daemon writes 1 to cut the running slice short and 0 before
-each request; the worker only reads it.
+``memfd``): the daemon writes 1 to cut the running slice short and 0 when it
+starts a dispatch (before the request, so a preempt raised between the two
+still counts); the worker only reads it.
 """
 
 from __future__ import annotations

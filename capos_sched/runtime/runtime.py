@@ -572,6 +572,9 @@ class Runtime(PlanHost):
             )
         rt.last_cpu = k
         worker = self._workers[k]
+        # From here on a preempt of CPU k is meant for this dispatch, even one
+        # raised before the request is sent (attach, restart, stop).
+        worker.clear_preempt()
 
         payload: bytes | None = None
         limit = 0
@@ -717,10 +720,10 @@ class Runtime(PlanHost):
         if wake.kick is not None:
             self._kick(wake.kick)
         if wake.preempt is not None and self.config.wake_preemption and self._workers:
-            worker = self._workers[wake.preempt]
-            if worker.busy:
-                worker.preempt()
-                self._wake_preemptions += 1
+            # The core asks only while that CPU has a dispatch (its flag is
+            # lowered when the next one starts, so this cannot go stale).
+            self._workers[wake.preempt].preempt()
+            self._wake_preemptions += 1
 
     def _fail_running(self, k: int, rt: RtThread, reason: str, elapsed: int) -> None:
         now = self.now_ns()

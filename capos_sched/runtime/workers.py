@@ -2,7 +2,10 @@
 
 A ``Worker`` is owned by exactly one CPU task of the trio runtime; only that
 task sends on its socket, so requests never interleave. ``preempt()`` may be
-called from any trio task (it only writes the shared flag byte).
+called from any trio task (it only writes the shared flag byte). The flag is
+lowered only by ``clear_preempt()``, which the owner calls when it starts a
+dispatch: a preempt raised for that dispatch before its request is sent (or
+while the process is being replaced) still cuts it short.
 """
 
 from __future__ import annotations
@@ -132,7 +135,6 @@ class Worker:
         self.sock = trio.socket.from_stdlib_socket(parent_end)
         self.attached = set()
         self.pending_detach = []
-        self.flag[0] = 0
         try:
             with trio.move_on_after(START_TIMEOUT_S) as scope:
                 data = await self.sock.recv(REPLY.size)
@@ -152,7 +154,6 @@ class Worker:
     async def request(self, payload: bytes) -> tuple[int, int, int, int, int]:
         """Send one run request and wait for its reply; WorkerDied if the process is gone."""
         assert self.sock is not None
-        self.flag[0] = 0
         self.busy = True
         try:
             try:
@@ -195,8 +196,12 @@ class Worker:
             await self.sock.send(encode_request(OP_DETACH, a1=data_id))
 
     def preempt(self) -> None:
-        """Raise the flag: the running kernel stops at its next poll."""
+        """Raise the flag: the running (or next) kernel stops at its next poll."""
         self.flag[0] = 1
+
+    def clear_preempt(self) -> None:
+        """Lower the flag (a new dispatch starts; earlier preempts are stale)."""
+        self.flag[0] = 0
 
     def exit_status(self) -> str:
         """How the process ended, for crash reports (call after it exited)."""

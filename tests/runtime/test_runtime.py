@@ -13,6 +13,7 @@ import trio
 from capos_sched.core import Policy, ThreadState
 from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 from capos_sched.runtime.trace import TraceRecorder
+from capos_sched.runtime.workers import Worker
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin
 
 from .helpers import MS, by_name, dispatches, expected_hash, plan, run_for, thread, wait_until
@@ -322,3 +323,26 @@ async def test_worker_scheduling_class_follows_the_config(sched_idle: bool) -> N
     assert policy == (os.SCHED_IDLE if sched_idle else os.SCHED_OTHER)
     assert niceness == config.nice  # reniced either way
     assert runtime.report()["workers"]["sched_idle"] is sched_idle
+
+
+async def test_a_stop_raised_before_the_request_is_sent_still_cuts_the_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The stop arrives while the CPU task maps the hash data (before it sends
+    # the request): the flag raised then must survive until the kernel polls it.
+    slice_ns = 100 * MS
+    spec = Hash(blocks=4, block_size=4096, rounds=1_000_000)
+    recorder = TraceRecorder(1)
+    runtime = Runtime(plan(thread("x/h", spec, 1024, "batch"), slice_ns=slice_ns), trace=recorder)
+    attach = Worker.attach
+
+    async def attach_then_stop(self: Worker, *args: int) -> None:
+        await attach(self, *args)
+        runtime.request_stop("during attach")
+        await trio.sleep(0.05)  # the run task raises every flag meanwhile
+
+    monkeypatch.setattr(Worker, "attach", attach_then_stop)
+    await runtime.run(duration_s=10)
+    [only] = dispatches(recorder.document(), "x/h")
+    assert only["args"]["budget_ns"] == 4 * slice_ns
+    assert only["args"]["preempted"] and only["args"]["elapsed_ns"] < 4 * slice_ns
