@@ -230,4 +230,5 @@ def test_run_reports_workers_that_cannot_start_without_a_traceback(
     result = CliRunner().invoke(main, ["run", "--duration", "0.2"])
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
-    assert "error: worker for CPU 0 did not start" in result.stderr
+    assert result.stderr.startswith("error: worker for CPU ")  # CPUs fail in any order
+    assert "did not start" in result.stderr and "Traceback" not in result.stderr
