@@ -471,6 +471,12 @@ class Runtime(PlanHost):
         rt.removed = True
         if not self.scheduler.is_live(ref):
             self._release_data(rt)
+        elif self._workers:
+            # Killed while running: the core reaps it when its CPU stops it,
+            # so cut the slice short rather than let it run out its budget.
+            for cpu in self.scheduler.cpus:
+                if cpu.current is not None and cpu.current.ref == ref:
+                    self._workers[cpu.id].preempt()
         self._check_finished()
 
     # --------------------------------------------------------------- internals

@@ -325,6 +325,30 @@ async def test_worker_scheduling_class_follows_the_config(sched_idle: bool) -> N
     assert runtime.report()["workers"]["sched_idle"] is sched_idle
 
 
+async def test_a_thread_removed_while_running_is_cut_short() -> None:
+    # A 400 ms batch budget: the removed thread must not run it out.
+    slice_ns = 100 * MS
+    first = plan(thread("h/a", Spin()), thread("h/b", Spin(), 1024, "batch"), slice_ns=slice_ns)
+    recorder = TraceRecorder(1)
+    runtime = Runtime(first, trace=recorder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        b = runtime.thread_ref("h/b")
+        assert b is not None
+        await wait_until(
+            lambda: (
+                runtime.scheduler.snapshot(b).state is ThreadState.RUNNING
+                and runtime.workers[0].busy
+            )
+        )
+        runtime.apply_plan(plan(thread("h/a", Spin()), slice_ns=slice_ns))
+        await wait_until(lambda: not runtime.scheduler.is_live(b))
+        runtime.request_stop("test")
+    last = dispatches(recorder.document(), "h/b")[-1]["args"]
+    assert last["budget_ns"] == 4 * slice_ns
+    assert last["preempted"] and last["elapsed_ns"] < last["budget_ns"]
+
+
 async def test_a_stop_raised_before_the_request_is_sent_still_cuts_the_slice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
