@@ -231,6 +231,8 @@ class Scheduler:
         self._kill_pending: set[int] = set()
         self._waiting_on: dict[int, Endpoint] = {}
         """tid -> the endpoint a blocked thread waits in."""
+        self._released_callers: list[Wake] = []
+        """Callers woken because their server exited mid-call, not yet taken."""
 
     # ------------------------------------------------------------------ lookup
 
@@ -359,7 +361,7 @@ class Scheduler:
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
         thread.preemptions += 1
-        if not self._kill_pending or not self._reap_if_killed(thread):
+        if not self._kill_pending or not self._reap_if_killed(thread, now_ns):
             thread.runnable_since_ns = now_ns
             self._enqueue(thread, cpu)  # no kick: this CPU picks next anyway
         return thread.ref
@@ -369,7 +371,7 @@ class Scheduler:
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
         thread.voluntary_blocks += 1
-        if not self._reap_if_killed(thread):
+        if not self._reap_if_killed(thread, now_ns):
             thread.state = ThreadState.BLOCKED
         return thread.ref
 
@@ -377,7 +379,7 @@ class Scheduler:
         """The running thread finished: charge it and mark it exited."""
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
-        self._mark_exited(thread)
+        self._mark_exited(thread, now_ns)
         return thread.ref
 
     def charge_current(self, cpu_id: int, elapsed_ns: int) -> ThreadRef | None:
@@ -414,7 +416,7 @@ class Scheduler:
         if thread.state is ThreadState.RUNNING:
             self._kill_pending.add(thread.tid)
             return
-        self._mark_exited(thread)
+        self._mark_exited(thread, now_ns)
 
     def reap(self, ref: ThreadRef) -> None:
         """Forget an exited thread so its id can be reused (with a new generation)."""
@@ -481,7 +483,7 @@ class Scheduler:
                 self._waiting_on[server.tid] = ep
             return None
         server_thread = self._stop_current(cpu, elapsed_ns)
-        if self._reap_if_killed(server_thread):
+        if self._reap_if_killed(server_thread, now_ns):
             ep.pending_callers.appendleft(caller.ref)
             self._waiting_on[caller.tid] = ep
             return None
@@ -502,6 +504,14 @@ class Scheduler:
         if caller is not None and self._is_live(caller):
             woken = self.wake(caller, now_ns, LastCpu(), WakeReason.IPC_REPLY)
         return woken, self.ipc_wait(cpu_id, now_ns, elapsed_ns, endpoint)
+
+    def take_released_callers(self) -> list[Wake]:
+        """The callers released (woken) since the last call because their server
+        exited mid-call: the driver treats each as a call that ended unanswered.
+        It grows only when a server exits while serving, so a driver that takes
+        them after every stop and kill keeps it empty."""
+        released, self._released_callers = self._released_callers, []
+        return released
 
     def serving(self, server: ThreadRef) -> ThreadRef | None:
         """The caller a server is currently serving, if any."""
@@ -639,13 +649,13 @@ class Scheduler:
         thread.state = ThreadState.RUNNABLE
         return thread
 
-    def _reap_if_killed(self, thread: Thread) -> bool:
+    def _reap_if_killed(self, thread: Thread, now_ns: int) -> bool:
         if thread.tid in self._kill_pending:
-            self._mark_exited(thread)
+            self._mark_exited(thread, now_ns)
             return True
         return False
 
-    def _mark_exited(self, thread: Thread) -> None:
+    def _mark_exited(self, thread: Thread, now_ns: int) -> None:
         self._kill_pending.discard(thread.tid)
         if thread.owner is not None:
             kind, cpu_id = thread.owner
@@ -660,8 +670,11 @@ class Scheduler:
         self._leave_endpoints(thread)
         caller = self._serving.pop(thread.tid, None)
         if caller is not None and self._is_live(caller):
-            # The server died mid-call: release the caller rather than strand it.
-            self.wake(caller, thread.last_started_ns or 0, LastCpu(), WakeReason.IPC_REPLY)
+            # The server died mid-call: release the caller rather than strand it,
+            # and tell the driver (its call ended without a real reply).
+            self._released_callers.append(
+                self.wake(caller, now_ns, LastCpu(), WakeReason.IPC_REPLY)
+            )
 
     def _leave_endpoints(self, thread: Thread) -> None:
         ep = self._waiting_on.pop(thread.tid, None)

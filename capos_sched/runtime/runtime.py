@@ -469,6 +469,7 @@ class Runtime(PlanHost):
         if rt is None:
             return
         rt.removed = True
+        self._release_callers_of_exited_servers()
         if not self.scheduler.is_live(ref):
             self._release_data(rt)
         elif self._workers:
@@ -679,18 +680,30 @@ class Runtime(PlanHost):
             case Stop.REPLY:
                 woken, caller = core.ipc_reply_and_wait(k, now, elapsed, rt.workload.endpoint)
                 if woken is not None:
-                    client = self._threads[woken.thread]
-                    if client.program is not None:
-                        client.program.resume()
-                    client.reply_pending = True
-                    self._on_wake(woken, "ipcReply", client)
+                    self._on_reply(woken)
                 if caller is not None:
                     assert rt.program is not None
                     rt.program.resume()
         if not core.is_live(rt.ref) and rt.finished_ns is None and rt.failed is None:
             self._release_data(rt)  # killed by a plan change while it ran
+        self._release_callers_of_exited_servers()
         self._kick_idle_if_work()
         self._check_finished()
+
+    def _on_reply(self, woken: Wake) -> None:
+        """A client's call ended: its program moves on and it is made runnable."""
+        client = self._threads[woken.thread]
+        if client.program is not None:
+            client.program.resume()
+        client.reply_pending = True
+        self._on_wake(woken, "ipcReply", client)
+
+    def _release_callers_of_exited_servers(self) -> None:
+        """Calls whose server exited mid-call (plan change) end unanswered: the
+        core has woken the callers; their programs move on as after a reply."""
+        for woken in self.scheduler.take_released_callers():
+            if woken.thread in self._threads:
+                self._on_reply(woken)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:

@@ -346,6 +346,21 @@ def test_call_without_server_waits_then_server_takes_it():
     assert (d.thread, d.source) == (server, "ipcSlot")
 
 
+def test_server_killed_mid_call_releases_its_caller_and_says_so():
+    s = Scheduler(2)
+    server, client = make_ipc_pair(s)
+    s.ipc_call(0, MS, MS, "echo")
+    assert s.pick_next(0, MS).thread == server  # serving the client
+    assert s.take_released_callers() == []
+    s.kill(server, 2 * MS)  # running: exits when its CPU stops it
+    s.preempt_current(0, 3 * MS, MS)
+    released = s.take_released_callers()
+    assert [w.thread for w in released] == [client]
+    assert s.snapshot(client).state is ThreadState.RUNNABLE
+    assert s.take_released_callers() == []  # taken once
+    s.check_invariants()
+
+
 def test_stale_ipc_slot_entry_is_dropped_not_run():
     s = Scheduler(2)
     server, _client = make_ipc_pair(s)

@@ -370,3 +370,18 @@ async def test_a_stop_raised_before_the_request_is_sent_still_cuts_the_slice(
     [only] = dispatches(recorder.document(), "x/h")
     assert only["args"]["budget_ns"] == 4 * slice_ns
     assert only["args"]["preempted"] and only["args"]["elapsed_ns"] < 4 * slice_ns
+
+
+async def test_a_server_removed_mid_call_releases_its_client() -> None:
+    client = thread("c/client", IpcClient("e", burst_ns=0, count=1))
+    server = thread("s/server", IpcServer("e", service_ns=10**12), latency_class="ipcServer")
+    runtime = Runtime(plan(client, server, cpus=1))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            await wait_until(lambda: runtime.scheduler.serving(runtime.thread_ref("s/server")))
+            runtime.apply_plan(plan(client, cpus=1))  # the server leaves mid-call
+    # The client's only call ended unanswered, so it finished and so did the run.
+    report = runtime.report()
+    assert report["stop_reason"] == "finished"
+    assert by_name(report)["c/client"]["finished_ns"] is not None
