@@ -127,6 +127,9 @@ class Worker:
                 pass_fds=(child_end.fileno(), self.flag_fd),
                 stdin=subprocess.DEVNULL,
             )
+        except OSError as exc:  # out of processes or descriptors (EAGAIN, EMFILE)
+            parent_end.close()
+            raise WorkerDied(f"cannot start the worker for CPU {self.cpu}: {exc}") from exc
         except BaseException:
             parent_end.close()
             raise

@@ -232,3 +232,20 @@ def test_run_reports_workers_that_cannot_start_without_a_traceback(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: worker for CPU ")  # CPUs fail in any order
     assert "did not start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_reports_a_refused_fork_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from capos_sched.cli import main
+
+    def no_more_processes(*_args: object, **_kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", no_more_processes)
+    result = CliRunner().invoke(main, ["run", "--duration", "0.2"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ")
+    assert "cannot start the worker" in result.stderr and "Traceback" not in result.stderr
