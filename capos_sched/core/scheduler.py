@@ -409,14 +409,16 @@ class Scheduler:
         self._clamp_lag(thread, self.cpus[cpu])
         return self._make_runnable(thread, cpu, now_ns)
 
-    def kill(self, ref: ThreadRef, now_ns: int) -> None:
+    def kill(self, ref: ThreadRef, now_ns: int) -> int | None:
         """Terminate a thread from outside (plan reload). A running thread exits
-        when its CPU next stops it; any other exits now."""
+        when its CPU next stops it, and that CPU is returned so the driver can
+        cut the slice short; any other thread exits now (None is returned)."""
         thread = self.resolve(ref)
         if thread.state is ThreadState.RUNNING:
             self._kill_pending.add(thread.tid)
-            return
+            return thread.cpu
         self._mark_exited(thread, now_ns)
+        return None
 
     def reap(self, ref: ThreadRef) -> None:
         """Forget an exited thread so its id can be reused (with a new generation)."""

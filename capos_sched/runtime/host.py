@@ -73,9 +73,10 @@ class PlanHost:
         kept = tuple(n for n in new if n in old)
         for name in removed:
             ref = self._refs.pop(name)
+            running_on = None
             if self.scheduler.is_live(ref):
-                self.scheduler.kill(ref, now_ns)
-            self.on_thread_removed(name, ref)
+                running_on = self.scheduler.kill(ref, now_ns)
+            self.on_thread_removed(name, ref, running_on)
         for name in kept:
             ref = self._refs[name]
             if self.scheduler.is_live(ref):
@@ -89,8 +90,9 @@ class PlanHost:
     def on_thread_added(self, thread_plan: ThreadPlan, ref: ThreadRef) -> None:
         """Hook for subclasses (the runtime attaches a workload here)."""
 
-    def on_thread_removed(self, full_name: str, ref: ThreadRef) -> None:
-        """Hook for subclasses (the runtime drops the workload here)."""
+    def on_thread_removed(self, full_name: str, ref: ThreadRef, running_on: int | None) -> None:
+        """Hook for subclasses (the runtime drops the workload here, and stops
+        the slice on ``running_on``, the CPU still running the killed thread)."""
 
     def _spawn(self, thread_plan: ThreadPlan, now_ns: int) -> ThreadRef:
         wake = self.scheduler.spawn(

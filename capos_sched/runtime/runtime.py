@@ -464,7 +464,7 @@ class Runtime(PlanHost):
         else:
             rt.program = Program.start(workload)
 
-    def on_thread_removed(self, full_name: str, ref: ThreadRef) -> None:
+    def on_thread_removed(self, full_name: str, ref: ThreadRef, running_on: int | None) -> None:
         rt = self._threads.get(ref)
         if rt is None:
             return
@@ -472,12 +472,10 @@ class Runtime(PlanHost):
         self._release_callers_of_exited_servers()
         if not self.scheduler.is_live(ref):
             self._release_data(rt)
-        elif self._workers:
+        elif running_on is not None and self._workers:
             # Killed while running: the core reaps it when its CPU stops it,
             # so cut the slice short rather than let it run out its budget.
-            for cpu in self.scheduler.cpus:
-                if cpu.current is not None and cpu.current.ref == ref:
-                    self._workers[cpu.id].preempt()
+            self._workers[running_on].preempt()
         self._check_finished()
 
     # --------------------------------------------------------------- internals
