@@ -80,6 +80,8 @@ class Simulator:
         self._seq = 0
         self._threads: dict[int, SimThread] = {}
         self._running: dict[int, tuple[SimThread, int, Stop]] = {}
+        self._stop_seq: dict[int, int] = {}
+        """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
 
     def add_thread(
@@ -102,13 +104,14 @@ class Simulator:
             self._schedule(self.now_ns, "kick", cpu)
         end = self.now_ns + duration_ns
         while self._events and not self._all_finite_done():
-            at, _, kind, arg = self._events[0]
+            at, seq, kind, arg = self._events[0]
             if at > end:
                 break
             heapq.heappop(self._events)
             self.now_ns = at
             if kind == "stop":
-                self._on_stop(arg)
+                if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
+                    self._on_stop(arg)
             elif kind == "timer":
                 self._on_timer(arg)
             elif kind == "kick" and arg in self._idle:
@@ -149,6 +152,8 @@ class Simulator:
     def _schedule(self, at: int, kind: str, arg: int) -> None:
         self._seq += 1
         heapq.heappush(self._events, (at, self._seq, kind, arg))
+        if kind == "stop":
+            self._stop_seq[arg] = self._seq
 
     def _all_finite_done(self) -> bool:
         finite = [s for s in self._threads.values() if s.finite]
@@ -236,9 +241,7 @@ class Simulator:
         if sim.program.burst_left_ns is not None:
             sim.program.burst_left_ns += unrun
         self._running[cpu] = (sim, ran, Stop.EXPIRED)
-        self._events = [e for e in self._events if not (e[2] == "stop" and e[3] == cpu)]
-        heapq.heapify(self._events)
-        self._schedule(self.now_ns, "stop", cpu)
+        self._schedule(self.now_ns, "stop", cpu)  # supersedes the planned stop
 
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
