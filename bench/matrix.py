@@ -398,25 +398,23 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}%"
 
 
-def _spread_pct(node: dict[str, Any] | None) -> str:
+def _spread(node: dict[str, Any] | None, fmt: Callable[[float], str]) -> str:
+    """``median (min - max)`` of an aggregated figure, or ``-`` when absent."""
     if not node or node.get("median") is None:
         return "-"
-    return f"{_pct(node['median'])} ({_pct(node['min'])} - {_pct(node['max'])})"
+    return f"{fmt(node['median'])} ({fmt(node['min'])} - {fmt(node['max'])})"
+
+
+def _spread_pct(node: dict[str, Any] | None) -> str:
+    return _spread(node, _pct)
 
 
 def _spread_us(node: dict[str, Any] | None) -> str:
-    if not node or node.get("median") is None:
-        return "-"
-    return f"{node['median'] / 1e3:,.0f} ({node['min'] / 1e3:,.0f} - {node['max'] / 1e3:,.0f})"
+    return _spread(node, lambda ns: f"{ns / 1e3:,.0f}")
 
 
-def _spread_x(node: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
-    if not node or node.get("median") is None:
-        return "-"
-    return (
-        f"{node['median'] / scale:.2f}{unit} "
-        f"({node['min'] / scale:.2f} - {node['max'] / scale:.2f}{unit})"
-    )
+def _spread_x(node: dict[str, Any] | None, scale: float = 1.0) -> str:
+    return _spread(node, lambda value: f"{value / scale:.2f}")
 
 
 def _load_line(case: dict[str, Any]) -> str:
