@@ -163,6 +163,13 @@ def plan_loader(source: str, name: str) -> Any:
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@click.option(
+    "--exec-user",
+    default=None,
+    metavar="USER",
+    help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
+    "see docs/capabilities.md.",
+)
 def serve(
     manifest: Path,
     listen: Address | None,
@@ -172,6 +179,7 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    exec_user: str | None,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
     from capos_sched.manifest import ManifestError, load_plan
@@ -183,6 +191,8 @@ def serve(
         plan = load_plan(manifest)
     except ManifestError as exc:
         _fail(f"invalidArgument: {exc}")
+    if exec_user is not None:
+        _check_exec_user(exec_user)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
@@ -199,6 +209,7 @@ def serve(
         grants_dir=grants_dir.resolve() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
+        exec_user=exec_user,
     )
     factory, runner = host_plugin(cpus, execute, idle_workers)
     try:
@@ -208,6 +219,17 @@ def serve(
     except WireError as exc:  # the plan was refused before anything started
         _fail(exc.wire_text)
     sys.exit(status)
+
+
+def _check_exec_user(name: str) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        _fail("invalidArgument: --exec-user needs a daemon running as root")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        _fail(f"invalidArgument: --exec-user {name!r}: no such user")
 
 
 # --------------------------------------------------------------- operators
