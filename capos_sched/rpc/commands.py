@@ -186,6 +186,7 @@ def serve(
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
+    from .grantsdir import GrantsDirError
 
     try:
         plan = load_plan(manifest)
@@ -206,7 +207,7 @@ def serve(
         manifest_name=str(manifest.resolve()),
         listen=listen,
         admin=admin,
-        grants_dir=grants_dir.resolve() if grants_dir else None,
+        grants_dir=grants_dir.absolute() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
         exec_user=exec_user,
@@ -218,6 +219,8 @@ def serve(
         )
     except WireError as exc:  # the plan was refused before anything started
         _fail(exc.wire_text)
+    except GrantsDirError as exc:
+        _fail(f"invalidArgument: {exc}")
     sys.exit(status)
 
 

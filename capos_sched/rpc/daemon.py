@@ -30,6 +30,7 @@ import trio
 
 from capos_sched import procguard
 
+from . import grantsdir
 from .addr import Address
 from .bridge import Bridge
 from .children import check_exec
@@ -126,6 +127,9 @@ async def serve_async(
     )
     service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())
     status = 0
+    claimed = grantsdir.claim(config.grants_dir) if config.grants_dir is not None else None
+    if claimed is not None and claimed.removed:
+        log.info("stale token files removed", files=[str(p) for p in claimed.removed])
     written = grants.write_token_files()
     try:
         async with trio.open_nursery() as nursery:
@@ -160,6 +164,8 @@ async def serve_async(
             await trio.to_thread.run_sync(service.join)
             bridge.close()
             grants.remove_all_token_files()
+            if claimed is not None:
+                claimed.release()
         log.info("stopped", status=status)
     return status
 
