@@ -6,6 +6,8 @@ and are registered here, so this file stays a table of contents.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from capos_sched.logs import configure_logging
@@ -28,9 +30,20 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     capOS Phase D weighted-fair policy; scheduling authority is handed out only
     as Cap'n Proto capabilities.
     """
+    _tolerate_narrow_encodings()
     if log_level is None and ctx.invoked_subcommand == "serve":
         log_level = "info"  # a daemon says where it listens and what it does
     configure_logging(log_level or "warning")
+
+
+def _tolerate_narrow_encodings() -> None:
+    """On a stream that cannot encode Unicode (PYTHONIOENCODING=ascii, LANG=C on
+    old systems) print what it can and a ``?`` for the rest: never a
+    UnicodeEncodeError. JSON reports are ASCII already (escaped)."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
 
 
 def _register() -> None:

@@ -151,16 +151,24 @@ def run(
         click.echo(f"error: {'; '.join(str(e) for e in failures)}", err=True)
         sys.exit(1)
     report = runtime.report()
-    if trace is not None and trace_path is not None:
-        trace.write(trace_path)
     if as_json:
         click.echo(json.dumps(report))
     else:
         from capos_sched.runtime.view import console, report_view
 
         out = console()
-        out.print(report_view(report, out.width))
-        if trace_path is not None:
+        out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))
+    # The report is out first: a trace that cannot be written loses only itself.
+    if trace is not None and trace_path is not None:
+        try:
+            trace.write(trace_path)
+        except OSError as error:
+            click.echo(
+                f"error: cannot write the trace to {trace_path}: {error.strerror or error}",
+                err=True,
+            )
+            sys.exit(1)
+        if not as_json:
             click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
     if received:
         sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
@@ -257,4 +265,4 @@ def simulate(
     from capos_sched.runtime.view import console, report_view
 
     out = console()
-    out.print(report_view(report, out.width))
+    out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))

@@ -101,7 +101,7 @@ def report_table(
     return table
 
 
-def report_header(report: dict[str, Any]) -> Text:
+def report_header(report: dict[str, Any], *, ascii_only: bool = False) -> Text:
     overhead = report.get("dispatch_overhead_ns") or {}
     parts = [
         f"{report['manifest']}",
@@ -121,7 +121,7 @@ def report_header(report: dict[str, Any]) -> Text:
         )
     if report.get("virtual_time"):
         parts.append("virtual time")
-    return Text(" · ".join(parts), style="bold")
+    return Text((" | " if ascii_only else " · ").join(parts), style="bold")
 
 
 def console() -> Console:
@@ -131,8 +131,12 @@ def console() -> Console:
     return Console(width=160, soft_wrap=False)
 
 
-def report_view(report: dict[str, Any], width: int = FULL_WIDTH) -> Group:
-    items: list[Any] = [report_header(report), report_table(report, width=width)]
+def report_view(
+    report: dict[str, Any], width: int = FULL_WIDTH, *, ascii_only: bool = False
+) -> Group:
+    """Header, table and notes; ``ascii_only`` for terminals that cannot show more."""
+    header = report_header(report, ascii_only=ascii_only)
+    items: list[Any] = [header, report_table(report, width=width)]
     for t in report["threads"]:
         if t.get("failed"):
             items.append(Text(f"{t['name']} failed: {t['failed']}", style="red"))
