@@ -7,23 +7,38 @@ and are registered here, so this file stays a table of contents.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from capos_sched.logs import configure_logging
+from capos_sched.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(LOG_LEVELS),
     default=None,
-    help="Minimum level of the structured log (written to stderr). "
+    help="Minimum level of the structured log. "
     "[default: info for serve, warning for every other command]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="auto",
+    show_default=True,
+    help="Log rendering: console (aligned text), json (one object per line), or auto "
+    "(console on a terminal, json otherwise).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Append the log to this file instead of stderr.  [default: stderr]",
 )
 @click.version_option(package_name="capos-sched")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str, log_file: Path | None) -> None:
     """capos-sched: a capability-secured weighted-fair scheduler service.
 
     Threads declared in CUE-style manifests run on simulated CPUs under the
@@ -33,7 +48,17 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     _tolerate_narrow_encodings()
     if log_level is None and ctx.invoked_subcommand == "serve":
         log_level = "info"  # a daemon says where it listens and what it does
-    configure_logging(log_level or "warning")
+    stream = None
+    if log_file is not None:
+        try:
+            stream = ctx.with_resource(
+                open(log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - ctx closes it
+            )
+        except OSError as error:
+            raise click.BadParameter(
+                f"cannot open {log_file}: {error.strerror or error}", param_hint="--log-file"
+            ) from None
+    configure_logging(log_level or "warning", log_format, stream)
 
 
 def _tolerate_narrow_encodings() -> None:

@@ -188,7 +188,7 @@ async def _signals(runtime: Any, received: list[int]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             received.append(signum)
-            log.warning("stopping", signal=signal.Signals(signum).name)
+            log.info("stopping", signal=signal.Signals(signum).name)
             runtime.request_stop(signal.Signals(signum).name)
 
 

@@ -128,6 +128,7 @@ def test_compose_file_parses_and_its_commands_exist() -> None:
 
     serve = _check_cli(services["daemon"]["command"])
     assert serve.info_name == "serve"
+    assert serve.parent is not None and serve.parent.params["log_format"] == "json"
     assert in_image(str(serve.params["manifest"])).is_file()
     listen = serve.params["listen"]
     assert (listen.kind, listen.host, listen.port) == ("tcp", "0.0.0.0", 7070)
