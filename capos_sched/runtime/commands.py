@@ -203,9 +203,8 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
     with Live(console=console, auto_refresh=False, transient=True) as live:
         while True:
             if runtime.running:
-                live.update(
-                    live_table(runtime.share_rows(), runtime.elapsed_ns(), duration), refresh=True
-                )
+                rows, elapsed = runtime.share_rows(), runtime.elapsed_ns()
+                live.update(live_table(rows, elapsed, duration, console.width), refresh=True)
             await trio.sleep(0.25)
 
 
