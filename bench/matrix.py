@@ -649,8 +649,23 @@ def measure(
     }
 
 
-@click.command("matrix")
-@click.option("--runs", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.command(
+    "matrix",
+    epilog="""\b
+Examples:
+  capos-sched bench matrix --json                     # measure, print, change nothing
+  capos-sched bench matrix --runs 5 --write-docs      # record docs/benchmarks.md
+  capos-sched bench matrix --cases fairness,ipc --runs 1 --window 1
+  capos-sched bench matrix --from-json bench/results/matrix.json
+""",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="Times the whole matrix is measured (medians and min-max spreads reported).",
+)
 @click.option(
     "--window",
     "window_s",
@@ -683,7 +698,7 @@ def measure(
     "--from-json",
     "from_json",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Measure nothing: render the docs section from a saved result.",
+    help="Measure nothing: render the docs section from a saved result.  [default: measure]",
 )
 @click.option(
     "--settle",

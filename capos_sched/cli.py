@@ -13,8 +13,37 @@ import click
 
 from capos_sched.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
+MAIN_EPILOG = """\b
+Examples:
+  capos-sched run                                    # the demo: the default manifest
+  capos-sched check manifests/*.cue
+  capos-sched simulate manifests/ipc-pairs.cue --json
+  capos-sched serve manifests/system-thread-fairness.cue --grants-dir /tmp/grants
+  capos-sched --log-format json --log-file daemon.log serve manifests/tuner.cue
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+\b
+Environment:
+  CAPOS_SCHED_DISABLE_WFQ=1  run, simulate and serve use the FIFO policy
+                             whatever the manifest or --policy says.
+  CAPOS_SCHED_RUN_DIR        where the default sockets live (listen.sock,
+                             admin.sock); unset: $XDG_RUNTIME_DIR/capos-sched,
+                             or /tmp/capos-sched-<uid> without XDG_RUNTIME_DIR.
+  CAPOS_SCHED_FD             set by serve for the processes it starts (their
+                             capability socket); set-weight, set-class and
+                             snapshot use it when no --token-file is given.
+
+\b
+Exit status: 0 on success; 1 on an error (a message on stderr: a manifest
+problem, a daemon error, an unreachable daemon); 2 on a usage error. run
+exits 130 / 143 when stopped by SIGINT / SIGTERM (after its report); serve
+exits 0 on either.
+"""
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=MAIN_EPILOG,
+)
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS),

@@ -99,7 +99,7 @@ async def test_a_real_worker_s_stderr_becomes_log_events() -> None:
     assert event["line"].startswith("attach 7 failed:")
 
 
-def _stopping_level(argv: list[str], ready: str, tmp_path: Path) -> str:
+def _stopping_level(argv: list[str], ready: str, tmp_path: Path) -> tuple[str, int]:
     tmp_path.mkdir()
     log_file = tmp_path / "stop.log"
     proc = subprocess.Popen(
@@ -122,7 +122,7 @@ def _stopping_level(argv: list[str], ready: str, tmp_path: Path) -> str:
             proc.wait()
     (event,) = [e for e in json_lines(log_file.read_text()) if e["event"] == "stopping"]
     assert event["signal"] == "SIGTERM"
-    return event["level"]
+    return event["level"], proc.returncode
 
 
 def test_stopping_has_one_level_for_run_and_serve(tmp_path: Path) -> None:
@@ -134,4 +134,5 @@ def test_stopping_has_one_level_for_run_and_serve(tmp_path: Path) -> None:
     serve_args = ["serve", FAIRNESS, "--no-execute"]
     serve_args += ["--listen", f"unix:{sockets}/l.sock", "--admin", f"unix:{sockets}/a.sock"]
     serve = _stopping_level(serve_args, '"serving"', tmp_path / "serve")
-    assert run == serve == "info"
+    assert run[0] == serve[0] == "info"
+    assert (run[1], serve[1]) == (143, 0)  # as their --help says
