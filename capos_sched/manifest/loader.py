@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from . import syntax
 from .errors import Diagnostic, Diagnostics, ManifestError, Pos, Source
 from .evaluator import Evaluator, Exported, close_root, export
 from .plan import Plan
+from .render import json_text
 from .validate import build_plan
 
 DEFAULT_MANIFEST: Path = paths.DEFAULT_MANIFEST
@@ -193,21 +193,5 @@ def _file_error(filename: str, message: str) -> ManifestError:
     return ManifestError((Diagnostic.whole_file(filename, message),))
 
 
-def exported_json(exported: Exported) -> Any:
-    """Exported data with exact decimals turned into JSON numbers."""
-    return _jsonable(exported.data)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if type(value).__name__ == "Decimal":
-        return float(value)
-    return value
-
-
 def _with_export(plan: Plan, exported: Exported) -> Plan:
-    text = json.dumps(exported_json(exported), ensure_ascii=False, separators=(",", ":"))
-    return Plan(plan.source, plan.machine, plan.processes, exported=text)
+    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, 0))
