@@ -10,7 +10,6 @@ import contextlib
 import functools
 import gc
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,6 @@ SCHEMA_PATH: Path = paths.MANIFEST_SCHEMA
 
 _log = structlog.get_logger(__name__)
 
-# The lark parser and its comma post-lexer are shared and keep per-parse
-# state, so one parse runs at a time.
-_parse_lock = threading.Lock()
-
 
 @functools.cache
 def schema_file() -> syntax.File:
@@ -48,8 +43,7 @@ def schema_file() -> syntax.File:
         raise ManifestError(
             (Diagnostic.whole_file(str(SCHEMA_PATH), f"cannot read the schema: {error.strerror}"),)
         ) from None
-    with _parse_lock:
-        parsed = syntax.parse(Source(str(SCHEMA_PATH), text, is_schema=True), diagnostics)
+    parsed = syntax.parse(Source(str(SCHEMA_PATH), text, is_schema=True), diagnostics)
     diagnostics.raise_if_any()
     assert parsed is not None
     return parsed
@@ -78,8 +72,7 @@ def evaluate(
 ) -> tuple[syntax.File, Exported] | None:
     """Parse ``source`` and export it, unified with the schema unless
     ``with_schema`` is False (problems go to ``diagnostics``)."""
-    with _parse_lock:
-        parsed = syntax.parse(source, diagnostics)
+    parsed = syntax.parse(source, diagnostics)
     if parsed is None:
         return None
     if not with_schema:
