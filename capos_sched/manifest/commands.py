@@ -9,7 +9,7 @@ import click
 from .errors import ManifestError
 from .loader import load_plan
 from .plan import Plan
-from .render import to_cue
+from .render import json_text, to_cue
 
 
 def _summary(plan: Plan) -> str:
@@ -107,8 +107,13 @@ def export(manifest: str, as_json: bool) -> None:
     except ManifestError as error:
         click.echo(str(error), err=True)
         raise SystemExit(1) from None
-    data = plan.to_json()
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(export_json_text(plan))
     else:
-        click.echo(to_cue(data), nl=False)
+        click.echo(to_cue(plan.to_json()), nl=False)
+
+
+def export_json_text(plan: Plan) -> str:
+    """What ``export --json`` prints for ``plan``: the data ``cue export`` gives,
+    numbers exact."""
+    return json_text(plan.to_json())
