@@ -36,6 +36,7 @@ from typing import Any
 
 import click
 
+from capos_sched.interpreter import ISOLATED
 from capos_sched.paths import MANIFESTS_DIR
 
 IDLE_MANIFEST = """\
@@ -247,6 +248,7 @@ def _daemon(manifest: Path, workdir: Path, kind: str, tag: str, extra: tuple[str
     proc = subprocess.Popen(
         [
             sys.executable,
+            ISOLATED,
             "-c",
             "from capos_sched.cli import main; main()",
             "--log-level",
@@ -339,6 +341,7 @@ def _run_bench(
     echo = subprocess.Popen(
         [
             sys.executable,
+            ISOLATED,
             "-c",
             f"from capos_sched.rpc.bench import echo_server; echo_server({echo_addr!r})",
         ],

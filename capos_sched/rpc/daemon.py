@@ -30,9 +30,10 @@ import trio
 
 from .addr import Address
 from .bridge import Bridge
+from .children import check_exec
 from .grants import GrantTable, HostLike
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService, _check_exec
+from .service import PlanLoader, RpcConfig, RpcService
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -93,7 +94,7 @@ async def serve_async(
     for proc in plan.processes:
         argv = getattr(proc, "exec", None)
         if argv:
-            _check_exec(proc.name, tuple(argv), config.base_dir)
+            check_exec(proc.name, tuple(argv), config.base_dir)
     host = host_factory(plan)
     grants = GrantTable.from_plan(plan, host, config.grants_dir)
     owner = Owner(host, grants, config.manifest_name)

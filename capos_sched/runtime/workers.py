@@ -17,12 +17,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 
 import attrs
 import structlog
 import trio
 
+from capos_sched.interpreter import python_module_argv
 from capos_sched.runtime.protocol import (
     FLAG_BYTES,
     OP_ATTACH,
@@ -102,9 +102,7 @@ class Worker:
             self.sock = None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            cmd = [
-                sys.executable,
-                "-m",
+            cmd = python_module_argv(
                 "capos_sched.runtime.worker",
                 "--sock",
                 str(child_end.fileno()),
@@ -117,7 +115,7 @@ class Worker:
                 "--core",
                 str(-1 if self.core is None else self.core),
                 *(["--sched-idle"] if self.sched_idle else []),
-            ]
+            )
             # Spawned synchronously from the trio thread, on purpose: the worker's
             # PR_SET_PDEATHSIG fires when the *thread* that forked it exits, and
             # trio.lowlevel.open_process forks from a cached helper thread that
