@@ -645,8 +645,10 @@ class Runtime(PlanHost):
             stop = Stop.FINISHED if status == ST_COMPLETE else Stop.EXPIRED
         else:
             assert rt.program is not None
-            done = limit if status == ST_LIMIT else min(elapsed, limit)
-            _, stop = rt.program.run(done)
+            # Credited exactly what the core is charged: the CPU time the
+            # worker used (a slice cut short by the wall cap or a preempt
+            # credits, and is charged, less than its limit).
+            _, stop = rt.program.run(elapsed)
         end = self.now_ns()
         if self.trace is not None:
             self.trace.dispatch(
