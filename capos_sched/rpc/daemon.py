@@ -32,7 +32,7 @@ from .addr import Address
 from .bridge import Bridge
 from .grants import GrantTable, HostLike
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService, _check_exec
+from .service import PlanLoader, RpcConfig, RpcService, ServeError, _check_exec
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -115,7 +115,7 @@ async def serve_async(
             await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
             try:
                 await trio.to_thread.run_sync(service.start)
-            except (OSError, ValueError) as exc:  # AddressError is a ValueError
+            except ServeError as exc:
                 log.error("cannot serve", error=str(exc))
                 status = 1
                 nursery.cancel_scope.cancel()

@@ -35,7 +35,7 @@ import structlog
 from . import offload, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
-from .errors import wire_error
+from .errors import scrub, wire_error
 from .grants import ProcessGrants
 from .owner import LoadResult, Owner
 from .servers import AdminServer, CapSetServer, ConnContext, RestorerServer, RpcCounters
@@ -48,6 +48,10 @@ A module-level function: it runs in a child interpreter (see offload.py)."""
 
 FD_ENV = "CAPOS_SCHED_FD"
 PROCESS_ENV = "CAPOS_SCHED_PROCESS"
+
+
+class ServeError(Exception):
+    """The RPC thread could not start serving (the text says why)."""
 
 
 @attrs.define
@@ -101,7 +105,8 @@ class RpcService:
         self._initial = processes
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._error: str | None = None
+        """Why the thread failed, as text: an exception would carry RPC-thread frames."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -121,7 +126,7 @@ class RpcService:
         if not self._ready.wait(timeout):
             raise RuntimeError("RPC thread did not start in time")
         if self._error is not None:
-            raise self._error
+            raise ServeError(self._error)
 
     def request_stop(self) -> None:
         loop, stop = self._loop, self._stop
@@ -134,15 +139,17 @@ class RpcService:
             self._thread.join(timeout)
 
     @property
-    def failed(self) -> BaseException | None:
+    def failed(self) -> str | None:
+        """Why the RPC thread failed (None while it runs or after a clean stop)."""
         return self._error
 
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
         except BaseException as exc:
-            log.exception("RPC thread failed")
-            self._error = exc
+            log.error("RPC thread failed", error=_short(exc), exc_info=exc)
+            self._error = self._error or _short(exc)
+            scrub(exc)
         finally:
             self._ready.set()
             self.finished.set()
@@ -160,8 +167,9 @@ class RpcService:
                 await self._open_listeners()
                 for name, argv, pg in self._initial:
                     await self._start_child(name, argv, pg)
-            except BaseException as exc:
-                self._error = exc
+            except Exception as exc:
+                self._error = _short(exc)
+                scrub(exc)
                 await self._shutdown()
                 return
             self._ready.set()
@@ -176,6 +184,8 @@ class RpcService:
             _close_quietly(server, stream)
             ctx.close()
         self._conns.clear()
+        self._servers.clear()
+        self.bridge.detach()  # unanswered futures are failed and dropped in this thread
         for path in self.addresses.values():
             if path.startswith("unix:"):
                 with contextlib.suppress(OSError):
@@ -236,6 +246,7 @@ class RpcService:
             log.debug("connection closed", conn=ctx.id, kind=ctx.kind)
         except Exception as exc:  # a bad peer: garbage, oversized, truncated
             log.info("connection dropped", conn=ctx.id, kind=ctx.kind, reason=_short(exc))
+            scrub(exc)
         finally:
             self.counters.connections -= 1
             if self._conns.pop(ctx.id, None) is not None:
