@@ -30,9 +30,10 @@ import trio
 
 from .addr import Address
 from .bridge import Bridge
+from .gate import GateLimits
 from .grants import GrantTable, HostLike
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService, ServeError, _check_exec
+from .service import PlanLoader, RpcConfig, RpcService, ServeError, SocketLimits, _check_exec
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -56,7 +57,12 @@ class DaemonConfig:
     grants_dir: Path | None = None
     base_dir: Path = attrs.field(factory=Path.cwd)
     max_calls: int = 1024
-    max_connections: int = 256
+    max_connections: int = 128
+    """Connections the listen socket accepts (the admin socket has its own 16)."""
+    max_per_uid: int | None = 32
+    idle_timeout_s: float | None = 10.0
+    max_answers: int = 1024
+    stall_timeout_s: float = 10.0
 
 
 @attrs.define
@@ -98,11 +104,18 @@ async def serve_async(
     grants = GrantTable.from_plan(plan, host, config.grants_dir)
     owner = Owner(host, grants, config.manifest_name)
     bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
+    gate = GateLimits(max_answers=config.max_answers, stall_timeout_s=config.stall_timeout_s)
     rpc_config = RpcConfig(
         listen=config.listen,
         admin=config.admin,
         max_calls=config.max_calls,
-        max_connections=config.max_connections,
+        listen_limits=SocketLimits(
+            config.max_connections,
+            config.max_per_uid,
+            config.idle_timeout_s,
+            gate,
+        ),
+        admin_limits=SocketLimits(16, gate=gate),
         base_dir=config.base_dir,
     )
     service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())

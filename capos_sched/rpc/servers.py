@@ -62,6 +62,7 @@ class RpcCounters:
         self.refused = 0
         self.overloaded = 0
         self.internal_errors = 0
+        self.refused_connections = 0
 
 
 class ConnContext:
@@ -80,7 +81,9 @@ class ConnContext:
         "kind",
         "max_calls",
         "registry",
+        "restored",
         "service",
+        "sessions",
     )
 
     def __init__(
@@ -101,10 +104,15 @@ class ConnContext:
         self.registry = HookRegistry()
         self.caps: dict[Grant, Any] = {}
         """The capability handed out for each grant on this connection."""
+        self.sessions: dict[ProcessGrants, Any] = {}
+        """The CapSet handed out for each process restored on this connection."""
+        self.restored = False
+        """A token was restored on this connection (it is no longer idle)."""
 
     def close(self) -> None:
         self.registry.clear()
         self.caps.clear()
+        self.sessions.clear()
 
 
 Method = Callable[[Any, Any], Awaitable[None]]
@@ -208,8 +216,13 @@ class RestorerServer(capos().Restorer.Server):  # type: ignore[misc,name-defined
         token = bytes(context.params.token)
         if not 0 < len(token) <= MAX_TOKEN_BYTES:
             raise wire_error("disconnected", "unknown or revoked token")
-        pg = await self._ctx.bridge.submit(functools.partial(Owner.restore, token=token))
-        context.results.caps = CapSetServer(self._ctx, pg)
+        ctx = self._ctx
+        pg = await ctx.bridge.submit(functools.partial(Owner.restore, token=token))
+        ctx.restored = True
+        client = ctx.sessions.get(pg)
+        if client is None:  # one CapSet per process per connection, however often restored
+            client = ctx.sessions[pg] = capos().CapSet._new_client(CapSetServer(ctx, pg))
+        context.results.caps = client
 
 
 class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
