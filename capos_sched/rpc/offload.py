@@ -3,21 +3,25 @@
 Parsing and evaluating a manifest is CPU-bound (up to an 8 MiB source), and
 CPU-bound work never runs in the daemon's interpreter: in a thread it would
 hold the GIL against the trio thread's dispatch and the RPC loop. The
-daemon starts ``python -m capos_sched.rpc.offload``, writes the pickled
-``(loader, source, name)`` to its stdin and reads back a pickled
-``(True, plan)`` or ``(False, diagnostics_text)``. The loader must be a
-module-level function (pickled by reference). The child is killed if the
-call is cancelled or takes longer than its time limit.
+daemon starts ``python -I -m capos_sched.rpc.offload`` (isolated, see
+interpreter.py), writes the pickled ``(loader, source, name)`` to its stdin
+and reads back a pickled ``(True, plan)`` or ``(False, diagnostics_text)``.
+The loader must be a module-level function (pickled by reference). The child
+is killed if the call is cancelled or takes longer than its time limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from capos_sched.interpreter import python_module_argv
+from capos_sched.procguard import set_parent_death_signal
 
 LOAD_TIMEOUT_S = 100.0
 """How long a manifest may take to evaluate (the client waits 120 s for load)."""
@@ -36,9 +40,7 @@ async def run_loader(
     """``loader(source, name)`` in a child interpreter: its plan, or OffloadError."""
     request = pickle.dumps((loader, source, name), protocol=pickle.HIGHEST_PROTOCOL)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "capos_sched.rpc.offload",
+        *python_module_argv("capos_sched.rpc.offload", "--parent", str(os.getpid())),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -63,6 +65,8 @@ async def run_loader(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--parent"]:
+        set_parent_death_signal(int(sys.argv[2]))  # a daemon killed mid-load takes us along
     loader, source, name = pickle.loads(sys.stdin.buffer.read())
     try:
         answer = (True, loader(source, name))

@@ -4,8 +4,7 @@ pycapnp speaks asyncio only, so the capability surface lives on its own
 asyncio loop in a dedicated thread, while the trio thread owns scheduling
 state (see bridge.py). This thread owns: the ``--listen`` socket (bootstrap:
 Restorer), the ``--admin`` socket (bootstrap: Admin), per-connection state,
-and the processes a manifest runs with ``exec`` (each gets its CapSet as the
-bootstrap of an inherited socketpair, fd number in ``CAPOS_SCHED_FD``).
+and the processes a manifest runs with ``exec`` (supervised by children.py).
 
 Bad peers are contained per connection: a message larger than the
 connection's traversal limit, garbage, a truncated message or a vanished
@@ -19,10 +18,7 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
-import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,23 +28,21 @@ import attrs
 import capnp
 import structlog
 
-from . import offload, unwrap
+from . import offload, peers, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
+from .children import ChildSupervisor, base_dir, check_exec
 from .errors import scrub, wire_error
 from .gate import Gate, GateLimits
 from .grants import ProcessGrants
 from .owner import LoadResult, Owner
-from .servers import AdminServer, CapSetServer, ConnContext, RestorerServer, RpcCounters
+from .servers import AdminServer, ConnContext, RestorerServer, RpcCounters
 
 log = structlog.get_logger("capos_sched.rpc")
 
 PlanLoader = Callable[[str, str], Any]
 """``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics.
 A module-level function: it runs in a child interpreter (see offload.py)."""
-
-FD_ENV = "CAPOS_SCHED_FD"
-PROCESS_ENV = "CAPOS_SCHED_PROCESS"
 
 
 @attrs.define
@@ -101,21 +95,10 @@ class RpcConfig:
     admin_words: int = 2 * 1024 * 1024
     base_dir: Path = attrs.field(factory=Path.cwd)
     stop_grace_s: float = 3.0
-
-
-@attrs.define(eq=False)
-class Child:
-    """A process the manifest runs with ``exec``.
-
-    Invariant: ``process`` is None only while starting or after a failed start.
-    """
-
-    name: str
-    argv: tuple[str, ...]
-    process: asyncio.subprocess.Process | None = None
-    stream: Any = None
-    server: Any = None
-    tasks: list[asyncio.Task[Any]] = attrs.Factory(list)
+    exec_user: str | None = None
+    """Exec'd processes run as this user (see children.py)."""
+    refuse_descendants: bool = True
+    """Close connections from the daemon's descendants (see peers.py)."""
 
 
 class RpcService:
@@ -142,7 +125,13 @@ class RpcService:
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, Conn] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._children: dict[str, Child] = {}
+        self.children = ChildSupervisor(
+            new_ctx=self._new_ctx,
+            serve=self._serve,
+            words=config.listen_words,
+            stop_grace_s=config.stop_grace_s,
+            exec_user=config.exec_user,
+        )
         self._next_conn = 0
         self._load_lock: asyncio.Lock | None = None
         self.addresses: dict[str, str] = {}
@@ -197,7 +186,7 @@ class RpcService:
             try:
                 await self._open_listeners()
                 for name, argv, pg in self._initial:
-                    await self._start_child(name, argv, pg)
+                    await self.children.start(name, argv, pg, self.config.base_dir)
             except Exception as exc:
                 self._error = _short(exc)
                 scrub(exc)
@@ -210,7 +199,7 @@ class RpcService:
     async def _shutdown(self) -> None:
         for srv in self._servers:
             srv.close()
-        await asyncio.gather(*(self._stop_child(c) for c in list(self._children.values())))
+        await self.children.stop_all()
         for conn in list(self._conns.values()):
             _close_conn(conn)
         self._conns.clear()
@@ -232,13 +221,13 @@ class RpcService:
         if cfg.admin is not None:
             if cfg.admin.kind != "unix":
                 raise ValueError("--admin must be a unix: address (its mode is the authority)")
-            sock = bind_unix(str(cfg.admin.path), ADMIN_SOCKET_MODE)
+            sock = self._guard(bind_unix(str(cfg.admin.path), ADMIN_SOCKET_MODE), "admin")
             srv = await loop.create_unix_server(self._gates("admin"), sock=sock)
             self._servers.append(srv)
             self.addresses["admin"] = str(cfg.admin)
         if cfg.listen is not None:
             if cfg.listen.kind == "unix":
-                sock = bind_unix(str(cfg.listen.path), LISTEN_SOCKET_MODE)
+                sock = self._guard(bind_unix(str(cfg.listen.path), LISTEN_SOCKET_MODE), "listen")
                 srv = await loop.create_unix_server(self._gates("listen"), sock=sock)
                 self.addresses["listen"] = str(cfg.listen)
             else:
@@ -248,6 +237,9 @@ class RpcService:
                 host, port = srv.sockets[0].getsockname()[:2]
                 self.addresses["listen"] = str(Address("tcp", host=host, port=port))
             self._servers.append(srv)
+
+    def _guard(self, sock: socket.socket, kind: str) -> socket.socket:
+        return peers.guard(sock, kind) if self.config.refuse_descendants else sock
 
     def _limits(self, kind: str) -> SocketLimits:
         return self.config.admin_limits if kind == "admin" else self.config.listen_limits
@@ -374,11 +366,11 @@ class RpcService:
                 plan = await offload.run_loader(self.loader, source, name)
             except offload.OffloadError as exc:
                 raise wire_error("invalidArgument", str(exc)) from None
-            base = _base_dir(name, self.config.base_dir)
+            base = base_dir(name, self.config.base_dir)
             for proc in plan.processes:
                 argv = getattr(proc, "exec", None)
                 if argv:
-                    _check_exec(proc.name, tuple(argv), base)
+                    check_exec(proc.name, tuple(argv), base)
             result: LoadResult = await self.bridge.submit(
                 functools.partial(Owner.load, plan=plan, name=name)
             )
@@ -390,123 +382,11 @@ class RpcService:
                 revoked=result.revoked,
             )
             stop = [*result.diff.removed_processes, *result.diff.restarted_processes]
-            await asyncio.gather(
-                *(self._stop_child(self._children[n]) for n in stop if n in self._children)
-            )
+            await self.children.stop_many(stop)
             self.config.base_dir = base
             for pname, argv, pg in result.start:
-                await self._start_child(pname, argv, pg)
+                await self.children.start(pname, argv, pg, base)
             return result
-
-    # -------------------------------------------------------------- children
-
-    async def _start_child(self, name: str, argv: tuple[str, ...], pg: ProcessGrants) -> None:
-        child = Child(name, argv)
-        self._children[name] = child
-        ours, theirs = socket.socketpair()
-        try:
-            ctx = self._new_ctx(f"exec:{name}")
-            child.stream = await capnp.AsyncIoStream.create_connection(sock=ours)
-            cap_set = CapSetServer(ctx, pg)
-            env = dict(os.environ)
-            env[FD_ENV] = str(theirs.fileno())
-            env[PROCESS_ENV] = name
-            env["PATH"] = _child_path(env.get("PATH", ""))
-            env.setdefault("PYTHONUNBUFFERED", "1")
-            child.process = await asyncio.create_subprocess_exec(
-                *argv,
-                pass_fds=(theirs.fileno(),),
-                env=env,
-                cwd=str(self.config.base_dir),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except Exception as exc:
-            log.error("process failed to start", process=name, argv=list(argv), error=str(exc))
-            if child.stream is not None:
-                child.stream.close()
-            ours.close()
-            self._children.pop(name, None)
-            return
-        finally:
-            theirs.close()
-        log.info("process started", process=name, pid=child.process.pid, argv=list(argv))
-        child.tasks = [
-            asyncio.create_task(self._serve(ctx, child.stream, cap_set, self.config.listen_words)),
-            asyncio.create_task(_pump(name, "stdout", child.process.stdout)),
-            asyncio.create_task(_pump(name, "stderr", child.process.stderr)),
-            asyncio.create_task(self._watch_child(child)),
-        ]
-
-    async def _watch_child(self, child: Child) -> None:
-        assert child.process is not None
-        code = await child.process.wait()
-        log.info("process exited", process=child.name, pid=child.process.pid, returncode=code)
-
-    async def _stop_child(self, child: Child) -> None:
-        proc = child.process
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.config.stop_grace_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-            log.info("process stopped", process=child.name, returncode=proc.returncode)
-        for task in child.tasks:
-            task.cancel()
-        await asyncio.gather(*child.tasks, return_exceptions=True)
-        if child.stream is not None:
-            child.stream.close()
-        if self._children.get(child.name) is child:
-            del self._children[child.name]
-
-
-async def _pump(name: str, stream_name: str, reader: asyncio.StreamReader | None) -> None:
-    if reader is None:
-        return
-    while True:
-        try:
-            line = await reader.readline()
-        except ValueError:  # a line longer than the reader's limit
-            line = await reader.read(64 * 1024)
-        if not line:
-            return
-        log.info(
-            "process output",
-            process=name,
-            stream=stream_name,
-            line=line.decode(errors="replace").rstrip("\n"),
-        )
-
-
-def _child_path(path: str) -> str:
-    """PATH for children: the daemon's interpreter directory first, so
-    ``python`` in a manifest's ``exec`` is the daemon's own (with capos_sched)."""
-    bindir = os.path.dirname(sys.executable)
-    parts = [p for p in path.split(os.pathsep) if p and p != bindir]
-    return os.pathsep.join([bindir, *parts])
-
-
-def _base_dir(name: str, default: Path) -> Path:
-    path = Path(name)
-    return path.parent if path.is_absolute() and path.parent.is_dir() else default
-
-
-def _check_exec(process: str, argv: tuple[str, ...], base: Path) -> None:
-    """Refuse (before anything changes) an exec whose program cannot be found."""
-    prog = argv[0]
-    if "/" in prog:
-        full = prog if os.path.isabs(prog) else str(base / prog)
-        ok = os.path.isfile(full) and os.access(full, os.X_OK)
-    else:
-        ok = shutil.which(prog, path=_child_path(os.environ.get("PATH", ""))) is not None
-    if not ok:
-        raise wire_error("invalidArgument", f"process {process}: exec program {prog!r} not found")
 
 
 def _close_quietly(server: Any, stream: Any) -> None:

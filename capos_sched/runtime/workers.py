@@ -17,12 +17,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+import threading
+from typing import IO
 
 import attrs
 import structlog
 import trio
 
+from capos_sched.interpreter import python_module_argv
 from capos_sched.runtime.protocol import (
     FLAG_BYTES,
     OP_ATTACH,
@@ -64,6 +66,31 @@ def pinned_cores(cpus: int) -> list[int] | None:
     return allowed[:cpus]
 
 
+WORKER_PREFIX = "capos-sched worker: "
+
+
+def relay_stderr(pipe: IO[bytes], cpu: int, pid: int) -> threading.Thread:
+    """Forward a worker's stderr (its set-up warnings, a dying traceback) to the
+    structured log, one ``worker stderr`` warning per line, until EOF.
+
+    A thread, not a trio task: the pipe must drain whoever owns the worker, and
+    the thread ends by itself when the process exits (EOF).
+    """
+
+    def pump() -> None:
+        with pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    log.warning(
+                        "worker stderr", cpu=cpu, pid=pid, line=line.removeprefix(WORKER_PREFIX)
+                    )
+
+    thread = threading.Thread(target=pump, name=f"capos-sched-worker-stderr-{cpu}", daemon=True)
+    thread.start()
+    return thread
+
+
 @attrs.define(eq=False)
 class Worker:
     """One worker process serving CPU ``cpu``.
@@ -102,9 +129,7 @@ class Worker:
             self.sock = None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            cmd = [
-                sys.executable,
-                "-m",
+            cmd = python_module_argv(
                 "capos_sched.runtime.worker",
                 "--sock",
                 str(child_end.fileno()),
@@ -117,7 +142,7 @@ class Worker:
                 "--core",
                 str(-1 if self.core is None else self.core),
                 *(["--sched-idle"] if self.sched_idle else []),
-            ]
+            )
             # Spawned synchronously from the trio thread, on purpose: the worker's
             # PR_SET_PDEATHSIG fires when the *thread* that forked it exits, and
             # trio.lowlevel.open_process forks from a cached helper thread that
@@ -126,7 +151,10 @@ class Worker:
                 cmd,
                 pass_fds=(child_end.fileno(), self.flag_fd),
                 stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # into the structured log, not raw on ours
             )
+            assert self.process.stderr is not None
+            relay_stderr(self.process.stderr, self.cpu, self.process.pid)
         except OSError as exc:  # out of processes or descriptors (EAGAIN, EMFILE)
             parent_end.close()
             raise WorkerDied(f"cannot start the worker for CPU {self.cpu}: {exc}") from exc
