@@ -393,6 +393,10 @@ class _SyntaxErrorReporter:
     def _message(self, token: Token, expected: set[str]) -> str:
         if token.type in _UNSUPPORTED_TOKENS:
             return _UNSUPPORTED_TOKENS[token.type]
+        if token.type == "ARROW":
+            return (
+                "unexpected `<-` (one token in CUE); for a bound on a negative number write `< -1`"
+            )
         if token.type == "BAD_CHAR" and token.value == "#":
             return "unexpected character `#`; a definition name is `#` followed by a letter"
         line = self.source.line(token.line) if token.line else ""
