@@ -253,6 +253,11 @@ def test_a_default_reference_overrides_the_schema_default():
 # Syntax errors say what is wrong, first
 
 
+def test_a_missing_colon_is_not_an_embedding():
+    text = "machine: cpus: 1\nprocesses 1\n"
+    error_at(text, "1\n", "unexpected number `1`; expected `:`", occurrence=2)
+
+
 def test_an_arrow_is_one_token():
     text = "x: int8 & <-127\n"
     assert located(text) == [
