@@ -23,7 +23,28 @@ def _summary(plan: Plan) -> str:
     )
 
 
-@click.command()
+CHECK_EPILOG = """\b
+Examples:
+  capos-sched check manifests/*.cue
+  capos-sched check --json my.cue | jq '.files[] | select(.ok | not)'
+
+\b
+Exit status: 0 when every file is valid; 1 when any is not (or cannot be
+read); 2 on a usage error.
+"""
+
+EXPORT_EPILOG = """\b
+Examples:
+  capos-sched export manifests/system-thread-fairness.cue
+  capos-sched export manifests/default.cue --json
+
+\b
+Exit status: 0 on success; 1 when the manifest is invalid or cannot be read;
+2 on a usage error.
+"""
+
+
+@click.command(epilog=CHECK_EPILOG)
 @click.argument("manifests", nargs=-1, required=True, metavar="MANIFEST...")
 @click.option(
     "--json",
@@ -62,7 +83,7 @@ def check(manifests: tuple[str, ...], as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@click.command()
+@click.command(epilog=EXPORT_EPILOG)
 @click.argument("manifest", metavar="MANIFEST")
 @click.option(
     "--json",

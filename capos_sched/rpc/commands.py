@@ -23,6 +23,7 @@ import click
 import structlog
 
 from capos_sched.core import LatencyClass
+from capos_sched.core.constants import MAX_CPUS
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
@@ -118,30 +119,56 @@ def plan_loader(source: str, name: str) -> Any:
 
 # -------------------------------------------------------------------- serve
 
+SOCKETS_HELP = """\b
+The default sockets live in RUN_DIR: $CAPOS_SCHED_RUN_DIR, else
+$XDG_RUNTIME_DIR/capos-sched, else /tmp/capos-sched-<uid> (created mode 0700)."""
 
-@click.command()
+SERVE_EPILOG = f"""\b
+Examples:
+  capos-sched serve manifests/system-thread-fairness.cue --grants-dir /tmp/grants
+  capos-sched serve manifests/tuner.cue --listen tcp:127.0.0.1:7070
+  capos-sched serve manifests/system-thread-fairness.cue --no-execute --cpus 4
+
+{SOCKETS_HELP}
+
+\b
+CAPOS_SCHED_DISABLE_WFQ=1 runs every plan under the FIFO policy.
+
+\b
+Exit status: serve exits 0 on SIGINT or SIGTERM (a clean stop); 1 when the
+manifest is invalid or a socket cannot be served; 2 on a usage error.
+"""
+
+
+@click.command(epilog=SERVE_EPILOG)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--listen",
     type=ADDRESS,
     default=None,
-    help="Where the Restorer is served (unix:PATH or tcp:HOST:PORT). "
-    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+    help="Where the Restorer is served (unix:PATH or tcp:HOST:PORT).  "
+    "[default: unix:RUN_DIR/listen.sock]",
 )
 @click.option(
     "--admin",
     type=ADDRESS,
     default=None,
-    help="Unix socket (mode 0600) serving the Admin capability. "
-    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+    help="Unix socket (mode 0600) serving the Admin capability.  "
+    "[default: unix:RUN_DIR/admin.sock]",
 )
 @click.option(
     "--grants-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write <process>.token (mode 0600) here for each process with grants.",
+    help="Write <process>.token (mode 0600) here for each process with grants.  "
+    "[default: none; then no process can connect with a token]",
 )
-@click.option("--cpus", type=click.IntRange(1, 64), default=None, help="Override machine.cpus.")
+@click.option(
+    "--cpus",
+    type=click.IntRange(1, MAX_CPUS),
+    default=None,
+    help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
+)
 @click.option(
     "--execute/--no-execute",
     default=True,
@@ -163,6 +190,49 @@ def plan_loader(source: str, name: str) -> Any:
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@click.option(
+    "--max-answers",
+    type=click.IntRange(1, 1_000_000),
+    default=1024,
+    show_default=True,
+    help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
+    "reading its connection.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a peer may stay at --max-answers before it is disconnected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=128,
+    show_default=True,
+    help="Connections the --listen socket accepts (the admin socket has its own limit of 16).",
+)
+@click.option(
+    "--max-connections-per-uid",
+    type=click.IntRange(1, 100_000),
+    default=32,
+    show_default=True,
+    help="Connections one local user (by SO_PEERCRED) may hold on a unix --listen socket.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a --listen connection may stay open without restoring a token.",
+)
+@click.option(
+    "--exec-user",
+    default=None,
+    metavar="USER",
+    help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
+    "see docs/capabilities.md.  [default: the daemon's own user]",
+)
 def serve(
     manifest: Path,
     listen: Address | None,
@@ -172,17 +242,26 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    max_answers: int,
+    stall_timeout: float,
+    max_connections: int,
+    max_connections_per_uid: int,
+    idle_timeout: float,
+    exec_user: str | None,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
     from capos_sched.manifest import ManifestError, load_plan
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
+    from .grantsdir import GrantsDirError
 
     try:
         plan = load_plan(manifest)
     except ManifestError as exc:
         _fail(f"invalidArgument: {exc}")
+    if exec_user is not None:
+        _check_exec_user(exec_user)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
@@ -196,9 +275,15 @@ def serve(
         manifest_name=str(manifest.resolve()),
         listen=listen,
         admin=admin,
-        grants_dir=grants_dir.resolve() if grants_dir else None,
+        grants_dir=grants_dir.absolute() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
+        max_answers=max_answers,
+        stall_timeout_s=stall_timeout,
+        max_connections=max_connections,
+        max_per_uid=max_connections_per_uid,
+        idle_timeout_s=idle_timeout,
+        exec_user=exec_user,
     )
     factory, runner = host_plugin(cpus, execute, idle_workers)
     try:
@@ -207,7 +292,20 @@ def serve(
         )
     except WireError as exc:  # the plan was refused before anything started
         _fail(exc.wire_text)
+    except GrantsDirError as exc:
+        _fail(f"invalidArgument: {exc}")
     sys.exit(status)
+
+
+def _check_exec_user(name: str) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        _fail("invalidArgument: --exec-user needs a daemon running as root")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        _fail(f"invalidArgument: --exec-user {name!r}: no such user")
 
 
 # --------------------------------------------------------------- operators
@@ -217,7 +315,7 @@ admin_option = click.option(
     "admin_addr",
     type=ADDRESS,
     default=None,
-    help="The daemon's admin socket. [default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+    help="The daemon's admin socket.  [default: unix:RUN_DIR/admin.sock, see serve --help]",
 )
 
 
@@ -225,7 +323,17 @@ def _admin(addr: Address | None) -> Address:
     return addr or parse_address(default_admin())
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched load manifests/default.cue
+  capos-sched load --admin unix:/run/capos/admin.sock my.cue
+
+\b
+Exit status: 0 when the plan was replaced; 1 when the manifest is invalid
+(nothing changed) or the daemon cannot be reached; 2 on a usage error.
+"""
+)
 @admin_option
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 def load(admin_addr: Address | None, manifest: Path) -> None:
@@ -246,7 +354,13 @@ def load(admin_addr: Address | None, manifest: Path) -> None:
         click.echo(f"{key}: {' '.join(result[key]) or '-'}")
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched revoke tuner.policy     # one grant
+  capos-sched revoke tuner            # every grant of the process, and its token
+"""
+)
 @admin_option
 @click.argument("target", metavar="PROCESS[.GRANT]")
 def revoke(admin_addr: Address | None, target: str) -> None:
@@ -282,7 +396,13 @@ def split_target(target: str, processes: set[str]) -> tuple[str, str | None]:
     return best
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched grants
+  capos-sched grants --json --admin unix:/run/capos/admin.sock
+"""
+)
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def grants(admin_addr: Address | None, as_json: bool) -> None:
@@ -313,7 +433,13 @@ def _row_dict(row: Any) -> dict[str, Any]:
     }
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched stats
+  capos-sched stats --json | jq '.threads[] | {name, runtime_ns}'
+"""
+)
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(admin_addr: Address | None, as_json: bool) -> None:
@@ -368,16 +494,16 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--token-file",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="The process's token file (from serve --grants-dir). Without it, "
-        "the socket inherited through $CAPOS_SCHED_FD is used.",
+        help="The process's token file (from serve --grants-dir).  "
+        "[default: the socket inherited through $CAPOS_SCHED_FD]",
     )(fn)
     fn = click.option(
         "--connect",
         "connect_addr",
         type=ADDRESS,
         default=None,
-        help="The daemon's --listen address. "
-        "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+        help="The daemon's --listen address.  "
+        "[default: unix:RUN_DIR/listen.sock, see serve --help]",
     )(fn)
     return fn
 
@@ -395,7 +521,14 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
     return await connect(connect_addr or parse_address(default_listen()), token=token)
 
 
-@click.command("set-weight")
+@click.command(
+    "set-weight",
+    epilog="""\b
+Examples:
+  capos-sched set-weight fairness/b 2048 --token-file /tmp/grants/tuner.token
+  capos-sched set-weight fairness/b 512   # inside a process serve started
+""",
+)
 @client_options
 @click.argument("thread")
 @click.argument("weight", type=int)
@@ -413,7 +546,14 @@ def set_weight(
     _run(go)
 
 
-@click.command("set-class")
+@click.command(
+    "set-class",
+    epilog="""\b
+Examples:
+  capos-sched set-class shell/typist interactive --token-file /tmp/grants/tuner.token
+  capos-sched set-class fairness/c batch
+""",
+)
 @client_options
 @click.argument("thread")
 @click.argument("latency_class", metavar="CLASS", type=click.Choice(CLASS_NAMES))
@@ -424,7 +564,11 @@ def set_class(
     thread: str,
     latency_class: str,
 ) -> None:
-    """Set the latency class of the thread granted as THREAD."""
+    """Set the latency class of the thread granted as THREAD.
+
+    CLASS is one of: interactive (a quarter slice), normal, batch (four
+    slices) and ipcServer (a normal slice, for threads serving IPC).
+    """
 
     async def go() -> None:
         async with await _session(connect_addr, token_file) as s:
@@ -435,7 +579,13 @@ def set_class(
     _run(go)
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched snapshot fairness/b --token-file /tmp/grants/tuner.token
+  capos-sched snapshot fairness/b --json
+"""
+)
 @client_options
 @click.argument("thread")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -12,6 +12,8 @@ from typing import Any
 import click
 import structlog
 
+from capos_sched.core.constants import MAX_CPUS
+
 log = structlog.get_logger("capos_sched.runtime")
 
 DEFAULT_DURATION_S = 5.0
@@ -53,26 +55,63 @@ def _has_finite(plan: Any) -> bool:
 manifest_argument = click.argument(
     "manifest", required=False, type=click.Path(dir_okay=True, path_type=Path)
 )
+cpus_option = click.option(
+    "--cpus",
+    type=click.IntRange(1, MAX_CPUS),
+    help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
+)
+policy_option = click.option(
+    "--policy",
+    type=click.Choice(["wfq", "fifo"]),
+    help=f"Override the manifest's policy ({DISABLE_WFQ_ENV}=1 forces fifo).  "
+    "[default: the manifest's machine.policy]",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON report on stdout (no table)."
+)
+
+RUN_EPILOG = f"""\b
+Examples:
+  capos-sched run                                   # the embedded default manifest
+  capos-sched run manifests/system-thread-fairness.cue --cpus 2 --duration 3 --json
+  capos-sched run manifests/thread-fairness-interactive.cue --trace out.trace.json
+  {DISABLE_WFQ_ENV}=1 capos-sched run         # FIFO instead of WFQ
+
+\b
+Exit status: 0 when the run ended (--duration, or every finite thread done);
+1 on a manifest or runtime error; 2 on a usage error; 130 / 143 when stopped
+by SIGINT / SIGTERM (the report is still printed).
+"""
+
+SIMULATE_EPILOG = f"""\b
+Examples:
+  capos-sched simulate                              # the embedded default manifest
+  capos-sched simulate manifests/ipc-pairs.cue --seed 1 --json
+  capos-sched simulate manifests/thread-scale.cue --cpus 1 --jitter 0
+  {DISABLE_WFQ_ENV}=1 capos-sched simulate    # FIFO instead of WFQ
+
+\b
+Exit status: 0 on success; 1 on a manifest error; 2 on a usage error.
+"""
 
 
-@click.command()
+@click.command(epilog=RUN_EPILOG)
 @manifest_argument
-@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
+@cpus_option
 @click.option(
     "--duration",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds to run. Default: until every finite thread finished, or "
-    f"{DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+    help="Seconds to run.  [default: until every finite thread finished, or "
+    f"{DEFAULT_DURATION_S:g} s when no thread ends by itself]",
 )
-@click.option(
-    "--policy", type=click.Choice(["wfq", "fifo"]), help="Override the manifest's policy."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@policy_option
+@json_option
 @click.option(
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON trace events) to this file.",
+    help="Write a Chrome/Perfetto trace (JSON trace events) to this file; open it in "
+    "ui.perfetto.dev.  [default: no trace]",
 )
 @click.option(
     "--nice",
@@ -84,13 +123,14 @@ manifest_argument = click.argument(
 @click.option(
     "--watchdog-ms",
     type=click.FloatRange(min=0, min_open=True),
-    help="Stall threshold of the watchdog (default: 250 slices); the FIFO bypass "
-    "happens after three times as long.",
+    help="Stall threshold of the watchdog: a runnable thread that waits this long is "
+    "reported; the FIFO bypass happens after three times as long.  [default: 250 slices]",
 )
 @click.option(
     "--no-wake-preemption",
     is_flag=True,
-    help="Do not cut running slices short for waking interactive threads.",
+    help="Do not cut running slices short for waking interactive threads "
+    "(wake-up preemption is on by default).",
 )
 def run(
     manifest: Path | None,
@@ -151,16 +191,24 @@ def run(
         click.echo(f"error: {'; '.join(str(e) for e in failures)}", err=True)
         sys.exit(1)
     report = runtime.report()
-    if trace is not None and trace_path is not None:
-        trace.write(trace_path)
     if as_json:
         click.echo(json.dumps(report))
     else:
         from capos_sched.runtime.view import console, report_view
 
         out = console()
-        out.print(report_view(report, out.width))
-        if trace_path is not None:
+        out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))
+    # The report is out first: a trace that cannot be written loses only itself.
+    if trace is not None and trace_path is not None:
+        try:
+            trace.write(trace_path)
+        except OSError as error:
+            click.echo(
+                f"error: cannot write the trace to {trace_path}: {error.strerror or error}",
+                err=True,
+            )
+            sys.exit(1)
+        if not as_json:
             click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
     if received:
         sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
@@ -180,7 +228,7 @@ async def _signals(runtime: Any, received: list[int]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             received.append(signum)
-            log.warning("stopping", signal=signal.Signals(signum).name)
+            log.info("stopping", signal=signal.Signals(signum).name)
             runtime.request_stop(signal.Signals(signum).name)
 
 
@@ -195,19 +243,18 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
     with Live(console=console, auto_refresh=False, transient=True) as live:
         while True:
             if runtime.running:
-                live.update(
-                    live_table(runtime.share_rows(), runtime.elapsed_ns(), duration), refresh=True
-                )
+                rows, elapsed = runtime.share_rows(), runtime.elapsed_ns()
+                live.update(live_table(rows, elapsed, duration, console.width), refresh=True)
             await trio.sleep(0.25)
 
 
-@click.command()
+@click.command(epilog=SIMULATE_EPILOG)
 @manifest_argument
 @click.option(
     "--duration",
     type=click.FloatRange(min=0, min_open=True),
-    help="Virtual seconds. Default: until every finite thread finished (at most one "
-    f"virtual hour), or {DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+    help="Virtual seconds.  [default: until every finite thread finished (at most one "
+    f"virtual hour), or {DEFAULT_DURATION_S:g} s when no thread ends by itself]",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the run-length jitter."
@@ -216,13 +263,11 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
     "--jitter",
     type=click.FloatRange(0, 0.5),
     default=None,
-    help="Relative jitter of modelled run lengths (default 0.02; 0 = exact model).",
+    help="Relative jitter of modelled run lengths (0 = the exact model).  [default: 0.02]",
 )
-@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
-@click.option(
-    "--policy", type=click.Choice(["wfq", "fifo"]), help="Override the manifest's policy."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@cpus_option
+@policy_option
+@json_option
 def simulate(
     manifest: Path | None,
     duration: float | None,
@@ -257,4 +302,4 @@ def simulate(
     from capos_sched.runtime.view import console, report_view
 
     out = console()
-    out.print(report_view(report, out.width))
+    out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))
