@@ -141,7 +141,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 
 
 @click.command(epilog=SERVE_EPILOG)
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
 @click.option(
     "--listen",
     type=ADDRESS,
@@ -201,15 +201,12 @@ def serve(
     max_calls: int,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
-    from capos_sched.manifest import ManifestError, load_plan
+    from capos_sched.manifest.commands import plan_or_exit
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
 
-    try:
-        plan = load_plan(manifest)
-    except ManifestError as exc:
-        _fail(f"invalidArgument: {exc}")
+    plan = plan_or_exit(manifest)  # printed as `check` prints it
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
@@ -264,15 +261,17 @@ Exit status: 0 when the plan was replaced; 1 when the manifest is invalid
 """
 )
 @admin_option
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
 def load(admin_addr: Address | None, manifest: Path) -> None:
-    """Replace the running plan with MANIFEST, atomically (errors change nothing)."""
-    from capos_sched.client import InvalidArgument, connect_admin
+    """Replace the running plan with MANIFEST, atomically (errors change nothing).
 
-    try:
-        source = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(InvalidArgument(f"cannot read {manifest}: {exc}"))
+    MANIFEST is checked here first, as `capos-sched check` checks it; the
+    daemon checks it again before anything changes.
+    """
+    from capos_sched.client import connect_admin
+    from capos_sched.manifest.commands import source_or_exit
+
+    source = source_or_exit(manifest)
 
     async def go() -> dict[str, list[str]]:
         async with await connect_admin(_admin(admin_addr)) as session:

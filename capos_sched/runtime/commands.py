@@ -24,14 +24,10 @@ EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _load(manifest: Path | None) -> tuple[Any, str]:
     """The plan and its display name; a manifest problem exits 1 with its diagnostics."""
-    from capos_sched.manifest import DEFAULT_MANIFEST, ManifestError, load_plan
+    from capos_sched.manifest import DEFAULT_MANIFEST
+    from capos_sched.manifest.commands import plan_or_exit
 
-    path = manifest if manifest is not None else DEFAULT_MANIFEST
-    try:
-        plan = load_plan(path)
-    except ManifestError as error:
-        click.echo(str(error), err=True)
-        sys.exit(1)
+    plan = plan_or_exit(manifest if manifest is not None else DEFAULT_MANIFEST)
     name = str(manifest) if manifest is not None else f"{DEFAULT_MANIFEST.name} (default)"
     return plan, name
 
