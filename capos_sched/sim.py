@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import heapq
 import random
-import statistics
+from typing import Any
 
 import attrs
 
 from capos_sched.core import (
     SLICE_NS,
+    CallbackGuard,
+    Effects,
     LastCpu,
     LatencyClass,
     Policy,
@@ -31,6 +33,8 @@ from capos_sched.core import (
     ThreadState,
     WakeReason,
 )
+from capos_sched.drive import step, thread_row
+from capos_sched.runtime.stats import Samples
 from capos_sched.workload import Program, Stop, Workload, is_finite
 
 
@@ -42,23 +46,11 @@ class SimThread:
     finite: bool
     finished_ns: int | None = None
     woke_ns: int | None = None
-    wake_latencies: list[int] = attrs.Factory(list)
+    wake_latencies: Samples = attrs.Factory(Samples)
     call_started_ns: int | None = None
     """Set by a call, cleared when the client next runs (the round trip ends
     when the client runs again, as in the runtime, not at the reply)."""
-    round_trips: list[int] = attrs.Factory(list)
-
-
-def _summary(samples: list[int]) -> dict[str, int] | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return {
-        "count": len(ordered),
-        "p50": int(statistics.median_low(ordered)),
-        "p99": ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)],
-        "max": ordered[-1],
-    }
+    round_trips: Samples = attrs.Factory(Samples)
 
 
 class Simulator:
@@ -67,12 +59,14 @@ class Simulator:
     def __init__(
         self,
         cpus: int,
-        policy: Policy | str = Policy.WFQ,
+        policy: Policy | str | Any = Policy.WFQ,
         slice_ns: int = SLICE_NS,
         seed: int = 0,
         jitter: float = 0.0,
+        guard: CallbackGuard | None = None,
     ) -> None:
-        self.core = Scheduler(cpus, policy, slice_ns)
+        self.core = Scheduler(cpus, policy, slice_ns, guard=guard)
+        self._initial_policy = self.core.policy_name
         self.now_ns = 0
         self._rng = random.Random(seed)
         self._jitter = jitter
@@ -122,30 +116,28 @@ class Simulator:
     def report(self) -> dict:
         threads = []
         for sim in self._threads.values():
-            t = self.core.snapshot_any(sim.ref)
             threads.append(
-                {
-                    "name": sim.name,
-                    "weight": t.weight,
-                    "class": t.latency_class.wire_name,
-                    "runtime_ns": t.runtime_ns,
-                    "virtual_runtime_ns": t.virtual_runtime_ns,
-                    "context_switches": t.context_switches,
-                    "preemptions": t.preemptions,
-                    "voluntary_blocks": t.voluntary_blocks,
-                    "migrations": t.migrations,
-                    "wake_latency_ns": _summary(sim.wake_latencies),
-                    "ipc_round_trip_ns": _summary(sim.round_trips),
-                    "finished_ns": sim.finished_ns,
-                }
+                thread_row(
+                    sim.name,
+                    self.core.snapshot_any(sim.ref),
+                    wake_latency_ns=sim.wake_latencies.summary(),
+                    ipc_round_trip_ns=sim.round_trips.summary(),
+                    finished_ns=sim.finished_ns,
+                )
             )
         return {
-            "policy": self.core.policy.value,
-            "cpus": len(self.core.cpus),
+            "policy": self._initial_policy,
+            "cpus": self.core.nr_cpus,
             "slice_ns": self.core.slice_ns,
             "elapsed_ns": self.now_ns,
             "threads": threads,
+            "policy_final": self.core.policy_name,
+            "policy_exits": [record.as_dict() for record in self.core.exits],
         }
+
+    def set_policy(self, policy: Any) -> None:
+        """Switch policies at the current virtual time (atomic, see the core)."""
+        self._act(self.core.set_policy(policy, self.now_ns))
 
     # ---------------------------------------------------------------- internals
 
@@ -167,10 +159,10 @@ class Simulator:
         self._idle.discard(cpu)
         sim = self._threads[dispatch.thread.tid]
         if sim.woke_ns is not None:
-            sim.wake_latencies.append(self.now_ns - sim.woke_ns)
+            sim.wake_latencies.add(self.now_ns - sim.woke_ns)
             sim.woke_ns = None
         if sim.call_started_ns is not None:
-            sim.round_trips.append(self.now_ns - sim.call_started_ns)
+            sim.round_trips.add(self.now_ns - sim.call_started_ns)
             sim.call_started_ns = None
         ran, stop = sim.program.run(dispatch.budget_ns)
         if self._jitter and ran > 0:
@@ -180,39 +172,27 @@ class Simulator:
 
     def _on_stop(self, cpu: int) -> None:
         sim, ran, stop = self._running.pop(cpu)
-        now, core = self.now_ns, self.core
-        match stop:
-            case Stop.EXPIRED:
-                core.preempt_current(cpu, now, ran)
-            case Stop.FINISHED:
-                core.exit_current(cpu, now, ran)
-                sim.finished_ns = now
-            case Stop.SLEEP:
-                core.block_current(cpu, now, ran)
-                self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
-            case Stop.CALL:
-                sim.call_started_ns = now
-                woken = core.ipc_call(cpu, now, ran, sim.program.spec.endpoint)
-                if woken is not None:
-                    self._deliver_call(woken.thread)
-            case Stop.WAIT:
-                if core.ipc_wait(cpu, now, ran, sim.program.spec.endpoint) is not None:
-                    self._deliver_call(sim.ref)
-            case Stop.REPLY:
-                woken, caller = core.ipc_reply_and_wait(cpu, now, ran, sim.program.spec.endpoint)
-                if woken is not None:
-                    self._on_reply(woken.thread)
-                    self._kick(woken.kick)
-                if caller is not None:
-                    self._deliver_call(sim.ref)
+        now = self.now_ns
+        if stop is Stop.CALL:
+            sim.call_started_ns = now
+        effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
+        if stop is Stop.FINISHED:
+            sim.finished_ns = now
+        elif stop is Stop.SLEEP and not effects.exited:
+            self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
+        self._act(effects)
         self._try_dispatch(cpu)
 
-    def _deliver_call(self, server: ThreadRef) -> None:
-        self._threads[server.tid].program.resume()
+    def _program_of(self, ref: ThreadRef) -> Program | None:
+        sim = self._threads.get(ref.tid)
+        return None if sim is None else sim.program
 
-    def _on_reply(self, client: ThreadRef) -> None:
-        # A client past its count exits on its next dispatch.
-        self._threads[client.tid].program.resume()
+    def _act(self, effects: Effects) -> None:
+        for cpu in effects.kicks:
+            self._kick(cpu)
+        for cpu in effects.preempts:
+            if cpu in self._running:
+                self._preempt(cpu)
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
@@ -235,7 +215,7 @@ class Simulator:
         sim, planned, stop = self._running[cpu]
         if stop is not Stop.EXPIRED:
             return
-        started = self.core.cpus[cpu].current.last_started_ns or self.now_ns
+        started = self.core.running_since(cpu) or self.now_ns
         ran = self.now_ns - started
         unrun = planned - ran
         if sim.program.burst_left_ns is not None:
@@ -246,6 +226,6 @@ class Simulator:
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
         for cpu in self._running:
-            started = self.core.cpus[cpu].current.last_started_ns or end
+            started = self.core.running_since(cpu) or end
             self.core.charge_current(cpu, max(0, end - started))
         self.now_ns = end

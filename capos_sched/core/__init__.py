@@ -1,7 +1,9 @@
-"""The sans-I/O Phase D weighted-fair scheduling engine.
+"""The sans-I/O scheduling engine: the mechanism, and policies plugged into it.
 
 Pure, synchronous and deterministic: no I/O, no clock, no framework imports.
-Time is passed in by the caller. See ``scheduler`` for the policy in one page.
+Time is passed in by the caller. ``scheduler`` is the mechanism, ``policy`` the
+contract between it and a policy, ``policies/`` the built-in policies (``wfq``
+is Phase D).
 """
 
 from .constants import (
@@ -14,40 +16,78 @@ from .constants import (
     SLICE_NS,
 )
 from .errors import CoreError, InvalidArgument, InvalidState, StaleThread
+from .policies import BUILTIN_NAMES
+from .policy import (
+    ENQ_NEW,
+    ENQ_PREEMPTED,
+    ENQ_SWITCH,
+    ENQ_WAKEUP,
+    GLOBAL_DSQ,
+    CallbackGuard,
+    CallbackTimeout,
+    ExitKind,
+    PolicyExit,
+    PolicyViolation,
+    local_dsq,
+)
 from .scheduler import (
+    FALLBACK_POLICY,
     Dispatch,
+    Effects,
     LastCpu,
     LeastLoaded,
     Policy,
     QueueCpu,
     Scheduler,
+    Stall,
     ThreadSnapshot,
     Wake,
     WakePolicy,
-    WakeReason,
     ideal_shares,
 )
-from .thread import LatencyClass, Thread, ThreadRef, ThreadState, class_slice_ns, validate_weight
+from .thread import (
+    LatencyClass,
+    Thread,
+    ThreadRef,
+    ThreadState,
+    WakeReason,
+    class_slice_ns,
+    validate_weight,
+)
 
 __all__ = [
     "BATCH_SLICE_MULTIPLIER",
+    "BUILTIN_NAMES",
     "DEFAULT_WEIGHT",
+    "ENQ_NEW",
+    "ENQ_PREEMPTED",
+    "ENQ_SWITCH",
+    "ENQ_WAKEUP",
+    "FALLBACK_POLICY",
+    "GLOBAL_DSQ",
     "INTERACTIVE_SLICE_DIVISOR",
     "MAX_WEIGHT",
     "MIN_WEIGHT",
     "REFERENCE_WEIGHT",
     "SLICE_NS",
+    "CallbackGuard",
+    "CallbackTimeout",
     "CoreError",
     "Dispatch",
+    "Effects",
+    "ExitKind",
     "InvalidArgument",
     "InvalidState",
     "LastCpu",
     "LatencyClass",
     "LeastLoaded",
     "Policy",
+    "PolicyExit",
+    "PolicyViolation",
     "QueueCpu",
     "Scheduler",
     "StaleThread",
+    "Stall",
     "Thread",
     "ThreadRef",
     "ThreadSnapshot",
@@ -57,5 +97,6 @@ __all__ = [
     "WakeReason",
     "class_slice_ns",
     "ideal_shares",
+    "local_dsq",
     "validate_weight",
 ]

@@ -1,4 +1,8 @@
-"""Run queues: a virtual-finish heap for WFQ and a FIFO for the fallback policy.
+"""Dispatch queues (DSQs): an ordered heap (by a key the policy passes) and a FIFO.
+
+The mechanism owns every DSQ: one local FIFO per CPU, the global FIFO, and the
+ones a policy creates (``ctx.create_dsq``). A queued thread's ``owner`` is the
+DSQ holding it.
 
 Why a binary heap with lazy deletion: enqueue and pick are O(log n) with the C
 ``heapq`` primitives, and the rare removals of a queued thread (exit, a weight
@@ -7,7 +11,7 @@ Dead entries are skipped at the front and the heap is compacted whenever they
 outnumber the live ones, so its size stays below ``2 * live + 1``: a queue is
 bounded by the live thread count however many changes are made.
 
-Ties on virtual finish break by ``enqueue_seq``, a scheduler-wide counter, so
+Ties on the key break by ``enqueue_seq``, a scheduler-wide counter, so
 equal keys leave the queue in enqueue order.
 """
 
@@ -20,9 +24,16 @@ from typing import Protocol
 
 from .thread import Thread
 
+QUEUED = "queued"
+
 
 class RunQueue(Protocol):
-    """What the scheduler needs of a run queue."""
+    """What the scheduler needs of a DSQ."""
+
+    id: int
+    cpu: int | None
+    ordered: bool
+    kind: str
 
     def push(self, thread: Thread, key: int, seq: int) -> None: ...
     def pop(self) -> Thread | None: ...
@@ -53,9 +64,14 @@ class VirtualFinishQueue:
     - ``len(_heap) <= 2 * len(_entries) + 1`` after every operation.
     """
 
-    __slots__ = ("_entries", "_heap")
+    __slots__ = ("_entries", "_heap", "cpu", "id")
+    kind = QUEUED
+    ordered = True
 
-    def __init__(self) -> None:
+    def __init__(self, dsq_id: int = 0, cpu: int | None = None) -> None:
+        self.id = dsq_id
+        self.cpu = cpu
+        """The CPU whose local DSQ this is (None for other DSQs)."""
         self._heap: list[int] = []
         self._entries: dict[int, Thread] = {}
 
@@ -105,8 +121,27 @@ class VirtualFinishQueue:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[Thread]:
-        entries = self._entries
-        return (entries[e & _SEQ_MASK] for e in sorted(self._heap) if (e & _SEQ_MASK) in entries)
+        """Live threads in key order, lazily: O(log k) per thread taken, so a
+        policy scanning for its first eligible thread pays only for what it
+        looks at. The queue must not change while the iterator is in use."""
+        heap, entries = self._heap, self._entries
+        if not heap:
+            return
+        frontier = [(heap[0], 0)]
+        size = len(heap)
+        while frontier:
+            entry, index = heapq.heappop(frontier)
+            thread = entries.get(entry & _SEQ_MASK)
+            if thread is not None:
+                yield thread
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
+
+    def remove(self, thread: Thread) -> Thread:
+        """Take ``thread`` out of the queue (it must be live in it)."""
+        self.discard(thread)
+        return thread
 
 
 class FifoQueue:
@@ -116,9 +151,13 @@ class FifoQueue:
     seqs in place of the heap.
     """
 
-    __slots__ = ("_entries", "_order")
+    __slots__ = ("_entries", "_order", "cpu", "id")
+    kind = QUEUED
+    ordered = False
 
-    def __init__(self) -> None:
+    def __init__(self, dsq_id: int = 0, cpu: int | None = None) -> None:
+        self.id = dsq_id
+        self.cpu = cpu
         self._order: collections.deque[int] = collections.deque()
         self._entries: dict[int, Thread] = {}
 
@@ -164,3 +203,45 @@ class FifoQueue:
     def __iter__(self) -> Iterator[Thread]:
         entries = self._entries
         return (entries[seq] for seq in self._order if seq in entries)
+
+    def remove(self, thread: Thread) -> Thread:
+        """Take ``thread`` out of the queue (it must be live in it)."""
+        self.discard(thread)
+        return thread
+
+
+def _front_key(queue: VirtualFinishQueue) -> int | None:
+    heap = queue._heap
+    if heap and (heap[0] & _SEQ_MASK) in queue._entries:
+        return heap[0] >> SEQ_BITS
+    return queue.head_key()  # skips dead entries at the front
+
+
+def balance_victim(
+    queues: list[VirtualFinishQueue], own: VirtualFinishQueue, threshold: int
+) -> tuple[int | None, VirtualFinishQueue | None]:
+    """The steal/pull walk over ordered queues, in one call: ``(own front key,
+    victim)``. The victim is the sibling with the lowest front key (ties: the
+    earlier in ``queues``), if ``own`` is empty (a steal) or that key is at
+    least ``threshold`` below own's front (a pull); else None.
+
+    One function instead of a method call per sibling: this walk runs at every
+    pick of a CPU whose local DSQ is empty.
+    """
+    own_key = _front_key(own)
+    limit = None if own_key is None else own_key - threshold
+    best_key, victim = None, None
+    for sibling in queues:
+        if sibling is own:
+            continue
+        heap = sibling._heap
+        if not heap:
+            continue
+        key = heap[0] >> SEQ_BITS if (heap[0] & _SEQ_MASK) in sibling._entries else None
+        if key is None:
+            key = sibling.head_key()
+            if key is None:
+                continue
+        if (limit is None or key <= limit) and (best_key is None or key < best_key):
+            best_key, victim = key, sibling
+    return own_key, victim

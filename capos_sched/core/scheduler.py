@@ -1,50 +1,36 @@
-"""The Phase D weighted-fair scheduler as a sans-I/O state machine.
+"""The scheduling mechanism as a sans-I/O state machine; policies plug into it.
 
 This module owns all scheduling state. It performs no I/O, reads no clock and
 starts nothing: callers pass the current time (``now_ns``) and the measured
 run time (``elapsed_ns``) in, and act on what the methods return. The same
 engine drives the trio runtime (real time) and the simulator (virtual time).
 
-The policy, in one page
------------------------
-* Every thread carries ``virtual_runtime_ns``; running ``elapsed`` ns advances
-  it by ``elapsed * REFERENCE_WEIGHT / weight`` (``Thread.charge_runtime``).
-* Each CPU owns a run queue ordered by ``virtual_finish_ns`` =
-  ``vruntime + class_slice * REFERENCE_WEIGHT / weight`` (interactive slices are
-  ``slice / INTERACTIVE_SLICE_DIVISOR``, batch ``slice * BATCH_SLICE_MULTIPLIER``),
-  computed afresh at every enqueue; ties break by enqueue order.
-* ``pick_next(cpu)`` takes, in order: the CPU's direct-IPC slot (a server woken
-  by a call made on this CPU), else the front of its queue. A CPU whose queue
-  is empty steals; a CPU whose front is at least ``balance_threshold_ns`` of
-  virtual time behind a sibling's front pulls that sibling's front instead (so
-  per-CPU queues approximate one global virtual-time order, which is what
-  makes shares fair across CPUs). Either way one thread moves, chosen by
-  walking the siblings once: lowest head ``virtual_finish_ns`` wins, ties go to
-  the lower CPU id. Its finish is recomputed at the destination.
-* ``virtual_runtime_ns`` travels with a migrating thread. Every cross-CPU
-  enqueue (placement or steal) counts one migration.
-* Placement: a new thread starts at its queue's virtual time (never at 0). A
-  waking thread may bank at most ``slice_ns`` of virtual credit: its vruntime
-  is raised to at least ``queue virtual time - slice_ns`` (the scx_simple
-  rule; Linux clamps lag to about a slice likewise). So a long sleeper gets a
-  prompt turn but cannot monopolise the CPU when it wakes.
-* A queue's virtual time is monotonic: at each pick it becomes
-  ``max(itself, min(vruntime of the picked thread, vruntime of the new front))``.
-* FIFO fallback (``Policy.FIFO``): every CPU shares one FIFO queue, no weights
-  in ordering, no stealing needed; accounting runs exactly as in WFQ.
+What the mechanism owns (the policy owns only placement and order)
+------------------------------------------------------------------
+* Threads: ids, generations (a ``ThreadRef`` to an exited or reused id fails
+  closed), state, counters, and ``charge_runtime`` (``Thread``).
+* Dispatch queues: one local FIFO per CPU, the global FIFO, and the DSQs a
+  policy creates. A CPU runs, in order: its direct-IPC slot, its local DSQ, the
+  global DSQ, then whatever the policy's ``dispatch`` moves to its local DSQ.
+* The ownership invariant: a live runnable thread has exactly one owner, one
+  CPU's running slot, one DSQ, or one CPU's IPC slot. Blocked and exited threads
+  have none; an exited thread is never picked. ``check_invariants`` verifies it.
+* IPC endpoints and the generation-checked direct-IPC slot: a server woken by a
+  call runs next on the caller's CPU, and no other CPU takes it.
+* Kill and reap; the stall check (``stalls``).
+* Enforcement (the safety net): a policy callback that raises, overruns the
+  callback guard's bound, inserts into a DSQ or CPU that does not exist, or
+  leaves a thread it was given in no DSQ, is *ejected*: an exit record is kept
+  (``exits``) and every thread continues under the built-in ``fifo`` policy with
+  its accounting intact. ``set_policy`` swaps policies atomically.
 
-Ownership invariant: a live runnable thread has exactly one owner, one CPU's
-current slot, one run queue, or one CPU's IPC slot. Blocked and exited threads
-have none; an exited thread is never picked. ``check_invariants`` verifies it.
+The built-in policies are in ``core/policies/`` (``wfq`` is Phase D); the
+contract is ``core/policy.py`` and docs/policies.md.
 
 Overload: when runnable threads far exceed CPUs, nothing grows but the queues,
-and each queue is bounded by the live threads (a heap of at most
-``2 * live + 1`` entries, see ``runqueue``). Every pick costs O(log n + CPUs):
-at most one thread moves per pick, so stealing is bounded work that never
-blocks a CPU. Wait time grows linearly with the runnable count per CPU (every
-runnable thread is reached within about ``N * slice / CPUs``, weighted); the
-runtime's watchdog reports waits past its threshold. The wake path allocates
-one heap entry per wake of a blocked thread and nothing for a redundant wake.
+and each DSQ is bounded by the live threads (see ``runqueue``). The watchdog's
+stall measure excludes time in which the machine dispatched nothing at all
+(see ``stalls``), so a starved daemon is not mistaken for a stalling policy.
 """
 
 from __future__ import annotations
@@ -52,20 +38,48 @@ from __future__ import annotations
 import collections
 import enum
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import attrs
 
 from .constants import DEFAULT_WEIGHT, REFERENCE_WEIGHT, SLICE_NS
 from .errors import InvalidArgument, InvalidState, StaleThread
-from .runqueue import FifoQueue, RunQueue, VirtualFinishQueue
-from .thread import LatencyClass, Thread, ThreadRef, ThreadState, class_slice_ns, validate_weight
+from .policy import (
+    ENQ_NEW,
+    ENQ_PREEMPTED,
+    ENQ_SWITCH,
+    ENQ_WAKEUP,
+    GLOBAL_DSQ,
+    LOCAL_ON,
+    MAX_DSQ_ID,
+    CallbackGuard,
+    CallbackTimeout,
+    ExitKind,
+    PolicyExit,
+    PolicyViolation,
+)
+from .runqueue import QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
+from .thread import (
+    LatencyClass,
+    Thread,
+    ThreadRef,
+    ThreadState,
+    WakeReason,
+    class_slice_ns,
+    validate_weight,
+)
+
+FALLBACK_POLICY = "fifo"
+MAX_EXITS = 64
+"""Exit records kept (the most recent ones)."""
 
 
-class Policy(enum.Enum):
-    """Which dispatcher orders the run queues."""
+class Policy(enum.StrEnum):
+    """The built-in policies by name (a user policy is named by its file)."""
 
     WFQ = "wfq"
     FIFO = "fifo"
+    EEVDF = "eevdf"
 
     @classmethod
     def parse(cls, value: str | Policy) -> Policy:
@@ -74,18 +88,8 @@ class Policy(enum.Enum):
         for member in cls:
             if member.value == value:
                 return member
-        raise InvalidArgument(f"unknown policy {value!r}; expected one of wfq, fifo")
-
-
-class WakeReason(enum.Enum):
-    """Why a blocked thread became runnable (completions of Phase D)."""
-
-    TIMER = "timer"
-    IPC_REPLY = "ipcReply"
-    IPC_CALL = "ipcCall"
-    PARK = "park"
-    PROCESS_WAIT = "processWait"
-    THREAD_JOIN = "threadJoin"
+        names = ", ".join(m.value for m in cls)
+        raise InvalidArgument(f"unknown policy {value!r}; expected one of {names}")
 
 
 @attrs.frozen
@@ -102,7 +106,8 @@ class LastCpu:
 
 @attrs.frozen
 class LeastLoaded:
-    """Placement: the CPU with the fewest runnable threads (ties: lower id)."""
+    """Placement: no preference (the policy's ``select_cpu`` gets -1; the
+    built-in policies take the CPU with the fewest runnable threads)."""
 
 
 WakePolicy = QueueCpu | LastCpu | LeastLoaded
@@ -118,7 +123,8 @@ class Dispatch:
     budget_ns: int
     virtual_finish_ns: int
     source: str
-    """``ipcSlot``, ``queue`` or ``steal``."""
+    """``ipcSlot``, ``queue`` (own or global), ``steal`` (an idle CPU took
+    work) or ``pull`` (a threshold pull), as the policy's move said."""
 
 
 @attrs.define
@@ -126,14 +132,38 @@ class Wake:
     """The outcome of making a thread runnable.
 
     ``kick`` is an idle CPU that should look for work now (the reschedule IPI),
-    or None. ``preempt`` is a CPU whose running thread should be cut short
-    because an interactive thread with an earlier virtual finish is waiting.
+    or None. ``preempt`` is a CPU whose running thread should be cut short.
     """
 
     thread: ThreadRef
     cpu: int | None
     kick: int | None
     preempt: int | None
+
+
+@attrs.define
+class Effects:
+    """Everything a call did that a driver must act on, in one value.
+
+    - ``thread``: the thread the call was about (the one that stopped);
+    - ``kicks``: idle CPUs that should pick now; ``preempts``: CPUs whose
+      running slice should be cut short;
+    - ``delivered``: servers that received a call (their program moves on);
+    - ``replied``: callers whose call ended (a reply, or ``released``: their
+      server exited mid-call, so the call ended unanswered) and that are
+      runnable again;
+    - ``exited``: the stopped thread exited (finished or killed);
+    - ``ejections``: policies ejected during the call.
+    """
+
+    thread: ThreadRef | None = None
+    kicks: list[int] = attrs.Factory(list)
+    preempts: list[int] = attrs.Factory(list)
+    delivered: list[ThreadRef] = attrs.Factory(list)
+    replied: list[Wake] = attrs.Factory(list)
+    released: list[Wake] = attrs.Factory(list)
+    exited: bool = False
+    ejections: list[PolicyExit] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -156,33 +186,56 @@ class ThreadSnapshot:
     migrations: int
 
 
-# Owner tags kept on each thread: (kind, cpu). Blocked and exited threads have None.
-RUNNING, QUEUED, IPC_SLOT = "running", "queued", "ipcSlot"
+@attrs.frozen
+class Stall:
+    """A runnable thread the watchdog should hear about (see ``Scheduler.stalls``)."""
+
+    thread: ThreadRef
+    name: str
+    waited_ns: int
+    """Wall (driver) time since it became runnable."""
+    judged_ns: int
+    """The part of that wait the machine spent running other work or idle."""
+    where: str
+    """``queued``, ``ipcSlot`` or ``unowned``."""
+    cpu: int | None
+    weight: int
+    latency_class: LatencyClass
+
+
+@attrs.define(eq=False, slots=True)
+class _Tag:
+    """An owner tag that is not a DSQ: a CPU's running slot or its IPC slot."""
+
+    kind: str
+    cpu: int
+
+
+RUNNING, IPC_SLOT = "running", "ipcSlot"
 
 
 @attrs.define(eq=False)
 class Cpu:
     """Per-CPU state.
 
-    Invariants: ``current`` is RUNNING and owned by this CPU; ``ipc_slot`` refers
-    to a thread that may have gone stale (checked by generation when taken);
-    ``virtual_time_ns`` never decreases.
+    Invariants: ``current`` is RUNNING and owned by ``running_tag``;
+    ``ipc_slot`` refers to a thread that may have gone stale (checked by
+    generation when taken); ``local`` holds only RUNNABLE threads.
     """
 
     id: int
-    queue: RunQueue
-    running_owner: tuple[str, int] = attrs.field(init=False)
-    queued_owner: tuple[str, int] = attrs.field(init=False)
+    local: FifoQueue
+    running_tag: _Tag = attrs.field(init=False)
+    slot_tag: _Tag = attrs.field(init=False)
     current: Thread | None = None
-    current_virtual_finish_ns: int = 0
     ipc_slot: ThreadRef | None = None
-    virtual_time_ns: int = 0
     last_tid: int | None = None
+    idle: bool = False
+    """The last pick found nothing (the CPU parks until kicked)."""
 
     def __attrs_post_init__(self) -> None:
-        # Owner tags are compared, never mutated: build them once per CPU.
-        self.running_owner = (RUNNING, self.id)
-        self.queued_owner = (QUEUED, self.id)
+        self.running_tag = _Tag(RUNNING, self.id)
+        self.slot_tag = _Tag(IPC_SLOT, self.id)
 
 
 @attrs.define(eq=False)
@@ -198,28 +251,51 @@ class Endpoint:
     pending_callers: collections.deque[ThreadRef] = attrs.Factory(collections.deque)
 
 
+def _is_builtin(policy: Any) -> bool:
+    return getattr(policy, "builtin", False) is True
+
+
+def new_builtin_policy(name: str, balance_threshold_ns: int | None = None) -> Any:
+    """A fresh instance of the built-in policy ``name``."""
+    from .policies import builtin_policy
+
+    return builtin_policy(Policy.parse(name).value, balance_threshold_ns=balance_threshold_ns)
+
+
 class Scheduler:
-    """The scheduling state machine of a whole machine of ``cpus`` CPUs."""
+    """The scheduling mechanism of a whole machine of ``cpus`` CPUs, running
+    ``policy`` (a built-in name, or a policy object; see ``core/policy.py``).
+
+    The scheduler is also the ``ctx`` every policy callback receives: the
+    public attributes and methods in the "policy context" section are the
+    contract, nothing else is.
+    """
+
+    GLOBAL_DSQ = GLOBAL_DSQ
 
     def __init__(
         self,
         cpus: int,
-        policy: Policy | str = Policy.WFQ,
+        policy: Any = Policy.WFQ,
         slice_ns: int = SLICE_NS,
         balance_threshold_ns: int | None = None,
+        guard: CallbackGuard | None = None,
     ) -> None:
         if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
             raise InvalidArgument(f"cpus {cpus!r} must be a positive integer")
         if isinstance(slice_ns, bool) or not isinstance(slice_ns, int) or slice_ns < 1:
             raise InvalidArgument(f"slice_ns {slice_ns!r} must be a positive integer")
         self.slice_ns = slice_ns
-        self.balance_threshold_ns = (
-            slice_ns if balance_threshold_ns is None else balance_threshold_ns
-        )
-        self.policy = Policy.parse(policy)
-        self.cpus: list[Cpu] = [
-            Cpu(k, queue) for k, queue in enumerate(_new_queues(self.policy, cpus))
-        ]
+        self.nr_cpus = cpus
+        self.now_ns = 0
+        self.balance_threshold_ns = balance_threshold_ns
+        self.guard = guard
+        self.cpus: list[Cpu] = [Cpu(k, FifoQueue(LOCAL_ON | k, k)) for k in range(cpus)]
+        self._global = FifoQueue(GLOBAL_DSQ)
+        self._dsqs: dict[int, RunQueue] = {GLOBAL_DSQ: self._global}
+        for cpu in self.cpus:
+            self._dsqs[cpu.local.id] = cpu.local
+        self._builtin_dsq_ids = frozenset(self._dsqs)
         self._threads: dict[int, Thread] = {}
         self._free_tids: list[int] = []
         self._next_tid = 1
@@ -231,10 +307,179 @@ class Scheduler:
         self._kill_pending: set[int] = set()
         self._waiting_on: dict[int, Endpoint] = {}
         """tid -> the endpoint a blocked thread waits in."""
-        self._released_callers: list[Wake] = []
-        """Callers woken because their server exited mid-call, not yet taken."""
+        self._dispatching = -1
+        """The CPU whose ``dispatch`` callback is running (-1: none)."""
+        self._handoff: Thread | None = None
+        """The thread that CPU's ``dispatch`` moved to its empty local DSQ."""
+        self._fx: Effects | None = None
+        """The effects being collected by the public call in progress."""
+        self._kicks: list[int] = []
+        self._preempts: list[int] = []
+        self.exits: list[PolicyExit] = []
+        """Exit records of ejected policies, oldest first (at most MAX_EXITS)."""
+        self._epoch = 0
+        """Incremented at every policy install: a call in progress notices a switch."""
+        # The judged-time clock of the stall check: run time charged on every
+        # CPU plus time CPUs spent idle (asked for work and got none).
+        self._charged_ns = 0
+        self._idle_acc_ns = 0
+        self._nr_idle = 0
+        self._idle_changed_ns = 0
+        self._policy: Any = None
+        self._policy_name = ""
+        self._cb_exit_thread: Any = None
+        if isinstance(policy, str | Policy):
+            policy = new_builtin_policy(policy, balance_threshold_ns)
+        self._install(policy)
+
+    # --------------------------------------------------------- policy context
+
+    def local_dsq(self, cpu: int) -> int:
+        """The id of ``cpu``'s local DSQ (an out-of-range CPU is a violation)."""
+        if not 0 <= cpu < self.nr_cpus:
+            raise PolicyViolation(f"local_dsq: CPU {cpu} outside [0, {self.nr_cpus - 1}]")
+        return LOCAL_ON | cpu
+
+    def create_dsq(self, dsq_id: int, ordered: bool) -> RunQueue:
+        """Create a DSQ with a policy-chosen id: FIFO, or ordered by insert key."""
+        if isinstance(dsq_id, bool) or not isinstance(dsq_id, int) or not 0 <= dsq_id <= MAX_DSQ_ID:
+            raise PolicyViolation(f"create_dsq: id {dsq_id!r} outside [0, {MAX_DSQ_ID}]")
+        if dsq_id in self._dsqs:
+            raise PolicyViolation(f"create_dsq: DSQ {dsq_id} already exists")
+        dsq: RunQueue = VirtualFinishQueue(dsq_id) if ordered else FifoQueue(dsq_id)
+        self._dsqs[dsq_id] = dsq
+        return dsq
+
+    def insert(
+        self, thread: Thread, dsq: int, key: int | None = None, slice_ns: int | None = None
+    ) -> None:
+        """Queue a runnable thread the policy was given on DSQ ``dsq``.
+
+        An ordered DSQ needs an int ``key`` (ties: insertion order); ``slice_ns``
+        is the budget of its next dispatch (default: its class slice). A thread
+        already queued moves (a re-key). Queuing on another CPU's local DSQ
+        places it there (one migration).
+        """
+        queue = self._dsqs.get(dsq)
+        if queue is None:
+            raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}")
+        owner = thread.owner
+        if (owner is not None and owner.kind != QUEUED) or thread.state is not ThreadState.RUNNABLE:
+            raise PolicyViolation(
+                f"insert of {thread.name}: thread is {thread.state.name}"
+                + ("" if owner is None else f" and owned by {owner.kind} of CPU {owner.cpu}")
+            )
+        if queue.ordered and (type(key) is not int):
+            raise PolicyViolation(f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r}")
+        if owner is not None and owner is not queue:
+            owner.discard(thread)
+        if queue.cpu is not None and thread.last_cpu != queue.cpu:
+            self._assign_cpu(thread, queue.cpu)
+            thread.dispatch_source = "queue"
+        thread.slice_ns = slice_ns
+        self._enqueue_seq += 1
+        queue.push(thread, key or 0, self._enqueue_seq)
+        thread.owner = queue
+
+    def move_to_local(
+        self, dsq: int, cpu: int, thread: Thread | None = None, source: str = "queue"
+    ) -> bool:
+        """Move the front of DSQ ``dsq`` (or ``thread``, which must be queued
+        there) to ``cpu``'s local DSQ; False when there is nothing to move."""
+        queue = self._dsqs.get(dsq)
+        if queue is None:
+            raise PolicyViolation(f"move_to_local: no DSQ {dsq}")
+        if not 0 <= cpu < self.nr_cpus:
+            raise PolicyViolation(f"move_to_local: CPU {cpu} outside [0, {self.nr_cpus - 1}]")
+        if thread is None:
+            thread = queue.pop()
+            if thread is None:
+                return False
+        elif thread.owner is queue:
+            queue.discard(thread)
+        else:
+            raise PolicyViolation(f"move_to_local: {thread.name} is not queued on DSQ {dsq}")
+        local = self.cpus[cpu].local
+        if thread.last_cpu != cpu:
+            self._assign_cpu(thread, cpu)
+        thread.dispatch_source = source
+        thread.owner = local
+        if cpu == self._dispatching and self._handoff is None and not local._entries:
+            # The one thread the dispatching CPU runs next: hand it over
+            # without a round trip through the local DSQ (it is owned by it).
+            self._handoff = thread
+            return True
+        self._enqueue_seq += 1
+        local.push(thread, 0, self._enqueue_seq)
+        return True
+
+    def kick(self, cpu: int, preempt: bool = False) -> None:
+        """Ask ``cpu`` to pick now if idle; with ``preempt``, also cut its
+        running slice short. A plain kick of a busy CPU does nothing."""
+        if not 0 <= cpu < self.nr_cpus:
+            raise PolicyViolation(f"kick: CPU {cpu} outside [0, {self.nr_cpus - 1}]")
+        if self.cpus[cpu].current is None:
+            self._kicks.append(cpu)
+        elif preempt:
+            self._preempts.append(cpu)
+
+    def is_idle(self, cpu: int) -> bool:
+        """True when ``cpu`` runs nothing."""
+        return self.cpus[cpu].current is None
+
+    def pick_idle_cpu(self, prefer: int = -1) -> int:
+        """``prefer`` if it is idle, else the lowest idle CPU, else -1."""
+        cpus = self.cpus
+        if 0 <= prefer < self.nr_cpus and cpus[prefer].current is None:
+            return prefer
+        for cpu in cpus:
+            if cpu.current is None:
+                return cpu.id
+        return -1
+
+    def nr_queued(self, dsq: int) -> int:
+        queue = self._dsqs.get(dsq)
+        if queue is None:
+            raise PolicyViolation(f"nr_queued: no DSQ {dsq}")
+        return len(queue)
+
+    def iter_dsq(self, dsq: int) -> Iterator[Thread]:
+        """The threads of ``dsq`` in queue order (lazily); do not change the
+        DSQ while iterating, except by one move that ends the iteration."""
+        queue = self._dsqs.get(dsq)
+        if queue is None:
+            raise PolicyViolation(f"iter_dsq: no DSQ {dsq}")
+        return iter(queue)
+
+    def queued_on(self, thread: Thread) -> int | None:
+        """The id of the DSQ holding ``thread``, or None (running, blocked, slot)."""
+        owner = thread.owner
+        return owner.id if owner is not None and owner.kind == QUEUED else None
+
+    def raise_vruntime(self, thread: Thread, floor_ns: int) -> None:
+        """Raise ``thread.virtual_runtime_ns`` to at least ``floor_ns`` (the lag
+        clamp); it is never lowered."""
+        if thread.virtual_runtime_ns < floor_ns:
+            thread.virtual_runtime_ns = floor_ns
 
     # ------------------------------------------------------------------ lookup
+
+    @property
+    def policy(self) -> Policy | str:
+        """The active policy: a ``Policy`` for the built-ins, else its name."""
+        try:
+            return Policy(self._policy_name)
+        except ValueError:
+            return self._policy_name
+
+    @property
+    def policy_name(self) -> str:
+        return self._policy_name
+
+    @property
+    def policy_object(self) -> Any:
+        """The active policy object (for tests and ``policy show``)."""
+        return self._policy
 
     def resolve(self, ref: ThreadRef) -> Thread:
         """The live thread ``ref`` names, or StaleThread; never an exited thread."""
@@ -267,6 +512,67 @@ class Scheduler:
         """True while ``ref`` names its thread and the thread has not exited."""
         return self._is_live(ref)
 
+    def running_since(self, cpu_id: int) -> int | None:
+        """When ``cpu_id``'s running thread was dispatched (None when idle)."""
+        current = self._cpu(cpu_id).current
+        return None if current is None else current.last_started_ns
+
+    def running_thread(self, cpu_id: int) -> ThreadRef | None:
+        current = self._cpu(cpu_id).current
+        return None if current is None else current.ref
+
+    def has_runnable_work(self) -> bool:
+        """True when some thread is queued or waits in an IPC slot."""
+        return any(len(q) for q in self._dsqs.values()) or any(
+            cpu.ipc_slot is not None and self._is_live(cpu.ipc_slot) for cpu in self.cpus
+        )
+
+    def judged_time_ns(self, now_ns: int) -> int:
+        """The stall clock: run time charged on all CPUs plus CPU idle time."""
+        return (
+            self._charged_ns
+            + self._idle_acc_ns
+            + self._nr_idle * max(0, now_ns - self._idle_changed_ns)
+        )
+
+    def stalls(self, now_ns: int, threshold_ns: int) -> list[Stall]:
+        """Runnable threads whose *judged* wait exceeds ``threshold_ns``.
+
+        The judged wait of a thread is the machine's judged time since it became
+        runnable, per CPU: run time the CPUs charged to other threads, plus time
+        CPUs were idle although it was runnable (a policy that never dispatches
+        is caught). Time in which the driver dispatched nothing at all, because
+        the host starved the daemon, does not count: host contention is not a
+        policy stall. Worst first.
+        """
+        judged_now = self.judged_time_ns(now_ns)
+        out = []
+        for thread in self._threads.values():
+            if thread.state is not ThreadState.RUNNABLE or thread.runnable_since_ns is None:
+                continue
+            judged = (judged_now - thread.wait_mark_ns) // self.nr_cpus
+            if judged <= threshold_ns:
+                continue
+            owner = thread.owner
+            out.append(
+                Stall(
+                    thread.ref,
+                    thread.name,
+                    now_ns - thread.runnable_since_ns,
+                    judged,
+                    "unowned" if owner is None else owner.kind,
+                    thread.last_cpu,
+                    thread.weight,
+                    thread.latency_class,
+                )
+            )
+        out.sort(key=lambda s: -s.judged_ns)
+        return out
+
+    def queue_lengths(self) -> dict[int, int]:
+        """DSQ id -> queued threads, for every non-empty DSQ."""
+        return {dsq_id: len(q) for dsq_id, q in self._dsqs.items() if len(q)}
+
     # --------------------------------------------------------------- mutations
 
     def spawn(
@@ -277,10 +583,10 @@ class Scheduler:
         latency_class: LatencyClass | str | int = LatencyClass.NORMAL,
         placement: WakePolicy | None = None,
     ) -> Wake:
-        """Create a runnable thread at its queue's current virtual time."""
+        """Create a runnable thread; the policy places and queues it."""
         weight = validate_weight(weight)
         latency_class = LatencyClass.parse(latency_class)
-        cpu = self._placement_cpu(None, placement or LeastLoaded())
+        prev = self._placement_hint(None, placement or LeastLoaded())
         if self._free_tids:
             tid = self._free_tids.pop()
         else:
@@ -288,82 +594,89 @@ class Scheduler:
         generation = self._last_generation.get(tid, 0) + 1
         self._last_generation[tid] = generation
         thread = Thread(tid, generation, name, weight, latency_class)
-        thread.virtual_runtime_ns = self.cpus[cpu].virtual_time_ns
         self._threads[tid] = thread
-        return self._make_runnable(thread, cpu, now_ns)
+        self.now_ns = now_ns
+        self._fresh_effects()
+        self._call("init_thread", self._cb_init_thread, thread)
+        return self._make_runnable(thread, prev, now_ns, ENQ_NEW)
 
     def set_weight(self, ref: ThreadRef, weight: int) -> None:
-        """Validate, then change the weight; a queued thread is re-keyed at once."""
+        """Validate, then change the weight; the policy hears of it at once."""
         weight = validate_weight(weight)
         thread = self.resolve(ref)
         thread.change_weight(weight)
-        self._rekey_if_queued(thread)
+        self._call("set_weight", self._cb_set_weight, thread, weight)
+        self._requeue_if_dropped(thread, "set_weight")
 
     def set_latency_class(self, ref: ThreadRef, latency_class: LatencyClass | str | int) -> None:
-        """Validate, then change the class; a queued thread is re-keyed at once."""
+        """Validate, then change the class; the policy's ``set_weight`` hears of it."""
         latency_class = LatencyClass.parse(latency_class)
         thread = self.resolve(ref)
         thread.latency_class = latency_class
-        self._rekey_if_queued(thread)
+        self._call("set_weight", self._cb_set_weight, thread, thread.weight)
+        self._requeue_if_dropped(thread, "set_weight")
 
     def pick_next(self, cpu_id: int, now_ns: int) -> Dispatch | None:
-        """Choose what ``cpu_id`` runs next: IPC slot, then own queue, then steal."""
+        """Choose what ``cpu_id`` runs next: IPC slot, local DSQ, global DSQ,
+        then what the policy's ``dispatch`` moves to the local DSQ."""
         cpu = self._cpu(cpu_id)
         if cpu.current is not None:
             raise InvalidState(
                 f"pick_next on CPU {cpu_id}: CPU is running {cpu.current.name}; stop it first"
             )
-        thread = self._take_ipc_slot(cpu) if cpu.ipc_slot is not None else None
-        if thread is not None:
-            return self._dispatch(cpu, thread, now_ns, "ipcSlot")
-        source = "steal" if self._steal_into(cpu) is not None else "queue"
-        thread = cpu.queue.pop()
+        self.now_ns = now_ns
+        if self._fx is None and self._kicks:
+            self._fresh_effects()
+        if cpu.ipc_slot is not None:
+            thread = self._take_ipc_slot(cpu)
+            if thread is not None:
+                thread.slice_ns = None
+                return self._dispatch(cpu, thread, now_ns, "ipcSlot")
+        local = cpu.local
+        thread = local.pop() if local._entries else None
         if thread is None:
-            return None
+            thread = self._global.pop() if self._global._entries else None
+            if thread is not None:
+                source = "queue"
+            else:
+                epoch = self._epoch
+                self._dispatching = cpu_id
+                try:
+                    self._cb_dispatch(self, cpu_id)
+                except BaseException as exc:
+                    self._fault("dispatch", exc)
+                self._dispatching = -1
+                thread, self._handoff = self._handoff, None
+                if thread is None:
+                    thread = local.pop() or self._global.pop()
+                    if thread is None and self._epoch != epoch:
+                        # Ejected: the fallback has every runnable thread now.
+                        thread = local.pop() or self._global.pop()
+                    if thread is None:
+                        self._go_idle(cpu, now_ns)
+                        return None
+                source = thread.dispatch_source
+        else:
+            source = thread.dispatch_source
         return self._dispatch(cpu, thread, now_ns, source)
-
-    def steal(self, cpu_id: int) -> ThreadRef | None:
-        """Move one thread from a sibling's queue to ``cpu_id``'s, if warranted.
-
-        Warranted when this queue is empty, or (WFQ) when a sibling's front is
-        at least ``balance_threshold_ns`` of virtual finish behind ours. The
-        walk visits each sibling once; the lowest head virtual finish wins and
-        ties go to the lower CPU id.
-        """
-        return self._steal_into(self._cpu(cpu_id))
-
-    def _steal_into(self, cpu: Cpu) -> ThreadRef | None:
-        own = cpu.queue
-        own_key = own.head_key()
-        if own_key is not None and self.policy is Policy.FIFO:
-            return None
-        # Pull only from a sibling at least a threshold behind: "key <= limit".
-        limit = None if own_key is None else own_key - self.balance_threshold_ns
-        best_key, victim = None, None
-        for sibling in self.cpus:
-            if sibling.queue is own:
-                continue
-            key = sibling.queue.head_key()
-            if key is None or (limit is not None and key > limit):
-                continue
-            if best_key is None or key < best_key:
-                best_key, victim = key, sibling
-        if victim is None:
-            return None
-        thread = victim.queue.pop()
-        assert thread is not None  # head_key() just saw it
-        self._enqueue(thread, cpu)
-        return thread.ref
 
     def preempt_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
         """The running thread's slice ended (expired or cut short): charge it and
-        put it back at its ordered place on this CPU's queue."""
+        hand it back to the policy (``stopping`` then ``enqueue``)."""
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
         thread.preemptions += 1
+        self.now_ns = now_ns
+        if self._cb_stopping is not None:
+            self._call("stopping", self._cb_stopping, thread, True)
         if not self._kill_pending or not self._reap_if_killed(thread, now_ns):
             thread.runnable_since_ns = now_ns
-            self._enqueue(thread, cpu)  # no kick: this CPU picks next anyway
+            thread.wait_mark_ns = (
+                self._charged_ns
+                + self._idle_acc_ns
+                + (self._nr_idle * (now_ns - self._idle_changed_ns) if self._nr_idle else 0)
+            )
+            self._enqueue(thread, ENQ_PREEMPTED)
         return thread.ref
 
     def block_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
@@ -371,14 +684,21 @@ class Scheduler:
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
         thread.voluntary_blocks += 1
-        if not self._reap_if_killed(thread, now_ns):
-            thread.state = ThreadState.BLOCKED
+        thread.state = ThreadState.BLOCKED
+        self.now_ns = now_ns
+        if self._cb_stopping is not None:
+            self._call("stopping", self._cb_stopping, thread, False)
+        self._reap_if_killed(thread, now_ns)
         return thread.ref
 
     def exit_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
         """The running thread finished: charge it and mark it exited."""
         cpu = self._cpu(cpu_id)
         thread = self._stop_current(cpu, elapsed_ns)
+        thread.state = ThreadState.BLOCKED
+        self.now_ns = now_ns
+        if self._cb_stopping is not None:
+            self._call("stopping", self._cb_stopping, thread, False)
         self._mark_exited(thread, now_ns)
         return thread.ref
 
@@ -388,6 +708,9 @@ class Scheduler:
         if cpu.current is None:
             return None
         cpu.current.charge_runtime(elapsed_ns)
+        self._charged_ns += elapsed_ns
+        if self._cb_tick is not None:
+            self._call("tick", self._cb_tick, cpu_id)
         return cpu.current.ref
 
     def wake(
@@ -397,17 +720,20 @@ class Scheduler:
         policy: WakePolicy | None = None,
         reason: WakeReason = WakeReason.TIMER,
     ) -> Wake:
-        """Make a blocked thread runnable where ``policy`` says (default: its last CPU).
+        """Make a blocked thread runnable; ``policy`` is the placement hint the
+        policy's ``select_cpu`` receives (default: its last CPU).
 
         Waking a thread that is already runnable or running changes nothing.
         """
         thread = self.resolve(ref)
         if thread.state is not ThreadState.BLOCKED:
-            return Wake(thread.ref, thread.cpu, None, None)
+            return Wake(thread.ref, thread.last_cpu, None, None)
+        prev = self._placement_hint(thread, policy or LastCpu())
         self._leave_endpoints(thread)
-        cpu = self._placement_cpu(thread, policy or LastCpu())
-        self._clamp_lag(thread, self.cpus[cpu])
-        return self._make_runnable(thread, cpu, now_ns)
+        thread.wake_reason = reason
+        self.now_ns = now_ns
+        self._fresh_effects()
+        return self._make_runnable(thread, prev, now_ns, ENQ_WAKEUP)
 
     def kill(self, ref: ThreadRef, now_ns: int) -> int | None:
         """Terminate a thread from outside (plan reload). A running thread exits
@@ -416,9 +742,16 @@ class Scheduler:
         thread = self.resolve(ref)
         if thread.state is ThreadState.RUNNING:
             self._kill_pending.add(thread.tid)
-            return thread.cpu
+            return thread.last_cpu
+        self.now_ns = now_ns
         self._mark_exited(thread, now_ns)
         return None
+
+    def kill_effects(self, ref: ThreadRef, now_ns: int) -> tuple[int | None, Effects]:
+        """``kill`` with its effects (callers released by a server that died)."""
+        self._begin()
+        running_on = self.kill(ref, now_ns)
+        return running_on, self._end(ref)
 
     def reap(self, ref: ThreadRef) -> None:
         """Forget an exited thread so its id can be reused (with a new generation)."""
@@ -430,22 +763,26 @@ class Scheduler:
         del self._threads[ref.tid]
         self._free_tids.append(ref.tid)
 
-    def set_policy(self, policy: Policy | str) -> None:
-        """Switch dispatchers live (the watchdog's bypass). Queued threads keep
-        their relative order; running threads are unaffected."""
-        policy = Policy.parse(policy)
-        if policy is self.policy:
-            return
-        queued = sorted(
-            (t for t in self._threads.values() if t.owner is not None and t.owner[0] == QUEUED),
-            key=lambda t: (t.virtual_finish_ns(self.slice_ns), t.tid),
-        )
-        self.policy = policy
-        for cpu, queue in zip(self.cpus, _new_queues(policy, len(self.cpus)), strict=True):
-            cpu.queue = queue
-        for thread in queued:
-            thread.owner = None
-            self._enqueue(thread, self.cpus[thread.cpu or 0])
+    def set_policy(self, policy: Any, now_ns: int | None = None) -> Effects:
+        """Switch policies atomically: every queued thread is handed to the new
+        policy (in virtual-finish order), running threads keep running and are
+        handed over when they stop, accounting is untouched. A policy that
+        fails while taking over is ejected (to ``fifo``) like any other."""
+        if isinstance(policy, str | Policy):
+            policy = new_builtin_policy(policy, self.balance_threshold_ns)
+        if now_ns is not None:
+            self.now_ns = now_ns
+        self._begin()
+        self._install(policy)
+        return self._end(None)
+
+    def eject(self, kind: ExitKind | str, message: str, now_ns: int) -> PolicyExit | None:
+        """Eject the active policy from outside (the watchdog's stall verdict);
+        None if the fallback is already active."""
+        if self._policy_name == FALLBACK_POLICY and _is_builtin(self._policy):
+            return None
+        self.now_ns = now_ns
+        return self._eject(ExitKind(kind), None, message)
 
     # --------------------------------------------------------------------- IPC
 
@@ -485,6 +822,9 @@ class Scheduler:
                 self._waiting_on[server.tid] = ep
             return None
         server_thread = self._stop_current(cpu, elapsed_ns)
+        self.now_ns = now_ns
+        if self._cb_stopping is not None:
+            self._call("stopping", self._cb_stopping, server_thread, True)
         if self._reap_if_killed(server_thread, now_ns):
             ep.pending_callers.appendleft(caller.ref)
             self._waiting_on[caller.tid] = ep
@@ -507,13 +847,45 @@ class Scheduler:
             woken = self.wake(caller, now_ns, LastCpu(), WakeReason.IPC_REPLY)
         return woken, self.ipc_wait(cpu_id, now_ns, elapsed_ns, endpoint)
 
-    def take_released_callers(self) -> list[Wake]:
-        """The callers released (woken) since the last call because their server
-        exited mid-call: the driver treats each as a call that ended unanswered.
-        It grows only when a server exits while serving, so a driver that takes
-        them after every stop and kill keeps it empty."""
-        released, self._released_callers = self._released_callers, []
-        return released
+    def stop(
+        self, cpu_id: int, now_ns: int, elapsed_ns: int, how: str, endpoint: str | None = None
+    ) -> Effects:
+        """The running thread of ``cpu_id`` stopped after ``elapsed_ns``, and why:
+        ``expired``, ``sleep``, ``finished``, ``call``, ``wait`` or ``reply``
+        (the last three on ``endpoint``). Returns everything the driver must
+        act on. This is the one entry the drivers use (``capos_sched.drive``)."""
+        cpu = self._cpu(cpu_id)
+        if cpu.current is None:
+            raise InvalidState(f"CPU {cpu_id} is idle: nothing to stop")
+        ref = cpu.current.ref
+        self._begin()
+        fx = self._fx
+        assert fx is not None
+        if how == "expired":
+            self.preempt_current(cpu_id, now_ns, elapsed_ns)
+        elif how == "sleep":
+            self.block_current(cpu_id, now_ns, elapsed_ns)
+        elif how == "finished":
+            self.exit_current(cpu_id, now_ns, elapsed_ns)
+        elif how == "call":
+            woken = self.ipc_call(cpu_id, now_ns, elapsed_ns, _need(endpoint, how))
+            if woken is not None:
+                fx.delivered.append(woken.thread)
+        elif how == "wait":
+            if self.ipc_wait(cpu_id, now_ns, elapsed_ns, _need(endpoint, how)) is not None:
+                fx.delivered.append(ref)
+        elif how == "reply":
+            woken, caller = self.ipc_reply_and_wait(
+                cpu_id, now_ns, elapsed_ns, _need(endpoint, how)
+            )
+            if woken is not None:
+                fx.replied.append(woken)
+            if caller is not None:
+                fx.delivered.append(ref)
+        else:
+            self._fx = None
+            raise InvalidArgument(f"stop on CPU {cpu_id}: unknown stop {how!r}")
+        return self._end(ref)
 
     def serving(self, server: ThreadRef) -> ThreadRef | None:
         """The caller a server is currently serving, if any."""
@@ -523,35 +895,34 @@ class Scheduler:
 
     def check_invariants(self) -> None:
         """Raise AssertionError if any ownership or bookkeeping rule is broken."""
-        owners: dict[int, list[tuple[str, int]]] = collections.defaultdict(list)
+        owners: dict[int, list[Any]] = collections.defaultdict(list)
         for cpu in self.cpus:
             if cpu.current is not None:
-                owners[cpu.current.tid].append((RUNNING, cpu.id))
+                owners[cpu.current.tid].append(cpu.running_tag)
                 assert cpu.current.state is ThreadState.RUNNING, cpu.current
             if cpu.ipc_slot is not None and self._is_live(cpu.ipc_slot):
                 slotted = self._threads[cpu.ipc_slot.tid]
-                if slotted.owner == (IPC_SLOT, cpu.id):
-                    owners[slotted.tid].append((IPC_SLOT, cpu.id))
-        seen_queues: set[int] = set()
-        for cpu in self.cpus:
-            if id(cpu.queue) in seen_queues:
-                continue
-            seen_queues.add(id(cpu.queue))
-            for thread in cpu.queue:
-                owners[thread.tid].append((QUEUED, thread.owner[1] if thread.owner else -1))
+                if slotted.owner is cpu.slot_tag:
+                    owners[slotted.tid].append(cpu.slot_tag)
+        for queue in self._dsqs.values():
+            for thread in queue:
+                owners[thread.tid].append(queue)
+                assert thread.state is ThreadState.RUNNABLE, thread
+            assert len(queue) <= len(self._threads)
         for thread in self._threads.values():
             found = owners.get(thread.tid, [])
             if thread.state in (ThreadState.RUNNABLE, ThreadState.RUNNING):
                 assert len(found) == 1, f"{thread.name} {thread.state.name} owned by {found}"
-                assert found[0] == thread.owner, f"{thread.name}: {found[0]} != {thread.owner}"
-                kind = found[0][0]
+                assert found[0] is thread.owner, f"{thread.name}: {found[0]} != {thread.owner}"
+                kind = found[0].kind
                 assert (kind == RUNNING) == (thread.state is ThreadState.RUNNING), thread
             else:
                 assert not found, f"{thread.name} {thread.state.name} still owned by {found}"
                 assert thread.owner is None, thread
             assert 0 <= thread._vruntime_remainder < thread.weight, thread
-        for cpu in self.cpus:
-            assert len(cpu.queue) <= len(self._threads)
+        check = getattr(self._policy, "check_invariants", None)
+        if check is not None:
+            check(self)
 
     # ---------------------------------------------------------------- internals
 
@@ -563,82 +934,242 @@ class Scheduler:
                 pass
         raise InvalidArgument(f"CPU {cpu_id} outside [0, {len(self.cpus) - 1}]")
 
-    def _placement_cpu(self, thread: Thread | None, policy: WakePolicy) -> int:
+    def _placement_hint(self, thread: Thread | None, policy: WakePolicy) -> int:
         match policy:
             case QueueCpu(cpu=cpu):
                 return self._cpu(cpu).id
-            case LastCpu() if thread is not None and thread.cpu is not None:
-                return thread.cpu
+            case LastCpu() if thread is not None and thread.last_cpu is not None:
+                return thread.last_cpu
             case _:
-                load = [int(c.current is not None) + len(c.queue) for c in self.cpus]
-                return min(range(len(self.cpus)), key=lambda k: (load[k], k))
+                return -1
 
-    def _clamp_lag(self, thread: Thread, cpu: Cpu) -> None:
-        floor = cpu.virtual_time_ns - self.slice_ns
-        if thread.virtual_runtime_ns < floor:
-            thread.virtual_runtime_ns = floor
+    def _fresh_effects(self) -> None:
+        """Outside ``stop``/``set_policy``, each public call reports only its own kicks."""
+        if self._fx is None:
+            self._kicks.clear()
+            self._preempts.clear()
 
-    def _make_runnable(self, thread: Thread, cpu_id: int, now_ns: int) -> Wake:
+    def _begin(self) -> None:
+        self._fx = Effects()
+        self._kicks.clear()
+        self._preempts.clear()
+
+    def _end(self, ref: ThreadRef | None) -> Effects:
+        fx, self._fx = self._fx, None
+        assert fx is not None
+        fx.thread = ref
+        fx.kicks.extend(k for k in self._kicks if k not in fx.kicks)
+        fx.preempts.extend(p for p in self._preempts if p not in fx.preempts)
+        self._kicks.clear()
+        self._preempts.clear()
+        if ref is not None:
+            thread = self._threads.get(ref.tid)
+            fx.exited = (
+                thread is None
+                or thread.generation != ref.generation
+                or thread.state is ThreadState.EXITED
+            )
+        return fx
+
+    def _call(self, name: str, callback: Any, *args: Any) -> Any:
+        if callback is None:
+            return None
+        try:
+            return callback(self, *args)
+        except BaseException as exc:
+            self._fault(name, exc)
+            return None
+
+    def _fault(self, callback: str, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+            raise exc
+        if isinstance(exc, CallbackTimeout):
+            kind = ExitKind.TIMEOUT
+        elif isinstance(exc, PolicyViolation):
+            kind = ExitKind.INVALID
+        else:
+            kind = ExitKind.ERROR
+        message = f"{type(exc).__name__}: {exc}" if kind is ExitKind.ERROR else str(exc)
+        if _is_builtin(self._policy) and self._policy_name == FALLBACK_POLICY:
+            raise InvalidState(f"the fallback policy failed in {callback}: {message}") from exc
+        self._eject(kind, callback, message)
+
+    def _eject(self, kind: ExitKind, callback: str | None, message: str) -> PolicyExit:
+        record = PolicyExit(kind, self._policy_name, callback, message, self.now_ns)
+        self.exits.append(record)
+        del self.exits[:-MAX_EXITS]
+        if self._fx is not None:
+            self._fx.ejections.append(record)
+        self._install(new_builtin_policy(FALLBACK_POLICY))
+        return record
+
+    def _install(self, policy: Any) -> None:
+        """Hand every thread to ``policy``: queued ones (and one a faulting
+        policy was given) are taken out of the old DSQs and re-enqueued."""
+        if not callable(getattr(policy, "enqueue", None)):
+            raise InvalidArgument(f"policy {policy!r} has no enqueue callback")
+        old = self._policy
+        self._handoff = None  # a dispatch in progress is abandoned: re-enqueued below
+        queued = sorted(
+            (
+                t
+                for t in self._threads.values()
+                if t.state is ThreadState.RUNNABLE and (t.owner is None or t.owner.kind == QUEUED)
+            ),
+            key=lambda t: (t.virtual_finish_ns(self.slice_ns), t.tid),
+        )
+        for thread in queued:
+            if thread.owner is not None:
+                thread.owner.discard(thread)
+                thread.owner = None
+        if old is not None and self._cb_exit_thread is not None:
+            for thread in self._threads.values():
+                if thread.state is not ThreadState.EXITED:
+                    try:
+                        self._cb_exit_thread(self, thread)
+                    except Exception:
+                        break
+        for dsq_id in [d for d in self._dsqs if d not in self._builtin_dsq_ids]:
+            del self._dsqs[dsq_id]
+        self._epoch += 1
+        epoch = self._epoch
+        self._policy = policy
+        self._policy_name = str(getattr(policy, "name", type(policy).__name__))
+        self._bind(policy)
+        for thread in self._threads.values():
+            thread.policy_data = None
+        self._call("init", self._cb_init)
+        if self._epoch != epoch:
+            return
+        for thread in list(self._threads.values()):
+            if thread.state is not ThreadState.EXITED:
+                self._call("init_thread", self._cb_init_thread, thread)
+                if self._epoch != epoch:
+                    return
+        for thread in queued:
+            self._enqueue(thread, ENQ_SWITCH)
+            if self._epoch != epoch:
+                return
+        for cpu in self.cpus:
+            if cpu.current is None:
+                self.kick(cpu.id)
+
+    def _bind(self, policy: Any) -> None:
+        guard = None if _is_builtin(policy) else self.guard
+
+        def bind(name: str) -> Any:
+            fn = getattr(policy, name, None)
+            if fn is None or guard is None:
+                return fn
+            call = guard.call
+            return lambda *args: call(fn, *args)
+
+        self._cb_select_cpu = bind("select_cpu")
+        self._cb_enqueue = bind("enqueue")
+        self._cb_dispatch = bind("dispatch") or _no_dispatch
+        self._cb_running = bind("running")
+        self._cb_stopping = bind("stopping")
+        self._cb_set_weight = bind("set_weight")
+        self._cb_init_thread = bind("init_thread")
+        self._cb_tick = bind("tick")
+        self._cb_init = bind("init")
+        self._cb_exit_thread = bind("exit_thread")
+
+    def _make_runnable(self, thread: Thread, prev: int, now_ns: int, flags: int) -> Wake:
         thread.state = ThreadState.RUNNABLE
         thread.runnable_since_ns = now_ns
-        cpu = self.cpus[cpu_id]
-        self._enqueue(thread, cpu)
-        return Wake(thread.ref, cpu_id, self._kick_for(cpu), self._preempt_for(thread, cpu))
+        thread.wait_mark_ns = self.judged_time_ns(now_ns)
+        cpu = prev
+        if self._cb_select_cpu is not None:
+            epoch = self._epoch
+            chosen = self._call("select_cpu", self._cb_select_cpu, thread, prev)
+            if self._epoch == epoch:
+                if isinstance(chosen, int) and 0 <= chosen < self.nr_cpus:
+                    cpu = chosen
+                else:
+                    self._fault(
+                        "select_cpu",
+                        PolicyViolation(f"select_cpu for {thread.name} returned CPU {chosen!r}"),
+                    )
+                    return self._wake_result(thread)
+            else:
+                return self._wake_result(thread)
+        if cpu < 0:
+            cpu = thread.last_cpu if thread.last_cpu is not None else 0
+        if thread.last_cpu != cpu:
+            self._assign_cpu(thread, cpu)
+        kicks, preempts = len(self._kicks), len(self._preempts)
+        self._enqueue(thread, flags)
+        return Wake(
+            thread.ref,
+            thread.last_cpu,
+            self._kicks[kicks] if len(self._kicks) > kicks else None,
+            self._preempts[preempts] if len(self._preempts) > preempts else None,
+        )
 
-    def _enqueue(self, thread: Thread, cpu: Cpu) -> None:
-        if self.policy is Policy.WFQ and thread.cpu != cpu.id:
-            self._assign_cpu(thread, cpu.id)
-        self._enqueue_seq += 1
-        cpu.queue.push(thread, thread.virtual_finish_ns(self.slice_ns), self._enqueue_seq)
-        thread.owner = cpu.queued_owner
+    def _wake_result(self, thread: Thread) -> Wake:
+        """The Wake of a thread whose placement ejected the policy (the fallback
+        has queued it and kicked every idle CPU)."""
+        return Wake(
+            thread.ref,
+            thread.last_cpu,
+            self._kicks[0] if self._kicks else None,
+            None,
+        )
 
-    def _rekey_if_queued(self, thread: Thread) -> None:
-        if thread.owner is not None and thread.owner[0] == QUEUED:
-            self._enqueue(thread, self.cpus[thread.owner[1]])
+    def _enqueue(self, thread: Thread, flags: int) -> None:
+        epoch = self._epoch
+        try:
+            self._cb_enqueue(self, thread, flags)
+        except BaseException as exc:
+            self._fault("enqueue", exc)
+            return
+        if thread.owner is None and self._epoch == epoch:
+            self._fault(
+                "enqueue",
+                PolicyViolation(f"enqueue left {thread.name} in no DSQ (a dropped thread)"),
+            )
+
+    def _requeue_if_dropped(self, thread: Thread, callback: str) -> None:
+        if thread.state is ThreadState.RUNNABLE and thread.owner is None:
+            self._fault(
+                callback, PolicyViolation(f"{callback} took {thread.name} out of every DSQ")
+            )
 
     def _assign_cpu(self, thread: Thread, cpu_id: int) -> None:
-        if thread.cpu is not None and thread.cpu != cpu_id:
+        if thread.last_cpu is not None and thread.last_cpu != cpu_id:
             thread.migrations += 1
-        thread.cpu = cpu_id
+        thread.last_cpu = cpu_id
 
-    def _kick_for(self, cpu: Cpu) -> int | None:
-        if cpu.current is None:
-            return cpu.id
-        for other in self.cpus:
-            if other.current is None:
-                return other.id
-        return None
-
-    def _preempt_for(self, thread: Thread, cpu: Cpu) -> int | None:
-        """Wake-up preemption: only the interactive class, only when earlier."""
-        if thread.latency_class is not LatencyClass.INTERACTIVE or self.policy is Policy.FIFO:
-            return None
-        current = cpu.current
-        if current is None:
-            return None
-        if thread.virtual_finish_ns(self.slice_ns) < cpu.current_virtual_finish_ns:
-            return cpu.id
-        return None
+    def _go_idle(self, cpu: Cpu, now_ns: int) -> None:
+        if not cpu.idle:
+            self._idle_acc_ns += self._nr_idle * max(0, now_ns - self._idle_changed_ns)
+            self._idle_changed_ns = now_ns
+            self._nr_idle += 1
+            cpu.idle = True
 
     def _dispatch(self, cpu: Cpu, thread: Thread, now_ns: int, source: str) -> Dispatch:
-        if thread.cpu != cpu.id:
+        if cpu.idle:
+            self._idle_acc_ns += self._nr_idle * max(0, now_ns - self._idle_changed_ns)
+            self._idle_changed_ns = now_ns
+            self._nr_idle -= 1
+            cpu.idle = False
+        if thread.last_cpu != cpu.id:
             self._assign_cpu(thread, cpu.id)
         if cpu.last_tid != thread.tid:
             thread.context_switches += 1
             cpu.last_tid = thread.tid
         thread.state = ThreadState.RUNNING
-        thread.owner = cpu.running_owner
+        thread.owner = cpu.running_tag
         thread.last_started_ns = now_ns
         cpu.current = thread
-        budget = class_slice_ns(thread.latency_class, self.slice_ns)
-        vruntime = thread.virtual_runtime_ns
-        finish = vruntime + budget * REFERENCE_WEIGHT // thread.weight
-        cpu.current_virtual_finish_ns = finish
-        head = cpu.queue.head()
-        if head is not None and head[1].virtual_runtime_ns < vruntime:
-            vruntime = head[1].virtual_runtime_ns
-        if vruntime > cpu.virtual_time_ns:
-            cpu.virtual_time_ns = vruntime
+        budget = thread.slice_ns or class_slice_ns(thread.latency_class, self.slice_ns)
+        finish = thread.virtual_runtime_ns + budget * REFERENCE_WEIGHT // thread.weight
+        if self._cb_running is not None:
+            try:
+                self._cb_running(self, thread)
+            except BaseException as exc:
+                self._fault("running", exc)
         return Dispatch(cpu.id, thread.ref, thread.name, budget, finish, source)
 
     def _stop_current(self, cpu: Cpu, elapsed_ns: int) -> Thread:
@@ -646,6 +1177,7 @@ class Scheduler:
         if thread is None:
             raise InvalidState(f"CPU {cpu.id} is idle: nothing to stop")
         thread.charge_runtime(elapsed_ns)
+        self._charged_ns += elapsed_ns
         cpu.current = None
         thread.owner = None
         thread.state = ThreadState.RUNNABLE
@@ -659,24 +1191,26 @@ class Scheduler:
 
     def _mark_exited(self, thread: Thread, now_ns: int) -> None:
         self._kill_pending.discard(thread.tid)
-        if thread.owner is not None:
-            kind, cpu_id = thread.owner
-            if kind == QUEUED:
-                self.cpus[cpu_id].queue.discard(thread)
-            elif kind == IPC_SLOT:
-                self.cpus[cpu_id].ipc_slot = None
-            elif kind == RUNNING:  # pragma: no cover - guarded by kill()
-                raise InvalidState(f"{thread.name} is running on CPU {cpu_id}")
+        owner = thread.owner
+        if owner is not None:
+            if owner.kind == QUEUED:
+                owner.discard(thread)
+            elif owner.kind == IPC_SLOT:
+                self.cpus[owner.cpu].ipc_slot = None
+            elif owner.kind == RUNNING:  # pragma: no cover - guarded by kill()
+                raise InvalidState(f"{thread.name} is running on CPU {owner.cpu}")
         thread.owner = None
         thread.state = ThreadState.EXITED
+        if self._cb_exit_thread is not None:
+            self._call("exit_thread", self._cb_exit_thread, thread)
         self._leave_endpoints(thread)
         caller = self._serving.pop(thread.tid, None)
         if caller is not None and self._is_live(caller):
             # The server died mid-call: release the caller rather than strand it,
             # and tell the driver (its call ended without a real reply).
-            self._released_callers.append(
-                self.wake(caller, now_ns, LastCpu(), WakeReason.IPC_REPLY)
-            )
+            woken = self.wake(caller, now_ns, LastCpu(), WakeReason.IPC_REPLY)
+            if self._fx is not None:
+                self._fx.released.append(woken)
 
     def _leave_endpoints(self, thread: Thread) -> None:
         ep = self._waiting_on.pop(thread.tid, None)
@@ -714,36 +1248,45 @@ class Scheduler:
         The slot belongs to that CPU alone (no sibling takes from it), so the
         preference never bypasses per-CPU ownership; it holds a
         generation-checked reference, so a stale entry is dropped, not run.
+        The slot is the mechanism's: the policy hears of the server when it
+        runs (``running``), not by ``enqueue``.
         """
         cpu = self.cpus[cpu_id]
+        server.wake_reason = WakeReason.IPC_CALL
         if cpu.ipc_slot is not None and self._is_live(cpu.ipc_slot):
-            # Occupied: fall back to ordinary placement on this CPU's queue.
-            self._clamp_lag(server, cpu)
-            return self._make_runnable(server, cpu_id, now_ns)
-        self._clamp_lag(server, cpu)
+            # Occupied: fall back to ordinary placement on this CPU.
+            server.state = ThreadState.BLOCKED
+            return self._make_runnable(server, cpu_id, now_ns, ENQ_WAKEUP)
         server.state = ThreadState.RUNNABLE
         server.runnable_since_ns = now_ns
+        server.wait_mark_ns = self.judged_time_ns(now_ns)
         self._assign_cpu(server, cpu_id)
-        server.owner = (IPC_SLOT, cpu_id)
+        server.owner = cpu.slot_tag
         cpu.ipc_slot = server.ref
-        return Wake(server.ref, cpu_id, self._kick_for(cpu), None)
+        kick = cpu_id if cpu.current is None else None
+        if kick is not None:
+            self.kick(kick)
+        return Wake(server.ref, cpu_id, kick, None)
 
     def _take_ipc_slot(self, cpu: Cpu) -> Thread | None:
         ref, cpu.ipc_slot = cpu.ipc_slot, None
         if ref is None or not self._is_live(ref):
             return None
         thread = self._threads[ref.tid]
-        if thread.owner != (IPC_SLOT, cpu.id):
+        if thread.owner is not cpu.slot_tag:
             return None
         thread.owner = None
         return thread
 
 
-def _new_queues(policy: Policy, cpus: int) -> list[RunQueue]:
-    """One virtual-finish queue per CPU (WFQ), or one FIFO shared by all."""
-    if policy is Policy.FIFO:
-        return [FifoQueue()] * cpus
-    return [VirtualFinishQueue() for _ in range(cpus)]
+def _no_dispatch(ctx: Any, cpu: int) -> None:
+    """A policy without ``dispatch`` uses only the local and global DSQs."""
+
+
+def _need(endpoint: str | None, how: str) -> str:
+    if endpoint is None:
+        raise InvalidArgument(f"stop {how!r} needs an endpoint")
+    return endpoint
 
 
 def _snapshot(thread: Thread) -> ThreadSnapshot:
@@ -754,7 +1297,7 @@ def _snapshot(thread: Thread) -> ThreadSnapshot:
         weight=thread.weight,
         latency_class=thread.latency_class,
         state=thread.state,
-        cpu=thread.cpu,
+        cpu=thread.last_cpu,
         runtime_ns=thread.runtime_ns,
         virtual_runtime_ns=thread.virtual_runtime_ns,
         last_started_ns=thread.last_started_ns,

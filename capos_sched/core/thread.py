@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import attrs
 
@@ -56,6 +57,17 @@ _WIRE_NAMES = {
     LatencyClass.BATCH: "batch",
     LatencyClass.IPC_SERVER: "ipcServer",
 }
+
+
+class WakeReason(enum.Enum):
+    """Why a blocked thread became runnable (completions of Phase D)."""
+
+    TIMER = "timer"
+    IPC_REPLY = "ipcReply"
+    IPC_CALL = "ipcCall"
+    PARK = "park"
+    PROCESS_WAIT = "processWait"
+    THREAD_JOIN = "threadJoin"
 
 
 class ThreadState(enum.Enum):
@@ -120,24 +132,41 @@ class Thread:
     virtual_runtime_ns: int = 0
     last_started_ns: int | None = None
     state: ThreadState = ThreadState.RUNNABLE
-    cpu: int | None = None
-    """The CPU the thread runs on, is queued on, or last ran on."""
+    last_cpu: int | None = None
+    """The CPU the thread runs on, is placed or queued on, or last ran on."""
     runnable_since_ns: int | None = None
     """When the thread last became runnable (for watchdog and wake latency)."""
     context_switches: int = 0
     preemptions: int = 0
     voluntary_blocks: int = 0
     migrations: int = 0
-    owner: tuple[str, int] | None = None
-    """Who holds the thread while it is runnable: (running|queued|ipcSlot, cpu)."""
+    owner: Any = None
+    """Who holds the thread while it is runnable: a CPU's running tag, a DSQ,
+    or a CPU's IPC-slot tag (each has ``kind`` and ``cpu``); None otherwise."""
     queue_seq: int = -1
-    """Enqueue sequence number of the thread's live run-queue entry, if any."""
+    """Enqueue sequence number of the thread's live DSQ entry, if any."""
+    slice_ns: int | None = None
+    """The budget of the thread's next dispatch, as its last ``ctx.insert`` set it."""
+    wake_reason: WakeReason | None = None
+    """Why the thread last woke (None for a new thread)."""
+    policy_data: Any = None
+    """The policy's own per-thread state (reset when a policy is installed)."""
+    dispatch_source: str = "queue"
+    """How the thread reached its CPU's local DSQ (``queue``, ``steal``, ``pull`` ...)."""
+    wait_mark_ns: int = 0
+    """The machine's judged-time counter when the thread last became runnable
+    (the watchdog's measure of wait that excludes host contention)."""
     ref: ThreadRef = attrs.field(init=False)
     """This thread's generation-checked reference (fixed at creation)."""
     _vruntime_remainder: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.ref = ThreadRef(self.tid, self.generation)
+
+    @property
+    def cpu(self) -> int | None:
+        """The same as ``last_cpu`` (the snapshot's name)."""
+        return self.last_cpu
 
     def charge_runtime(self, elapsed_ns: int) -> None:
         """Charge ``elapsed_ns`` of wall-clock time run.

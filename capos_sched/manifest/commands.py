@@ -10,7 +10,7 @@ import click
 from .errors import ManifestError
 from .loader import load_plan, load_plan_text, read_manifest
 from .plan import Plan
-from .render import to_cue
+from .render import json_text, to_cue
 
 
 def plan_or_exit(path: str | os.PathLike[str]) -> Plan:
@@ -126,8 +126,14 @@ def export(manifest: str, as_json: bool) -> None:
     Without --json the output is CUE text, itself a valid manifest (package
     capos). An invalid manifest prints its problems on stderr and exits 1.
     """
-    data = plan_or_exit(manifest).to_json()
+    plan = plan_or_exit(manifest)
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(export_json_text(plan))
     else:
-        click.echo(to_cue(data), nl=False)
+        click.echo(to_cue(plan.to_json()), nl=False)
+
+
+def export_json_text(plan: Plan) -> str:
+    """What ``export --json`` prints for ``plan``: the data ``cue export`` gives,
+    numbers exact."""
+    return json_text(plan.to_json())

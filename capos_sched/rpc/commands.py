@@ -190,6 +190,13 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@click.option(
+    "--exec-user",
+    default=None,
+    metavar="USER",
+    help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
+    "see docs/capabilities.md.",
+)
 def serve(
     manifest: Path,
     listen: Address | None,
@@ -199,14 +206,18 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    exec_user: str | None,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
     from capos_sched.manifest.commands import plan_or_exit
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
+    from .grantsdir import GrantsDirError
 
     plan = plan_or_exit(manifest)  # printed as `check` prints it
+    if exec_user is not None:
+        _check_exec_user(exec_user)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
@@ -220,9 +231,10 @@ def serve(
         manifest_name=str(manifest.resolve()),
         listen=listen,
         admin=admin,
-        grants_dir=grants_dir.resolve() if grants_dir else None,
+        grants_dir=grants_dir.absolute() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
+        exec_user=exec_user,
     )
     factory, runner = host_plugin(cpus, execute, idle_workers)
     try:
@@ -231,7 +243,20 @@ def serve(
         )
     except WireError as exc:  # the plan was refused before anything started
         _fail(exc.wire_text)
+    except GrantsDirError as exc:
+        _fail(f"invalidArgument: {exc}")
     sys.exit(status)
+
+
+def _check_exec_user(name: str) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        _fail("invalidArgument: --exec-user needs a daemon running as root")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        _fail(f"invalidArgument: --exec-user {name!r}: no such user")
 
 
 # --------------------------------------------------------------- operators

@@ -28,6 +28,9 @@ import attrs
 import structlog
 import trio
 
+from capos_sched import procguard
+
+from . import grantsdir
 from .addr import Address
 from .bridge import Bridge
 from .children import check_exec
@@ -58,6 +61,10 @@ class DaemonConfig:
     base_dir: Path = attrs.field(factory=Path.cwd)
     max_calls: int = 1024
     max_connections: int = 256
+    exec_user: str | None = None
+    refuse_descendants: bool = True
+    """Refuse the daemon process's descendants on its sockets (rpc/peers.py); off
+    only where the daemon is embedded in a process that starts its own clients."""
 
 
 @attrs.define
@@ -78,7 +85,17 @@ def run_daemon(
     host_runner: HostRunner = idle_runner,
 ) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or a failure of the host or RPC thread (exit 1)."""
+    harden_daemon_process()
     return trio.run(serve_async, config, plan, loader, host_factory, host_runner)
+
+
+def harden_daemon_process() -> None:
+    """Process-wide, so only for a process that is the daemon (not in-process tests):
+    a child subreaper (orphans of exec'd processes stay its descendants, so the
+    peer check still refuses them) and not dumpable (its ``/proc`` entries and
+    ptrace are closed to processes without CAP_SYS_PTRACE, even of its uid)."""
+    procguard.become_child_subreaper()
+    procguard.make_undumpable()
 
 
 async def serve_async(
@@ -105,9 +122,14 @@ async def serve_async(
         max_calls=config.max_calls,
         max_connections=config.max_connections,
         base_dir=config.base_dir,
+        exec_user=config.exec_user,
+        refuse_descendants=config.refuse_descendants,
     )
     service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())
     status = 0
+    claimed = grantsdir.claim(config.grants_dir) if config.grants_dir is not None else None
+    if claimed is not None and claimed.removed:
+        log.info("stale token files removed", files=[str(p) for p in claimed.removed])
     written = grants.write_token_files()
     try:
         async with trio.open_nursery() as nursery:
@@ -142,6 +164,8 @@ async def serve_async(
             await trio.to_thread.run_sync(service.join)
             bridge.close()
             grants.remove_all_token_files()
+            if claimed is not None:
+                claimed.release()
         log.info("stopped", status=status)
     return status
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ import attrs
 import capnp
 import structlog
 
-from . import offload, unwrap
+from . import offload, peers, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
 from .children import ChildSupervisor, base_dir, check_exec
@@ -60,6 +61,10 @@ class RpcConfig:
     admin_words: int = 2 * 1024 * 1024
     base_dir: Path = attrs.field(factory=Path.cwd)
     stop_grace_s: float = 3.0
+    exec_user: str | None = None
+    """Exec'd processes run as this user (see children.py)."""
+    refuse_descendants: bool = True
+    """Close connections from the daemon's descendants (see peers.py)."""
 
 
 class RpcService:
@@ -89,6 +94,7 @@ class RpcService:
             serve=self._serve,
             words=config.listen_words,
             stop_grace_s=config.stop_grace_s,
+            exec_user=config.exec_user,
         )
         self._next_conn = 0
         self._load_lock: asyncio.Lock | None = None
@@ -171,7 +177,7 @@ class RpcService:
         if cfg.admin is not None:
             if cfg.admin.kind != "unix":
                 raise ValueError("--admin must be a unix: address (its mode is the authority)")
-            sock = bind_unix(str(cfg.admin.path), ADMIN_SOCKET_MODE)
+            sock = self._guard(bind_unix(str(cfg.admin.path), ADMIN_SOCKET_MODE), "admin")
             srv = await capnp.AsyncIoStream.create_unix_server(
                 functools.partial(self._accept, "admin"), sock=sock
             )
@@ -179,7 +185,7 @@ class RpcService:
             self.addresses["admin"] = str(cfg.admin)
         if cfg.listen is not None:
             if cfg.listen.kind == "unix":
-                sock = bind_unix(str(cfg.listen.path), LISTEN_SOCKET_MODE)
+                sock = self._guard(bind_unix(str(cfg.listen.path), LISTEN_SOCKET_MODE), "listen")
                 srv = await capnp.AsyncIoStream.create_unix_server(
                     functools.partial(self._accept, "listen"), sock=sock
                 )
@@ -194,6 +200,9 @@ class RpcService:
                 host, port = srv.sockets[0].getsockname()[:2]
                 self.addresses["listen"] = str(Address("tcp", host=host, port=port))
             self._servers.append(srv)
+
+    def _guard(self, sock: socket.socket, kind: str) -> socket.socket:
+        return peers.guard(sock, kind) if self.config.refuse_descendants else sock
 
     async def _accept(self, kind: str, stream: Any) -> None:
         if len(self._conns) >= self.config.max_connections:

@@ -10,11 +10,11 @@ extends it with CPUs and workers; tests of the capability layer use it alone.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from capos_sched.core import Policy, Scheduler, ThreadRef
+from capos_sched.core import Effects, Policy, Scheduler, ThreadRef
 
 if TYPE_CHECKING:
     from capos_sched.manifest import Plan, ThreadPlan
@@ -37,12 +37,19 @@ class PlanHost:
     ``apply_plan`` no longer resolves, and its old ref is stale in the core.
     """
 
-    def __init__(self, plan: Plan, policy: Policy | str | None = None, cpus: int | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        policy: Policy | str | Any | None = None,
+        cpus: int | None = None,
+        guard: Any = None,
+    ):
         self._plan = plan
         self.scheduler = Scheduler(
             cpus or plan.machine.cpus,
             policy or plan.machine.policy,
             plan.machine.slice_ns,
+            guard=guard,
         )
         self._refs: dict[str, ThreadRef] = {}
         for thread_plan in plan.threads():
@@ -73,10 +80,10 @@ class PlanHost:
         kept = tuple(n for n in new if n in old)
         for name in removed:
             ref = self._refs.pop(name)
-            running_on = None
+            running_on, effects = None, Effects()
             if self.scheduler.is_live(ref):
-                running_on = self.scheduler.kill(ref, now_ns)
-            self.on_thread_removed(name, ref, running_on)
+                running_on, effects = self.scheduler.kill_effects(ref, now_ns)
+            self.on_thread_removed(name, ref, running_on, effects)
         for name in kept:
             ref = self._refs[name]
             if self.scheduler.is_live(ref):
@@ -90,9 +97,12 @@ class PlanHost:
     def on_thread_added(self, thread_plan: ThreadPlan, ref: ThreadRef) -> None:
         """Hook for subclasses (the runtime attaches a workload here)."""
 
-    def on_thread_removed(self, full_name: str, ref: ThreadRef, running_on: int | None) -> None:
-        """Hook for subclasses (the runtime drops the workload here, and stops
-        the slice on ``running_on``, the CPU still running the killed thread)."""
+    def on_thread_removed(
+        self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
+    ) -> None:
+        """Hook for subclasses (the runtime drops the workload here, stops the
+        slice on ``running_on``, the CPU still running the killed thread, and
+        acts on ``effects``: callers released by a server killed mid-call)."""
 
     def _spawn(self, thread_plan: ThreadPlan, now_ns: int) -> ThreadRef:
         wake = self.scheduler.spawn(

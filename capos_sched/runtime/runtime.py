@@ -55,16 +55,19 @@ import structlog
 import trio
 
 from capos_sched.core import (
+    FALLBACK_POLICY,
     Dispatch,
-    LatencyClass,
+    Effects,
     Policy,
     QueueCpu,
+    Stall,
     ThreadRef,
     ThreadState,
     Wake,
     WakeReason,
     ideal_shares,
 )
+from capos_sched.drive import step, thread_row
 from capos_sched.runtime.host import PlanHost
 from capos_sched.runtime.protocol import (
     OP_HASH,
@@ -184,12 +187,13 @@ class Runtime(PlanHost):
     def __init__(
         self,
         plan: Plan,
-        policy: Policy | str | None = None,
+        policy: Policy | str | Any | None = None,
         cpus: int | None = None,
         *,
         config: RuntimeConfig | None = None,
         trace: TraceRecorder | None = None,
         manifest_name: str | None = None,
+        guard: Any = None,
     ) -> None:
         self.config = config or RuntimeConfig()
         self._clock = self.config.clock_ns
@@ -215,8 +219,11 @@ class Runtime(PlanHost):
         self._restarts = 0
         self._stalls = 0
         self._bypass: dict[str, Any] | None = None
-        super().__init__(plan, policy, cpus)
-        self._initial_policy = self.scheduler.policy
+        self._bypassed: str | None = None
+        """The built-in policy a stall bypass replaced, restored once stalls clear."""
+        self._quiet_since_ns: int | None = None
+        super().__init__(plan, policy, cpus, guard)
+        self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
         self._parked = [None] * ncpus
         if self.trace is not None:
@@ -357,31 +364,31 @@ class Runtime(PlanHost):
         threads = []
         for rt in self._order:
             snap = self.scheduler.snapshot_any(rt.ref)
+            row = thread_row(
+                rt.name,
+                snap,
+                wake_latency_ns=rt.wake_latency.summary(),
+                timer_late_ns=rt.timer_late.summary(),
+                oversleep_ns=rt.oversleep.summary(),
+                ipc_round_trip_ns=rt.round_trips.summary(),
+                finished_ns=rt.finished_ns,
+                failed=rt.failed,
+                removed=rt.removed,
+            )
+            # The run report's order: name, process, weight, class, workload, ...
             threads.append(
                 {
-                    "name": rt.name,
+                    "name": row.pop("name"),
                     "process": rt.process,
-                    "weight": snap.weight,
-                    "class": snap.latency_class.wire_name,
+                    "weight": row.pop("weight"),
+                    "class": row.pop("class"),
                     "workload": getattr(rt.workload, "kind", type(rt.workload).__name__),
-                    "runtime_ns": snap.runtime_ns,
-                    "virtual_runtime_ns": snap.virtual_runtime_ns,
-                    "context_switches": snap.context_switches,
-                    "preemptions": snap.preemptions,
-                    "voluntary_blocks": snap.voluntary_blocks,
-                    "migrations": snap.migrations,
-                    "wake_latency_ns": rt.wake_latency.summary(),
-                    "timer_late_ns": rt.timer_late.summary(),
-                    "oversleep_ns": rt.oversleep.summary(),
-                    "ipc_round_trip_ns": rt.round_trips.summary(),
-                    "finished_ns": rt.finished_ns,
-                    "failed": rt.failed,
-                    "removed": rt.removed,
+                    **row,
                 }
             )
         return {
             "manifest": self.manifest_name,
-            "policy": self._initial_policy.value,
+            "policy": self._initial_policy,
             "cpus": self.cpus,
             "slice_ns": self.scheduler.slice_ns,
             "elapsed_ns": self.elapsed_ns(),
@@ -392,7 +399,8 @@ class Runtime(PlanHost):
                 "max": overhead["max"] if overhead else None,
             },
             "threads": threads,
-            "policy_final": self.scheduler.policy.value,
+            "policy_final": self.scheduler.policy_name,
+            "policy_exits": [record.as_dict() for record in self.scheduler.exits],
             "stop_reason": self._stop_reason,
             "wake_preemptions": self._wake_preemptions,
             "watchdog": {
@@ -400,6 +408,7 @@ class Runtime(PlanHost):
                 "bypass_after_ns": self.watchdog_bypass_ns,
                 "stalls": self._stalls,
                 "bypass": self._bypass,
+                "bypass_active": self._bypassed is not None,
             },
             "workers": {
                 "nice": self.config.nice,
@@ -464,12 +473,14 @@ class Runtime(PlanHost):
         else:
             rt.program = Program.start(workload)
 
-    def on_thread_removed(self, full_name: str, ref: ThreadRef, running_on: int | None) -> None:
+    def on_thread_removed(
+        self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
+    ) -> None:
         rt = self._threads.get(ref)
         if rt is None:
             return
         rt.removed = True
-        self._release_callers_of_exited_servers()
+        self._act(effects)
         if not self.scheduler.is_live(ref):
             self._release_data(rt)
         elif running_on is not None and self._workers:
@@ -523,11 +534,7 @@ class Runtime(PlanHost):
     def _kick_idle_if_work(self) -> None:
         if all(event is None for event in self._parked):
             return
-        core = self.scheduler
-        queued = any(len(cpu.queue) for cpu in core.cpus) or any(
-            cpu.ipc_slot is not None for cpu in core.cpus
-        )
-        if queued:
+        if self.scheduler.has_runnable_work():
             for k in range(self.cpus):
                 self._kick(k)
 
@@ -650,58 +657,41 @@ class Runtime(PlanHost):
         self._after_run(k, rt, elapsed, stop, end)
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
-        core = self.scheduler
-        match stop:
-            case Stop.EXPIRED:
-                core.preempt_current(k, now, elapsed)
-            case Stop.FINISHED:
-                core.exit_current(k, now, elapsed)
-                rt.finished_ns = self._rel(now)
-                self._release_data(rt)
-            case Stop.SLEEP:
-                core.block_current(k, now, elapsed)
-                if core.is_live(rt.ref) and self._nursery is not None:
-                    self._nursery.start_soon(self._timer, rt, now + rt.workload.period_ns)
-            case Stop.CALL:
-                rt.call_started_ns = now
-                rt.reply_pending = False
-                woken = core.ipc_call(k, now, elapsed, rt.workload.endpoint)
-                if woken is not None:
-                    server = self._threads[woken.thread]
-                    if server.program is not None:
-                        server.program.resume()
-                    self._on_wake(woken, "ipcCall", server)
-            case Stop.WAIT:
-                if core.ipc_wait(k, now, elapsed, rt.workload.endpoint) is not None:
-                    assert rt.program is not None
-                    rt.program.resume()
-            case Stop.REPLY:
-                woken, caller = core.ipc_reply_and_wait(k, now, elapsed, rt.workload.endpoint)
-                if woken is not None:
-                    self._on_reply(woken)
-                if caller is not None:
-                    assert rt.program is not None
-                    rt.program.resume()
-        if not core.is_live(rt.ref) and rt.finished_ns is None and rt.failed is None:
+        if stop is Stop.CALL:
+            rt.call_started_ns = now
+            rt.reply_pending = False
+        effects = step(self.scheduler, k, now, elapsed, stop, rt.workload, self._program_of)
+        if stop is Stop.FINISHED:
+            rt.finished_ns = self._rel(now)
+            self._release_data(rt)
+        elif stop is Stop.SLEEP and not effects.exited and self._nursery is not None:
+            self._nursery.start_soon(self._timer, rt, now + rt.workload.period_ns)
+        if effects.exited and rt.finished_ns is None and rt.failed is None:
             self._release_data(rt)  # killed by a plan change while it ran
-        self._release_callers_of_exited_servers()
+        for server in effects.delivered:
+            if server != rt.ref:
+                self._trace_wake(k, "ipcCall", self._threads[server])
+        self._act(effects)
         self._kick_idle_if_work()
         self._check_finished()
 
-    def _on_reply(self, woken: Wake) -> None:
-        """A client's call ended: its program moves on and it is made runnable."""
-        client = self._threads[woken.thread]
-        if client.program is not None:
-            client.program.resume()
-        client.reply_pending = True
-        self._on_wake(woken, "ipcReply", client)
+    def _program_of(self, ref: ThreadRef) -> Program | None:
+        rt = self._threads.get(ref)
+        return None if rt is None else rt.program
 
-    def _release_callers_of_exited_servers(self) -> None:
-        """Calls whose server exited mid-call (plan change) end unanswered: the
-        core has woken the callers; their programs move on as after a reply."""
-        for woken in self.scheduler.take_released_callers():
-            if woken.thread in self._threads:
-                self._on_reply(woken)
+    def _act(self, effects: Effects) -> None:
+        """Carry out what a core call asks of the driver (see ``capos_sched.drive``)."""
+        for woken in (*effects.replied, *effects.released):
+            client = self._threads.get(woken.thread)
+            if client is not None:
+                client.reply_pending = True
+                self._trace_wake(woken.cpu, "ipcReply", client)
+        for cpu in effects.kicks:
+            self._kick(cpu)
+        for cpu in effects.preempts:
+            self._preempt_for_wake(cpu)
+        for record in effects.ejections:
+            self._log_ejection(record)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
@@ -726,21 +716,35 @@ class Runtime(PlanHost):
         self._on_wake(wake, "timer", rt)
 
     def _on_wake(self, wake: Wake, reason: str, rt: RtThread) -> None:
-        if self.trace is not None and wake.cpu is not None:
+        self._trace_wake(wake.cpu, reason, rt)
+        if wake.kick is not None:
+            self._kick(wake.kick)
+        if wake.preempt is not None:
+            self._preempt_for_wake(wake.preempt)
+
+    def _trace_wake(self, cpu: int | None, reason: str, rt: RtThread) -> None:
+        if self.trace is not None and cpu is not None:
             self.trace.instant(
-                wake.cpu,
+                cpu,
                 f"wake {rt.name}",
                 self._rel(self.now_ns()),
                 "wake",
                 {"thread": rt.name, "reason": reason},
             )
-        if wake.kick is not None:
-            self._kick(wake.kick)
-        if wake.preempt is not None and self.config.wake_preemption and self._workers:
+
+    def _preempt_for_wake(self, cpu: int) -> None:
+        if self.config.wake_preemption and self._workers:
             # The core asks only while that CPU has a dispatch (its flag is
             # lowered when the next one starts, so this cannot go stale).
-            self._workers[wake.preempt].preempt()
+            self._workers[cpu].preempt()
             self._wake_preemptions += 1
+
+    def _log_ejection(self, record: Any) -> None:
+        log.error(
+            "policy ejected: continuing under the fallback",
+            fallback=FALLBACK_POLICY,
+            **record.as_dict(),
+        )
 
     def _fail_running(self, k: int, rt: RtThread, reason: str, elapsed: int) -> None:
         now = self.now_ns()
@@ -772,74 +776,97 @@ class Runtime(PlanHost):
             worker.preempt()
 
     async def _watchdog(self) -> None:
-        threshold = self.watchdog_threshold_ns
-        period_s = max(threshold / 4, 1_000_000) / 1e9
-        reported: dict[tuple[int, int], int] = {}
-        core = self.scheduler
+        period_s = max(self.watchdog_threshold_ns / 4, 1_000_000) / 1e9
+        reported: dict[ThreadRef, int] = {}
         while True:
             await trio.sleep(period_s)
-            now = self.now_ns()
-            started = self._started_ns or 0
-            worst: tuple[Any, int] | None = None
-            # Only threads stalled right now are remembered: one report per stall.
-            stalled_now: dict[tuple[int, int], int] = {}
-            for thread in core.threads():
-                if thread.state is not ThreadState.RUNNABLE or thread.runnable_since_ns is None:
-                    continue
-                waited = now - max(thread.runnable_since_ns, started)
-                if waited <= threshold:
-                    continue
-                key = (thread.tid, thread.generation)
-                stalled_now[key] = thread.runnable_since_ns
-                if reported.get(key) != thread.runnable_since_ns:
-                    self._stalls += 1
-                    log.warning(
-                        "watchdog: runnable thread stalled",
-                        thread=thread.name,
-                        waited_ms=round(waited / 1e6, 1),
-                        threshold_ms=round(threshold / 1e6, 1),
-                        reason=self._stall_reason(thread),
-                    )
-                if worst is None or waited > worst[1]:
-                    worst = (thread, waited)
-            reported = stalled_now
-            if (
-                worst is not None
-                and worst[1] > self.watchdog_bypass_ns
-                and core.policy is Policy.WFQ
-            ):
-                core.set_policy(Policy.FIFO)
+            reported = self.watchdog_check(self.now_ns(), reported)
+
+    def watchdog_check(self, now: int, reported: dict[ThreadRef, int]) -> dict[ThreadRef, int]:
+        """One watchdog pass at ``now``; returns the stalls reported so far.
+
+        A stall is judged by the core (``Scheduler.stalls``): by the time the
+        machine spent running other work or idle while the thread waited, so a
+        starved daemon (host contention) is not a policy stall. A stall longer
+        than ``watchdog_bypass_ns`` ejects the policy to the fallback (a
+        bypass); a bypass of a built-in policy ends by itself once no thread has
+        stalled for a whole threshold.
+        """
+        core = self.scheduler
+        stalls = core.stalls(now, self.watchdog_threshold_ns)
+        # Only threads stalled right now are remembered: one report per stall.
+        stalled_now: dict[ThreadRef, int] = {}
+        for stall in stalls:
+            since = now - stall.waited_ns
+            stalled_now[stall.thread] = since
+            if reported.get(stall.thread) != since:
+                self._stalls += 1
+                log.warning(
+                    "watchdog: runnable thread stalled",
+                    thread=stall.name,
+                    waited_ms=round(stall.waited_ns / 1e6, 1),
+                    judged_ms=round(stall.judged_ns / 1e6, 1),
+                    threshold_ms=round(self.watchdog_threshold_ns / 1e6, 1),
+                    reason=self._stall_reason(stall),
+                )
+        worst = stalls[0] if stalls else None
+        if worst is not None and worst.judged_ns > self.watchdog_bypass_ns:
+            previous = core.policy_name
+            message = (
+                f"{worst.name} waited {worst.judged_ns / 1e6:.1f} ms"
+                f" (bypass after {self.watchdog_bypass_ns / 1e6:.1f} ms)"
+            )
+            record = core.eject("stall", message, now)
+            if record is not None:
+                self._log_ejection(record)
+                self._bypassed = previous if previous in {p.value for p in Policy} else None
                 self._bypass = {
                     "at_ns": self._rel(now),
-                    "thread": worst[0].name,
-                    "waited_ns": worst[1],
+                    "thread": worst.name,
+                    "waited_ns": worst.judged_ns,
+                    "policy": previous,
+                    "ended_ns": None,
                 }
-                log.error(
-                    "watchdog: persistent stall, bypass: switching to the FIFO policy",
-                    thread=worst[0].name,
-                    waited_ms=round(worst[1] / 1e6, 1),
-                )
+                self._quiet_since_ns = None
                 for k in range(self.cpus):
                     self._kick(k)
+        elif self._bypassed is not None:
+            if stalls:
+                self._quiet_since_ns = None
+            elif self._quiet_since_ns is None:
+                self._quiet_since_ns = now
+            elif now - self._quiet_since_ns >= self.watchdog_threshold_ns:
+                self.set_policy(self._bypassed, reason="bypass ended: no stall for a threshold")
+        return stalled_now
 
-    def _stall_reason(self, thread: Any) -> str:
+    def set_policy(self, policy: Any, reason: str = "operator") -> None:
+        """Switch the policy now (trio thread): atomic, accounting carried over.
+        Ends a bypass. ``policy`` is a built-in name or a policy object."""
+        previous = self.scheduler.policy_name
+        effects = self.scheduler.set_policy(policy, self.now_ns())
+        if self._bypass is not None and self._bypassed is not None:
+            self._bypass["ended_ns"] = self._rel(self.now_ns())
+        self._bypassed = None
+        self._quiet_since_ns = None
+        log.info("policy switched", was=previous, now=self.scheduler.policy_name, reason=reason)
+        self._act(effects)
+        for k in range(self.cpus):
+            self._kick(k)
+
+    def _stall_reason(self, stall: Stall) -> str:
         core = self.scheduler
-        cpu = thread.cpu if thread.cpu is not None else 0
-        owner = thread.owner
-        where = f"in the IPC slot of CPU {cpu}" if owner and owner[0] == "ipcSlot" else "queued"
-        running = core.cpus[cpu].current
+        cpu = stall.cpu if stall.cpu is not None else 0
+        where = f"in the IPC slot of CPU {cpu}" if stall.where == "ipcSlot" else stall.where
         parts = [
-            f"{where} on CPU {cpu} with {len(core.cpus[cpu].queue)} runnable",
-            f"weight {thread.weight}",
-            f"class {thread.latency_class.wire_name}",
-            f"virtual lag {core.cpus[cpu].virtual_time_ns - thread.virtual_runtime_ns} ns",
+            f"{where} on CPU {cpu}",
+            f"weight {stall.weight}",
+            f"class {stall.latency_class.wire_name}",
+            f"policy {core.policy_name}",
         ]
+        running = core.running_thread(cpu)
         if running is not None:
-            parts.append(f"CPU {cpu} runs {running.name} (weight {running.weight})")
-        if core.policy is Policy.FIFO:
-            parts.append("policy FIFO")
-        elif thread.latency_class is LatencyClass.BATCH:
-            parts.append("batch class")
+            snap = core.snapshot_any(running)
+            parts.append(f"CPU {cpu} runs {snap.name} (weight {snap.weight})")
         return "; ".join(parts)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import ctypes
 import hashlib
 import mmap
 import os
@@ -31,6 +30,7 @@ import socket
 import sys
 import time
 
+from capos_sched.procguard import set_parent_death_signal
 from capos_sched.runtime.protocol import (
     FLAG_BYTES,
     OP_ATTACH,
@@ -47,20 +47,6 @@ from capos_sched.runtime.protocol import (
     ST_READY,
     U64_MASK,
 )
-
-PR_SET_PDEATHSIG = 1
-
-
-def _set_parent_death_signal(parent: int) -> None:
-    """Ask the kernel to SIGKILL us when the daemon dies; exit if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            print(f"capos-sched worker: prctl failed: errno {ctypes.get_errno()}", file=sys.stderr)
-    except OSError as exc:  # pragma: no cover - non-Linux
-        print(f"capos-sched worker: no prctl: {exc}", file=sys.stderr)
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 def spin(limit_ns: int, flag: mmap.mmap) -> tuple[int, int]:
@@ -179,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--core", type=int, default=-1)
     parser.add_argument("--sched-idle", action="store_true")
     args = parser.parse_args(argv)
-    _set_parent_death_signal(args.parent)
+    set_parent_death_signal(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.nice:
         try:

@@ -1,4 +1,5 @@
-"""Hypothesis: random operation sequences on 1-8 CPUs keep the core's invariants."""
+"""Hypothesis: random operation sequences on 1-8 CPUs, under every built-in policy
+and across live policy switches, keep the core's invariants."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis.stateful import (
 )
 
 from capos_sched.core import (
+    BUILTIN_NAMES,
     MAX_WEIGHT,
     CoreError,
     LastCpu,
@@ -34,9 +36,9 @@ elapsed = st.integers(0, 20_000_000)
 class CoreMachine(RuleBasedStateMachine):
     """Drives one Scheduler; remembers every ref ever handed out, stale ones included."""
 
-    @initialize(cpus=st.integers(1, 8), fifo=st.booleans())
-    def setup(self, cpus: int, fifo: bool) -> None:
-        self.s = Scheduler(cpus, "fifo" if fifo else "wfq")
+    @initialize(cpus=st.integers(1, 8), policy=st.sampled_from(BUILTIN_NAMES))
+    def setup(self, cpus: int, policy: str) -> None:
+        self.s = Scheduler(cpus, policy)
         self.now = 0
         self.refs = []
         self.last: dict = {}
@@ -135,8 +137,24 @@ class CoreMachine(RuleBasedStateMachine):
         self._observe()
 
     @rule(cpu=st.integers(0, 7))
-    def steal(self, cpu):
-        self.s.steal(cpu % len(self.s.cpus))
+    def dispatch_callback(self, cpu):
+        """The policy's dispatch run on its own (what an idle CPU does first)."""
+        cpu %= len(self.s.cpus)
+        dispatch = getattr(self.s.policy_object, "dispatch", None)
+        if dispatch is not None and self.s.cpus[cpu].current is None:
+            dispatch(self.s, cpu)
+        self._observe()
+
+    @rule(policy=st.sampled_from(BUILTIN_NAMES))
+    def switch_policy(self, policy):
+        """A live switch loses no thread and keeps every thread's accounting."""
+        before = {(t.tid, t.generation): (t.runtime_ns, t.virtual_runtime_ns, t.state)
+                  for t in self.s.threads()}  # fmt: skip
+        self.s.set_policy(policy, self.now)
+        after = {(t.tid, t.generation): (t.runtime_ns, t.virtual_runtime_ns, t.state)
+                 for t in self.s.threads()}  # fmt: skip
+        assert after == before
+        assert self.s.policy_name == policy and not self.s.exits
         self._observe()
 
     @precondition(lambda self: self.refs)
@@ -183,8 +201,14 @@ class CoreMachine(RuleBasedStateMachine):
         for cpu in self.s.cpus:
             if cpu.current is not None:
                 assert cpu.current.state is ThreadState.RUNNING
-            for t in cpu.queue:
+        for dsq in self.s._dsqs.values():
+            for t in dsq:
                 assert t.state is ThreadState.RUNNABLE
+
+    @invariant()
+    def built_in_policies_are_never_ejected(self):
+        if hasattr(self, "s"):
+            assert not self.s.exits, self.s.exits
 
 
 CoreMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

@@ -209,7 +209,8 @@ def test_steal_recomputes_finish_and_counts_one_migration():
 
 def test_steal_is_bounded_and_does_nothing_without_victims():
     s = Scheduler(3)
-    assert s.steal(0) is None
+    s.policy_object.dispatch(s, 0)  # the steal walk, with no victims
+    assert s.queue_lengths() == {}
     assert s.pick_next(0, 0) is None
 
 
@@ -220,9 +221,9 @@ def test_full_cpu_pulls_when_a_sibling_is_far_behind():
     s.preempt_current(0, 10 * SLICE_NS, 10 * SLICE_NS)  # a is now 10 slices ahead
     b = spawn(s, "b", cpu=1)
     s._threads[b.tid].virtual_runtime_ns = 0  # b stayed behind on CPU 1
-    s._rekey_if_queued(s._threads[b.tid])
+    s.set_weight(b, DEFAULT_WEIGHT)  # re-keys the queued thread
     d = s.pick_next(0, 10 * SLICE_NS)
-    assert d.thread == b and d.source == "steal"
+    assert d.thread == b and d.source == "pull"  # a threshold pull, not an idle steal
     assert s.snapshot(a).cpu == 0
 
 
@@ -351,13 +352,11 @@ def test_server_killed_mid_call_releases_its_caller_and_says_so():
     server, client = make_ipc_pair(s)
     s.ipc_call(0, MS, MS, "echo")
     assert s.pick_next(0, MS).thread == server  # serving the client
-    assert s.take_released_callers() == []
     s.kill(server, 2 * MS)  # running: exits when its CPU stops it
-    s.preempt_current(0, 3 * MS, MS)
-    released = s.take_released_callers()
-    assert [w.thread for w in released] == [client]
+    effects = s.stop(0, 3 * MS, MS, "expired")
+    assert [w.thread for w in effects.released] == [client]
+    assert effects.exited and effects.thread == server
     assert s.snapshot(client).state is ThreadState.RUNNABLE
-    assert s.take_released_callers() == []  # taken once
     s.check_invariants()
 
 
@@ -392,7 +391,7 @@ def test_new_thread_starts_at_queue_virtual_time():
     a = spawn(s, "a")
     for step in range(10):
         run_one(s, 0, SLICE_NS, step * SLICE_NS)
-    vtime = s.cpus[0].virtual_time_ns
+    vtime = s.policy_object.vtime[0]
     assert vtime > 0
     late = s.spawn("late", 10 * SLICE_NS, placement=QueueCpu(0)).thread
     assert s.snapshot(late).virtual_runtime_ns == vtime
@@ -412,7 +411,7 @@ def test_long_sleeper_banks_at_most_one_slice():
         run_one(s, 0, SLICE_NS, now)
         now += SLICE_NS
     s.wake(sleeper, now)
-    assert s.snapshot(sleeper).virtual_runtime_ns == s.cpus[0].virtual_time_ns - SLICE_NS
+    assert s.snapshot(sleeper).virtual_runtime_ns == s.policy_object.vtime[0] - SLICE_NS
     # After waking it gets the CPU for a bounded number of slices, then alternates.
     consecutive = 0
     while s.pick_next(0, now).thread == sleeper:
@@ -559,9 +558,10 @@ def test_queue_stays_bounded_by_live_threads_under_churn():
     for round_ in range(200):
         for r in refs:
             s.set_weight(r, 1 + (round_ * 37 + r.tid) % MAX_WEIGHT)  # re-keys each time
-    heap = s.cpus[0].queue._heap  # white-box: dead entries are compacted
+    queue = s.policy_object.queues[0]
+    heap = queue._heap  # white-box: dead entries are compacted
     assert len(heap) <= 2 * len(refs) + 1
-    assert len(s.cpus[0].queue) == 50
+    assert len(queue) == 50
 
 
 def test_overload_every_thread_runs_within_a_round():

@@ -225,6 +225,7 @@ class InProcess:
             parse_address(self.admin),
             self.grants,
             max_calls=max_calls,
+            refuse_descendants=False,  # the test process starts its own clients
         )
         self.state: Any = None
         self._token: trio.lowlevel.TrioToken | None = None

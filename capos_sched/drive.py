@@ -1,0 +1,71 @@
+"""What every driver of the core shares: one step from a worker's stop to core calls.
+
+The simulator (virtual time) and the trio runtime (real time) both run a
+thread's segment, learn how long it ran and why it stopped (``Stop``), and
+must then tell the core and move the workload programs on. That is this one
+function, so the two drivers cannot drift apart; each then acts on the
+returned ``Effects`` in its own way (an event heap, or trio tasks and worker
+flags):
+
+- ``effects.kicks``: idle CPUs to wake; ``effects.preempts``: slices to cut;
+- ``effects.delivered``: servers that received a call (their program has
+  moved on already);
+- ``effects.replied`` / ``effects.released``: callers whose call ended (by a
+  reply, or unanswered because their server exited) and which are runnable;
+- ``effects.exited``: the stopped thread is gone (finished or killed).
+
+Also here: the per-thread report row both drivers print (one report type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from capos_sched.core import Effects, Scheduler, ThreadRef, ThreadSnapshot
+from capos_sched.workload import Program, Stop
+
+ProgramOf = Callable[[ThreadRef], "Program | None"]
+
+
+def step(
+    core: Scheduler,
+    cpu: int,
+    now_ns: int,
+    elapsed_ns: int,
+    stop: Stop,
+    workload: Any,
+    program_of: ProgramOf,
+) -> Effects:
+    """``cpu``'s running thread ran ``elapsed_ns`` and stopped for ``stop``:
+    tell the core, move the programs of the threads it woke on, and return
+    what the driver must still do (see the module docstring)."""
+    endpoint = getattr(workload, "endpoint", None)
+    effects = core.stop(cpu, now_ns, elapsed_ns, stop.value, endpoint)
+    for server in effects.delivered:
+        _resume(program_of(server))
+    for woken in (*effects.replied, *effects.released):
+        _resume(program_of(woken.thread))
+    return effects
+
+
+def _resume(program: Program | None) -> None:
+    if program is not None:
+        program.resume()
+
+
+def thread_row(name: str, snap: ThreadSnapshot, **extra: Any) -> dict[str, Any]:
+    """One thread of a run report (``run --json`` and ``simulate --json``):
+    the core's accounting, then the driver's own measurements in ``extra``."""
+    return {
+        "name": name,
+        "weight": snap.weight,
+        "class": snap.latency_class.wire_name,
+        "runtime_ns": snap.runtime_ns,
+        "virtual_runtime_ns": snap.virtual_runtime_ns,
+        "context_switches": snap.context_switches,
+        "preemptions": snap.preemptions,
+        "voluntary_blocks": snap.voluntary_blocks,
+        "migrations": snap.migrations,
+        **extra,
+    }
