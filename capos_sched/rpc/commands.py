@@ -195,7 +195,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     default=None,
     metavar="USER",
     help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
-    "see docs/capabilities.md.",
+    "see docs/capabilities.md.  [default: the daemon's own user]",
 )
 def serve(
     manifest: Path,
