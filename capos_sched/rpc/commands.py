@@ -480,23 +480,35 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
 Examples:
   capos-sched set-weight fairness/b 2048 --token-file /tmp/grants/tuner.token
   capos-sched set-weight fairness/b 512   # inside a process serve started
+  capos-sched set-weight fairness/b 2048 --json   # prints the snapshot after the change
 """,
 )
 @client_options
 @click.argument("thread")
 @click.argument("weight", type=int)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_weight(
-    connect_addr: Address | None, token_file: Path | None, policy: str, thread: str, weight: int
+    connect_addr: Address | None,
+    token_file: Path | None,
+    policy: str,
+    thread: str,
+    weight: int,
+    as_json: bool,
 ) -> None:
-    """Set the weight of the thread granted as THREAD."""
+    """Set the weight of the thread granted as THREAD (prints nothing without --json)."""
 
-    async def go() -> None:
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_weight(handle, weight)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go)
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
 @click.command(
@@ -504,32 +516,40 @@ def set_weight(
     epilog="""\b
 Examples:
   capos-sched set-class shell/typist interactive --token-file /tmp/grants/tuner.token
-  capos-sched set-class fairness/c batch
+  capos-sched set-class fairness/c batch --json   # prints the snapshot after the change
 """,
 )
 @client_options
 @click.argument("thread")
 @click.argument("latency_class", metavar="CLASS", type=click.Choice(CLASS_NAMES))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_class(
     connect_addr: Address | None,
     token_file: Path | None,
     policy: str,
     thread: str,
     latency_class: str,
+    as_json: bool,
 ) -> None:
     """Set the latency class of the thread granted as THREAD.
 
     CLASS is one of: interactive (a quarter slice), normal, batch (four
-    slices) and ipcServer (a normal slice, for threads serving IPC).
+    slices) and ipcServer (a normal slice, for threads serving IPC). Prints
+    nothing without --json.
     """
 
-    async def go() -> None:
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_latency_class(handle, latency_class)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go)
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
 @click.command(
@@ -553,18 +573,22 @@ def snapshot(
             handle = await s.thread(thread)
             return await pol.snapshot(handle)
 
-    snap = _run(go)
-    data = {
+    data = _snapshot_data(thread, _run(go))
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def _snapshot_data(thread: str, snap: Any) -> dict[str, Any]:
+    """What ``snapshot --json`` (and ``set-weight``/``set-class --json``) print."""
+    return {
         "thread": thread,
         "weight": snap.weight,
         "class": snap.latency_class.wire_name,
         "runtime_ns": snap.runtime_ns,
         "virtual_runtime_ns": snap.virtual_runtime_ns,
     }
-    if as_json:
-        click.echo(json.dumps(data))
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
 
 
 COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]
