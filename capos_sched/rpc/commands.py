@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -59,20 +60,41 @@ def _fail(exc: BaseException) -> None:
     sys.exit(1)
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a client coroutine; typed errors become ``code: message`` + exit 1."""
-    from capos_sched.client import CapOSError
+def _run(coro_fn: Callable[[], Awaitable[T]], peer: Address | str | None = None) -> T:
+    """Run a client coroutine; typed errors become ``code: message`` + exit 1.
+
+    ``peer`` is the address the coroutine talks to, named when what answers
+    there is not a capos-sched daemon.
+    """
+    from capos_sched.client import CapOSError, NotADaemon
 
     async def main() -> T:
         return await coro_fn()
 
     try:
         return asyncio.run(main())
+    except NotADaemon as exc:
+        where = f"peer at {peer}" if peer is not None else "the peer"
+        log.debug("the peer does not speak Cap'n Proto RPC", peer=str(peer), detail=exc.message)
+        _fail(f"{exc.code}: {where} is not a capos-sched daemon")
     except CapOSError as exc:
-        _fail(exc)
+        _fail(_wrong_socket(exc, peer) or exc)
     except KeyboardInterrupt:
         sys.exit(130)
     raise AssertionError("unreachable")
+
+
+SOCKET_OF = {"Restorer": ("--listen", "--admin"), "Admin": ("--admin", "--listen")}
+"""What each daemon socket bootstraps: (its option, the other socket's option)."""
+
+
+def _wrong_socket(exc: BaseException, peer: Address | str | None) -> str | None:
+    """A clear message for a daemon socket of the other kind (Restorer vs Admin)."""
+    found = re.search(r"actualInterfaceName = capos\.capnp:(\w+)", str(exc))
+    if peer is None or found is None or found.group(1) not in SOCKET_OF:
+        return None
+    this, other = SOCKET_OF[found.group(1)]
+    return f"invalidArgument: {peer} is the daemon's {this} socket, not its {other} socket"
 
 
 def host_plugin(
@@ -302,7 +324,7 @@ def load(admin_addr: Address | None, manifest: Path) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.load(source, str(manifest.resolve()))
 
-    result = _run(go)
+    result = _run(go, _admin(admin_addr))
     for key in ("added", "removed", "kept", "revoked"):
         click.echo(f"{key}: {' '.join(result[key]) or '-'}")
 
@@ -327,7 +349,7 @@ def revoke(admin_addr: Address | None, target: str) -> None:
             return await session.revoke(process, grant)
 
     try:
-        changed = _run(go)
+        changed = _run(go, _admin(admin_addr))
     except InvalidArgument as exc:  # pragma: no cover - raised inside _run
         _fail(exc)
     click.echo(f"revoked: {' '.join(changed) or '- (already revoked)'}")
@@ -366,7 +388,7 @@ def grants(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.grants()
 
-    rows = _run(go)
+    rows = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
         return
@@ -403,7 +425,7 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.stats()
 
-    report = _run(go)
+    report = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -461,6 +483,13 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _client_peer(connect_addr: Address | None, token_file: Path | None) -> str:
+    """Where a client command connects, as its messages name it."""
+    if token_file is None and os.environ.get("CAPOS_SCHED_FD"):
+        return f"the inherited socket (fd {os.environ['CAPOS_SCHED_FD']})"
+    return str(connect_addr or parse_address(default_listen()))
+
+
 async def _session(connect_addr: Address | None, token_file: Path | None) -> Any:
     from capos_sched.client import connect, connect_inherited, read_token
 
@@ -506,7 +535,7 @@ def set_weight(
             await pol.set_weight(handle, weight)
             return await pol.snapshot(handle) if as_json else None
 
-    snap = _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
     if as_json:
         click.echo(json.dumps(_snapshot_data(thread, snap)))
 
@@ -547,7 +576,7 @@ def set_class(
             await pol.set_latency_class(handle, latency_class)
             return await pol.snapshot(handle) if as_json else None
 
-    snap = _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
     if as_json:
         click.echo(json.dumps(_snapshot_data(thread, snap)))
 
@@ -573,7 +602,7 @@ def snapshot(
             handle = await s.thread(thread)
             return await pol.snapshot(handle)
 
-    data = _snapshot_data(thread, _run(go))
+    data = _snapshot_data(thread, _run(go, _client_peer(connect_addr, token_file)))
     if as_json:
         click.echo(json.dumps(data))
     else:
