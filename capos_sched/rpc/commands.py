@@ -25,6 +25,13 @@ import structlog
 
 from capos_sched.core import LatencyClass
 from capos_sched.core.constants import MAX_CPUS
+from capos_sched.runtime.commands import (
+    trace_option,
+    trace_recorder,
+    watchdog_ns,
+    watchdog_option,
+    write_trace,
+)
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
@@ -98,7 +105,12 @@ def _wrong_socket(exc: BaseException, peer: Address | str | None) -> str | None:
 
 
 def host_plugin(
-    cpus: int | None, execute: bool = True, sched_idle: bool = True
+    cpus: int | None,
+    execute: bool = True,
+    sched_idle: bool = True,
+    *,
+    trace: Any = None,
+    watchdog_threshold_ns: int | None = None,
 ) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
@@ -115,7 +127,7 @@ def host_plugin(
         return (lambda plan: PlanHost(plan, effective_policy(None, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
-    config = RuntimeConfig(sched_idle=sched_idle)
+    config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
 
     async def run_runtime(host: Any, *, task_status: Any) -> None:
         await host.run(stop_when_finished=False, task_status=task_status)
@@ -126,6 +138,7 @@ def host_plugin(
             effective_policy(None, plan),
             cpus=cpus,
             config=config,
+            trace=trace,
             manifest_name=plan.source,
         )
 
@@ -150,6 +163,7 @@ Examples:
   capos-sched serve manifests/system-thread-fairness.cue --grants-dir /tmp/grants
   capos-sched serve manifests/tuner.cue --listen tcp:127.0.0.1:7070
   capos-sched serve manifests/system-thread-fairness.cue --no-execute --cpus 4
+  capos-sched serve manifests/tuner.cue --trace serve.trace.json --watchdog-ms 50
 
 {SOCKETS_HELP}
 
@@ -212,6 +226,8 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@trace_option
+@watchdog_option
 @click.option(
     "--exec-user",
     default=None,
@@ -229,8 +245,14 @@ def serve(
     idle_workers: bool,
     max_calls: int,
     exec_user: str | None,
+    trace_path: Path | None,
+    watchdog_ms: float | None,
 ) -> None:
-    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
+    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities.
+
+    With --trace, the trace of every dispatch is written when the daemon stops
+    (at most 2,000,000 events are kept).
+    """
     from capos_sched.manifest.commands import plan_or_exit
 
     from .addr import ensure_private_dir, run_dir
@@ -238,8 +260,14 @@ def serve(
     from .grantsdir import GrantsDirError
 
     plan = plan_or_exit(manifest)  # printed as `check` prints it
+    if not execute and (trace_path is not None or watchdog_ms is not None):
+        flag = "--trace" if trace_path is not None else "--watchdog-ms"
+        raise click.BadParameter("nothing runs with --no-execute", param_hint=flag)
     if exec_user is not None:
         _check_exec_user(exec_user)
+    if grants_dir is None:
+        _warn_unrestorable(plan)
+    trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
@@ -258,7 +286,9 @@ def serve(
         max_calls=max_calls,
         exec_user=exec_user,
     )
-    factory, runner = host_plugin(cpus, execute, idle_workers)
+    factory, runner = host_plugin(
+        cpus, execute, idle_workers, trace=trace, watchdog_threshold_ns=watchdog_ns(watchdog_ms)
+    )
     try:
         status = run_daemon(
             config, plan, loader=plan_loader, host_factory=factory, host_runner=runner
@@ -267,7 +297,20 @@ def serve(
         _fail(exc.wire_text)
     except GrantsDirError as exc:
         _fail(f"invalidArgument: {exc}")
+    write_trace(trace, trace_path, say=False)
     sys.exit(status)
+
+
+def _warn_unrestorable(plan: Any) -> None:
+    """Processes that hold grants but are not started by the daemon reach them
+    only with their token, which only --grants-dir hands out."""
+    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
+    if waiting:
+        log.warning(
+            "no --grants-dir: no token file is written, so nobody can restore these "
+            "processes' grants",
+            processes=waiting,
+        )
 
 
 def _check_exec_user(name: str) -> None:
