@@ -312,8 +312,8 @@ def serve(
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
-        except (OSError, AddressError) as exc:
-            _fail(f"failed: cannot create {run_dir()}: {exc}")
+        except (OSError, ValueError) as exc:  # safedir.UnsafeDirError is a ValueError
+            _fail(f"failed: unsafe runtime directory: {exc}")
     listen = listen or parse_address(default_listen())
     admin = admin or parse_address(default_admin())
     if admin.kind != "unix":
@@ -382,7 +382,22 @@ admin_option = click.option(
 
 
 def _admin(addr: Address | None) -> Address:
+    if addr is None:
+        _check_run_dir()
     return addr or parse_address(default_admin())
+
+
+def _check_run_dir() -> None:
+    """A default address lives in the runtime directory: refuse it unless it is ours."""
+    from capos_sched.client import Failed
+    from capos_sched.safedir import UnsafeDirError
+
+    from .addr import checked_run_dir
+
+    try:
+        checked_run_dir()
+    except UnsafeDirError as exc:
+        raise Failed(f"unsafe runtime directory: {exc}") from None
 
 
 @click.command(
@@ -589,6 +604,8 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
 
         raise InvalidArgument("--token-file is required (or run under the daemon with exec)")
     token = read_token(token_file)
+    if connect_addr is None:
+        _check_run_dir()
     return await connect(connect_addr or parse_address(default_listen()), token=token)
 
 

@@ -154,6 +154,13 @@ class RpcService:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
 
+    def hurry(self) -> None:
+        """Thread-safe: stop exec'd processes now (SIGKILL), not after their grace."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.children.kill_all)
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
