@@ -30,7 +30,7 @@ def test_an_ineligible_thread_waits_even_with_the_earliest_deadline():
     s.preempt_current(0, 3 * MS, 3 * MS)
     # inter: v = 3 ms, deadline 4 ms; batch: v = 0, deadline 16 ms; V = 1.5 ms.
     assert state(s, inter).deadline < state(s, batch).deadline
-    assert not s.policy_object.eligible(s._threads[inter.tid], 0)
+    assert not s.policy_object.eligible(s._threads[inter.tid])
     assert s.pick_next(0, 3 * MS).thread == batch  # eligibility before deadline
 
 
@@ -70,7 +70,7 @@ def test_a_wake_preserves_the_lag_it_left_with():
     lag = state(s, b).vlag
     assert lag == SLICE_NS
     s.wake(b, 200 * MS)
-    avg = s.policy_object.avg(0)
+    avg = s.policy_object.avg()
     assert avg - v(s, b) == lag  # back in the average with its lag
     assert v(s, a) - v(s, b) == 2 * lag  # placed at V_before - lag * (W + w) / W
 
@@ -81,11 +81,11 @@ def test_reweight_rescales_lag_and_keeps_the_average():
     assert s.pick_next(0, 0).thread == a
     s.preempt_current(0, 8 * MS, 8 * MS)  # a: v = 8 ms; b: 0; V = 4 ms
     policy = s.policy_object
-    before_avg = policy.avg(0)
+    before_avg = policy.avg()
     lag_before = before_avg - v(s, b)
     s.set_weight(b, 4096)
-    assert abs(policy.avg(0) - before_avg) <= 1  # V unchanged (integer rounding)
-    assert policy.avg(0) - v(s, b) == lag_before * 1024 // 4096
+    assert abs(policy.avg() - before_avg) <= 1  # V unchanged (integer rounding)
+    assert policy.avg() - v(s, b) == lag_before * 1024 // 4096
     # and the queue is re-keyed: b's deadline uses its new weight
     assert state(s, b).deadline == v(s, b) + SLICE_NS * 1024 // 4096
     s.check_invariants()
@@ -96,3 +96,17 @@ def test_deadline_is_request_over_weight():
     spawn(s, "light")
     heavy = spawn(s, "heavy", weight=4096)  # deadline 1 ms against 4 ms
     assert s.pick_next(0, 0).thread == heavy
+
+
+def test_weighted_shares_on_one_and_two_cpus():
+    from capos_sched.core import ideal_shares
+    from capos_sched.sim import Simulator
+    from capos_sched.workload import Spin
+
+    for cpus in (1, 2):
+        sim = Simulator(cpus, "eevdf", seed=3, jitter=0.2)
+        for i, weight in enumerate((2048, 1024, 1024)):
+            sim.add_thread(f"t{i}", Spin(), weight=weight)
+        got = [t["runtime_ns"] for t in sim.run(3 * 10**9)["threads"]]
+        for runtime, share in zip(got, ideal_shares([2048, 1024, 1024], cpus), strict=True):
+            assert abs(runtime / 3e9 - share) <= 0.02 * share, (cpus, got)
