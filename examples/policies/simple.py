@@ -1,6 +1,9 @@
 """scx_simple for capos-sched: one global queue ordered by virtual time.
 
-Run it:  capos-sched simulate manifests/system-thread-fairness.cue --policy examples/policies/simple.py
+Run it:
+    capos-sched simulate manifests/system-thread-fairness.cue \
+        --policy examples/policies/simple.py
+
 Every CPU takes the thread with the lowest vtime from one shared DSQ. A
 sleeper banks at most one slice of credit (vtime is raised to the queue's
 vtime minus a slice), and the queue's vtime only moves forward.
