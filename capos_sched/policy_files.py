@@ -218,3 +218,16 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 _on_alarm._capos_guard = True  # type: ignore[attr-defined]
+
+
+def policy_and_guard(value: Any, base: Path | None = None) -> tuple[Any, AlarmGuard | None]:
+    """What a host passes to the core for ``value`` (a built-in name, a
+    ``.py`` path, or a policy object): the policy, and the guard that bounds a
+    user policy's callbacks (None for a built-in)."""
+    if isinstance(value, str) and is_policy_file(value):
+        return resolve_policy(value, base).create(), AlarmGuard()
+    if isinstance(value, PolicySpec):
+        return value.create(), None if value.builtin else AlarmGuard()
+    if isinstance(value, str) or getattr(value, "builtin", False) is True:
+        return value, None
+    return value, AlarmGuard()

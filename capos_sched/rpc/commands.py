@@ -75,7 +75,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 def host_plugin(
-    cpus: int | None, execute: bool = True, sched_idle: bool = True
+    cpus: int | None, execute: bool = True, sched_idle: bool = True, policy: str | None = None
 ) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
@@ -89,7 +89,7 @@ def host_plugin(
     from .daemon import idle_runner
 
     if not execute:
-        return (lambda plan: PlanHost(plan, effective_policy(None, plan), cpus=cpus)), idle_runner
+        return (lambda plan: PlanHost(plan, effective_policy(policy, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
     config = RuntimeConfig(sched_idle=sched_idle)
@@ -100,7 +100,7 @@ def host_plugin(
     def make_runtime(plan: Any) -> Any:
         return Runtime(
             plan,
-            effective_policy(None, plan),
+            effective_policy(policy, plan),
             cpus=cpus,
             config=config,
             manifest_name=plan.source,
@@ -163,6 +163,11 @@ def plan_loader(source: str, name: str) -> Any:
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@click.option(
+    "--policy",
+    metavar="wfq|fifo|eevdf|PATH.py",
+    help="Override the manifest's policy (a built-in, or a policy file; docs/policies.md).",
+)
 def serve(
     manifest: Path,
     listen: Address | None,
@@ -172,6 +177,7 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    policy: str | None,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
     from capos_sched.manifest import ManifestError, load_plan
@@ -200,7 +206,10 @@ def serve(
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
     )
-    factory, runner = host_plugin(cpus, execute, idle_workers)
+    from capos_sched.runtime.commands import effective_policy
+
+    effective_policy(policy, plan)  # a bad policy is a usage error before anything starts
+    factory, runner = host_plugin(cpus, execute, idle_workers, policy)
     try:
         status = run_daemon(
             config, plan, loader=plan_loader, host_factory=factory, host_runner=runner
