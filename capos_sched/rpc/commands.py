@@ -108,6 +108,7 @@ def host_plugin(
     cpus: int | None,
     execute: bool = True,
     sched_idle: bool = True,
+    policy: str | None = None,
     *,
     trace: Any = None,
     watchdog_threshold_ns: int | None = None,
@@ -124,7 +125,7 @@ def host_plugin(
     from .daemon import idle_runner
 
     if not execute:
-        return (lambda plan: PlanHost(plan, effective_policy(None, plan), cpus=cpus)), idle_runner
+        return (lambda plan: PlanHost(plan, effective_policy(policy, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
     config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
@@ -135,7 +136,7 @@ def host_plugin(
     def make_runtime(plan: Any) -> Any:
         return Runtime(
             plan,
-            effective_policy(None, plan),
+            effective_policy(policy, plan),
             cpus=cpus,
             config=config,
             trace=trace,
@@ -271,6 +272,12 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
     "see docs/capabilities.md.  [default: the daemon's own user]",
 )
+@click.option(
+    "--policy",
+    metavar="wfq|fifo|eevdf|PATH.py",
+    help="Override the manifest's policy (a built-in, or a policy file; docs/policies.md).  "
+    "[default: the manifest's machine.policy]",
+)
 def serve(
     manifest: Path,
     listen: Address | None,
@@ -288,6 +295,7 @@ def serve(
     exec_user: str | None,
     trace_path: Path | None,
     watchdog_ms: float | None,
+    policy: str | None,
 ) -> None:
     """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities.
 
@@ -332,8 +340,16 @@ def serve(
         idle_timeout_s=idle_timeout,
         exec_user=exec_user,
     )
+    from capos_sched.runtime.commands import effective_policy
+
+    effective_policy(policy, plan)  # a bad policy is a usage error before anything starts
     factory, runner = host_plugin(
-        cpus, execute, idle_workers, trace=trace, watchdog_threshold_ns=watchdog_ns(watchdog_ms)
+        cpus,
+        execute,
+        idle_workers,
+        policy,
+        trace=trace,
+        watchdog_threshold_ns=watchdog_ns(watchdog_ms),
     )
     try:
         status = run_daemon(

@@ -33,13 +33,33 @@ def _load(manifest: Path | None) -> tuple[Any, str]:
 
 
 def effective_policy(explicit: str | None, plan: Any) -> str:
-    """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO)."""
+    """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO).
+
+    A policy file is loaded once here to check it: a bad one is a usage error
+    (exit 2) for ``--policy``, a manifest error (exit 1) for ``machine.policy``.
+    """
+    from capos_sched.policy_files import PolicyLoadError, resolve_policy
+
     policy = explicit or plan.machine.policy
     if os.environ.get(DISABLE_WFQ_ENV, "") not in ("", "0"):
         if policy != "fifo":
             log.warning(f"{DISABLE_WFQ_ENV} is set: forcing the FIFO policy", was=policy)
         policy = "fifo"
+    try:
+        resolve_policy(policy)
+    except PolicyLoadError as error:
+        if explicit is not None and policy == explicit:
+            raise click.BadParameter(str(error), param_hint="--policy") from None
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
     return policy
+
+
+POLICY_HELP = (
+    "Override the manifest's policy: wfq, fifo, eevdf, or a policy file PATH.py "
+    f"(a module exposing POLICY; see docs/policies.md). {DISABLE_WFQ_ENV}=1 forces fifo.  "
+    "[default: the manifest's machine.policy]"
+)
 
 
 def _has_finite(plan: Any) -> bool:
@@ -56,12 +76,7 @@ cpus_option = click.option(
     type=click.IntRange(1, MAX_CPUS),
     help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
 )
-policy_option = click.option(
-    "--policy",
-    type=click.Choice(["wfq", "fifo"]),
-    help=f"Override the manifest's policy ({DISABLE_WFQ_ENV}=1 forces fifo).  "
-    "[default: the manifest's machine.policy]",
-)
+policy_option = click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON report on stdout (no table)."
 )
