@@ -412,8 +412,8 @@ def _check_run_dir() -> None:
 
     try:
         checked_run_dir()
-    except UnsafeDirError as exc:
-        raise Failed(f"unsafe runtime directory: {exc}") from None
+    except UnsafeDirError as exc:  # one line and exit 1, inside or outside _run
+        _fail(Failed(f"unsafe runtime directory: {exc}"))
 
 
 @click.command(

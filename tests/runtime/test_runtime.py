@@ -302,7 +302,8 @@ async def test_plan_swap_starts_new_threads_and_stops_removed_ones() -> None:
     report = runtime.report()
     threads = {(t["name"], t["removed"]): t for t in report["threads"]}
     assert threads[("h/b", True)]["runtime_ns"] == b_at_swap
-    assert threads[("h/c", False)]["runtime_ns"] > 30 * MS
+    # It ran (charged CPU time, which a loaded host may give it little of).
+    assert threads[("h/c", False)]["runtime_ns"] > 0
     assert threads[("h/a", False)]["weight"] == 2048
 
 
