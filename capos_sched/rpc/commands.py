@@ -405,7 +405,6 @@ def _admin(addr: Address | None) -> Address:
 
 def _check_run_dir() -> None:
     """A default address lives in the runtime directory: refuse it unless it is ours."""
-    from capos_sched.client import Failed
     from capos_sched.safedir import UnsafeDirError
 
     from .addr import checked_run_dir
@@ -413,7 +412,7 @@ def _check_run_dir() -> None:
     try:
         checked_run_dir()
     except UnsafeDirError as exc:
-        raise Failed(f"unsafe runtime directory: {exc}") from None
+        _fail(f"failed: unsafe runtime directory: {exc}")
 
 
 @click.command(
