@@ -229,6 +229,42 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 @trace_option
 @watchdog_option
 @click.option(
+    "--max-answers",
+    type=click.IntRange(1, 1_000_000),
+    default=1024,
+    show_default=True,
+    help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
+    "reading its connection.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a peer may stay at --max-answers before it is disconnected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=128,
+    show_default=True,
+    help="Connections the --listen socket accepts (the admin socket has its own limit of 16).",
+)
+@click.option(
+    "--max-connections-per-uid",
+    type=click.IntRange(1, 100_000),
+    default=32,
+    show_default=True,
+    help="Connections one local user (by SO_PEERCRED) may hold on a unix --listen socket.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a --listen connection may stay open without restoring a token.",
+)
+@click.option(
     "--exec-user",
     default=None,
     metavar="USER",
@@ -244,6 +280,11 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    max_answers: int,
+    stall_timeout: float,
+    max_connections: int,
+    max_connections_per_uid: int,
+    idle_timeout: float,
     exec_user: str | None,
     trace_path: Path | None,
     watchdog_ms: float | None,
@@ -284,6 +325,11 @@ def serve(
         grants_dir=grants_dir.absolute() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
+        max_answers=max_answers,
+        stall_timeout_s=stall_timeout,
+        max_connections=max_connections,
+        max_per_uid=max_connections_per_uid,
+        idle_timeout_s=idle_timeout,
         exec_user=exec_user,
     )
     factory, runner = host_plugin(

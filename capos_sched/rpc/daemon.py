@@ -34,9 +34,10 @@ from . import grantsdir
 from .addr import Address
 from .bridge import Bridge
 from .children import check_exec
+from .gate import GateLimits
 from .grants import GrantTable, HostLike
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService
+from .service import PlanLoader, RpcConfig, RpcService, ServeError, SocketLimits
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -60,7 +61,12 @@ class DaemonConfig:
     grants_dir: Path | None = None
     base_dir: Path = attrs.field(factory=Path.cwd)
     max_calls: int = 1024
-    max_connections: int = 256
+    max_connections: int = 128
+    """Connections the listen socket accepts (the admin socket has its own 16)."""
+    max_per_uid: int | None = 32
+    idle_timeout_s: float | None = 10.0
+    max_answers: int = 1024
+    stall_timeout_s: float = 10.0
     exec_user: str | None = None
     refuse_descendants: bool = True
     """Refuse the daemon process's descendants on its sockets (rpc/peers.py); off
@@ -116,11 +122,18 @@ async def serve_async(
     grants = GrantTable.from_plan(plan, host, config.grants_dir)
     owner = Owner(host, grants, config.manifest_name)
     bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
+    gate = GateLimits(max_answers=config.max_answers, stall_timeout_s=config.stall_timeout_s)
     rpc_config = RpcConfig(
         listen=config.listen,
         admin=config.admin,
         max_calls=config.max_calls,
-        max_connections=config.max_connections,
+        listen_limits=SocketLimits(
+            config.max_connections,
+            config.max_per_uid,
+            config.idle_timeout_s,
+            gate,
+        ),
+        admin_limits=SocketLimits(16, gate=gate),
         base_dir=config.base_dir,
         exec_user=config.exec_user,
         refuse_descendants=config.refuse_descendants,
@@ -138,7 +151,7 @@ async def serve_async(
             await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
             try:
                 await trio.to_thread.run_sync(service.start)
-            except (OSError, ValueError) as exc:  # AddressError is a ValueError
+            except ServeError as exc:
                 log.error("cannot serve", error=str(exc))
                 status = 1
                 nursery.cancel_scope.cancel()

@@ -118,7 +118,7 @@ async def expect(cls: type[CapOSError], awaitable: Any) -> CapOSError:
 
 
 def test_token_files_admin_socket_and_grants(daemon: Daemon) -> None:
-    files = sorted(p.name for p in daemon.grants.iterdir())
+    files = sorted(p.name for p in daemon.grants.glob("*.token"))
     assert files == ["other.token", "tuner.token", "viewer.token"]
     assert stat.S_IMODE(daemon.grants.stat().st_mode) == 0o700
     for name in files:
@@ -428,7 +428,7 @@ def test_load_is_atomic_and_removed_threads_leave_stale_handles(daemon: Daemon) 
 def test_default_manifest_grants_nothing(workdir: Path) -> None:
     d = Daemon(workdir, manifest=REPO / "manifests" / "default.cue")
     try:
-        assert not d.grants.exists() or list(d.grants.iterdir()) == []
+        assert not d.grants.exists() or list(d.grants.glob("*.token")) == []
         out = cli("grants", "--admin", d.admin, "--json")
         assert out.returncode == 0 and json.loads(out.stdout) == []
 
