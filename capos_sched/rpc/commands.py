@@ -314,8 +314,6 @@ def serve(
         raise click.BadParameter("nothing runs with --no-execute", param_hint=flag)
     if exec_user is not None:
         _check_exec_user(exec_user)
-    if grants_dir is None:
-        _warn_unrestorable(plan)
     trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
         try:
@@ -361,18 +359,6 @@ def serve(
         _fail(f"invalidArgument: {exc}")
     write_trace(trace, trace_path, say=False)
     sys.exit(status)
-
-
-def _warn_unrestorable(plan: Any) -> None:
-    """Processes that hold grants but are not started by the daemon reach them
-    only with their token, which only --grants-dir hands out."""
-    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
-    if waiting:
-        log.warning(
-            "no --grants-dir: no token file is written, so nobody can restore these "
-            "processes' grants",
-            processes=waiting,
-        )
 
 
 def _check_exec_user(name: str) -> None:
