@@ -52,6 +52,15 @@ def become_child_subreaper() -> bool:
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def is_child_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        value = ctypes.c_int(0)
+        return int(libc.prctl(37, ctypes.byref(value), 0, 0, 0)) == 0 and value.value == 1
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        return False
+
+
 def make_undumpable() -> bool:
     return _prctl(PR_SET_DUMPABLE, 0)
 

@@ -55,14 +55,20 @@ def children_of(pid: int) -> list[int]:
     return pids
 
 
-def adopted_zombies(me: int, exclude: set[int]) -> list[int]:
-    """Zombie children of ``me`` outside its process group, minus ``exclude``."""
+def foreign_children(me: int, exclude: set[int]) -> list[tuple[int, str]]:
+    """``(pid, state)`` of the children of ``me`` outside its process group, minus
+    ``exclude``: for a subreaper daemon, the orphans it adopted."""
     group = os.getpgid(me)
     out = []
     for pid in children_of(me):
         if pid in exclude:
             continue
         fields = stat_fields(pid)
-        if fields is not None and fields[0] == "Z" and int(fields[2]) != group:
-            out.append(pid)
+        if fields is not None and int(fields[2]) != group:
+            out.append((pid, fields[0]))
     return out
+
+
+def adopted_zombies(me: int, exclude: set[int]) -> list[int]:
+    """Zombie children of ``me`` outside its process group, minus ``exclude``."""
+    return [pid for pid, state in foreign_children(me, exclude) if state == "Z"]

@@ -25,7 +25,8 @@ import capnp
 import structlog
 
 from capos_sched.interpreter import python_module_argv
-from capos_sched.proctree import adopted_zombies
+from capos_sched.procguard import is_child_subreaper
+from capos_sched.proctree import adopted_zombies, foreign_children
 
 from .errors import wire_error
 from .grants import ProcessGrants
@@ -111,7 +112,7 @@ class ChildSupervisor:
         finally:
             theirs.close()
         log.info("process started", process=name, pid=child.process.pid, argv=list(argv))
-        if self._reaper is None:
+        if self._reaper is None and is_child_subreaper():
             self._reaper = asyncio.create_task(self._reap_adopted())
         child.tasks = [
             asyncio.create_task(self.serve(ctx, child.stream, cap_set, self.words)),
@@ -142,6 +143,7 @@ class ChildSupervisor:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
             self._reaper = None
+            await _kill_adopted()
 
     async def _reap_adopted(self) -> None:
         """Reap orphans re-parented to the daemon (a child subreaper, see procguard.py).
@@ -179,6 +181,22 @@ class ChildSupervisor:
             child.stream.close()
         if self.children.get(child.name) is child:
             del self.children[child.name]
+
+
+async def _kill_adopted(rounds: int = 40) -> None:
+    """At the end: SIGKILL (and reap) every orphan an exec'd process left to us,
+    its own children included (they are re-parented to us in turn)."""
+    for _ in range(rounds):
+        left = foreign_children(os.getpid(), exclude=set())
+        if not left:
+            return
+        for pid, state in left:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                if state != "Z":
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, os.WNOHANG)
+        await asyncio.sleep(0.02)
+    log.warning("orphans of exec'd processes still alive at stop", pids=[p for p, _ in left])
 
 
 async def _watch(child: Child) -> None:

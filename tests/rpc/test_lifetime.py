@@ -178,3 +178,37 @@ def test_two_signals_50ms_apart_still_exit_cleanly_and_fast(workdir: Path, secon
     assert os.listdir(d.grants) == []
     assert [p for p in pids if _alive(p)] == []
     assert "Traceback" not in d.log()
+
+
+ESCAPER = BASE_MANIFEST.replace(
+    "\tviewer: grants:",
+    "\tctl: {\n"
+    '\t\texec: ["sh", "-c", "setsid sh -c \'echo $$ > escaped.pid; exec sleep 600\' & '
+    'echo up; exec sleep 600"]\n'
+    '\t\tgrants: a: {kind: "thread", thread: "fairness/a"}\n'
+    "\t}\n\tviewer: grants:",
+)
+
+
+def test_a_clean_stop_also_ends_what_exec_processes_left_in_other_sessions(
+    workdir: Path,
+) -> None:
+    d = Daemon(workdir, manifest=ESCAPER)
+    try:
+        pids = _started_pids(d)
+        pid_file = workdir / "escaped.pid"
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        escaped = int(pid_file.read_text())
+        assert _alive(escaped)
+        with open(f"/proc/{escaped}/stat") as f:  # its own session: killpg misses it
+            assert int(f.read().rsplit(")", 1)[1].split()[3]) == escaped
+    finally:
+        assert d.stop() == 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _alive(escaped):
+        time.sleep(0.05)
+    assert not _alive(escaped), "a setsid'd descendant outlived the clean stop"
+    assert [p for p in pids if _alive(p)] == []
