@@ -187,4 +187,4 @@ def _file_error(filename: str, message: str) -> ManifestError:
 
 
 def _with_export(plan: Plan, exported: Exported) -> Plan:
-    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, 0))
+    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, None))

@@ -264,15 +264,15 @@ def _forwarder() -> Transformer:
     """A Transformer whose method for each rule calls that rule's method on
     the current parse's :class:`_AstBuilder`."""
 
-    def forward(name: str) -> Any:
+    def forward(rule: Any) -> Any:
         def method(self: Transformer, children: list[Any]) -> Any:
-            return getattr(_BUILDER.get(), name)(children)
+            return rule(_BUILDER.get(), children)
 
-        method.__name__ = name
+        method.__name__ = rule.__name__
         return method
 
     rules = {
-        name: forward(name)
+        name: forward(member)
         for name, member in vars(_AstBuilder).items()
         if callable(member) and not name.startswith("_")
     }
