@@ -76,8 +76,11 @@ def evaluate(
     if parsed is None:
         return None
     if not with_schema:
-        return parsed, export(Evaluator([parsed]).root(), source, diagnostics, parsed.complete)
+        evaluator = Evaluator([parsed])
+        evaluator.check_references(diagnostics)
+        return parsed, export(evaluator.root(), source, diagnostics, parsed.complete)
     evaluator = Evaluator([schema_file(), parsed])
+    evaluator.check_references(diagnostics)
     root = close_root(evaluator.root(), evaluator.schema_labels())
     return parsed, export(root, source, diagnostics, parsed.complete)
 
