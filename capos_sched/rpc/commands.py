@@ -193,7 +193,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 @click.option(
     "--max-answers",
     type=click.IntRange(1, 1_000_000),
-    default=1024,
+    default=4096,
     show_default=True,
     help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
     "reading its connection.",

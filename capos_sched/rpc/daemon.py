@@ -65,7 +65,7 @@ class DaemonConfig:
     """Connections the listen socket accepts (the admin socket has its own 16)."""
     max_per_uid: int | None = 32
     idle_timeout_s: float | None = 10.0
-    max_answers: int = 1024
+    max_answers: int = 4096
     stall_timeout_s: float = 10.0
     exec_user: str | None = None
     refuse_descendants: bool = True

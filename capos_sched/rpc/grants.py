@@ -21,6 +21,7 @@ before can never reach it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import os
 import re
@@ -39,6 +40,8 @@ from .errors import WireError, revoked, stale, wire_error
 TOKEN_BYTES = 32
 """Random bytes per token: 256 bits, written as URL-safe base64 text (43 chars)."""
 
+SECRET_BYTES = 32
+NONCE_BYTES = 16
 KINDS = ("schedulingPolicy", "thread")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -72,6 +75,13 @@ class Grant:
     target: str | None
     ref: ThreadRef | None
     closed: str | None = None
+    secret: bytes = attrs.field(factory=lambda: secrets.token_bytes(SECRET_BYTES), repr=False)
+    """Never leaves the daemon: a handle of this grant proves itself with
+    ``prove_mac`` (HMAC over a fresh nonce), so a handle cannot be forged by
+    naming a thread, and a handle of another daemon proves nothing here."""
+
+    def prove_mac(self, nonce: bytes) -> bytes:
+        return hmac.new(self.secret, nonce, hashlib.sha256).digest()
 
     @property
     def key(self) -> str:
