@@ -198,7 +198,12 @@ def _kj_to_wire(exc: capnp.KjException, method: str) -> WireError:
     return internal_error(ref)
 
 
-def _text(value: Any, what: str, limit: int = MAX_NAME_CHARS) -> str:
+def _text(params: Any, field: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A Text parameter, checked: UTF-8 (pycapnp decodes on access), bounded."""
+    try:
+        value = getattr(params, field)
+    except UnicodeDecodeError:
+        raise wire_error("invalidArgument", f"{what} is not valid UTF-8") from None
     if not isinstance(value, str):
         raise wire_error("invalidArgument", f"{what} must be text")
     if len(value) > limit:
@@ -235,7 +240,7 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
 
     @rpc_method
     async def get_context(self, context: Any) -> None:
-        name = _text(context.params.name, "grant name")
+        name = _text(context.params, "name", "grant name")
         grant: Grant = await self._ctx.bridge.submit(
             functools.partial(Owner.capset_get, pg=self._pg, name=name)
         )
@@ -397,8 +402,8 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
     @rpc_method
     async def load_context(self, context: Any) -> None:
         params = context.params
-        source = _text(params.source, "manifest source", limit=8 * 1024 * 1024)
-        name = _text(params.name, "manifest name", limit=4096)
+        source = _text(params, "source", "manifest source", limit=8 * 1024 * 1024)
+        name = _text(params, "name", "manifest name", limit=4096)
         result = await self._ctx.service.load(source, name)
         r = context.results
         r.added = list(result.added)
@@ -409,8 +414,8 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
     @rpc_method
     async def revoke_context(self, context: Any) -> None:
         params = context.params
-        process = _text(params.process, "process")
-        grant = _text(params.grant, "grant") or None
+        process = _text(params, "process", "process")
+        grant = _text(params, "grant", "grant") or None
         changed = await self._ctx.bridge.submit(
             functools.partial(Owner.revoke, process=process, grant=grant)
         )
