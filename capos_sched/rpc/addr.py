@@ -92,6 +92,28 @@ def ensure_private_dir(path: Path) -> None:
         raise AddressError(f"{path} belongs to uid {info.st_uid}, not to us")
 
 
+def check_unix_free(path: str) -> None:
+    """Refuse (AddressError) when a live process serves on the Unix socket ``path``.
+
+    A daemon calls this for its sockets before it touches anything else (token
+    files, the grants directory), so a second ``serve`` on the same sockets
+    leaves the running daemon's files alone. ``bind_unix`` checks again.
+    """
+    target = Path(path)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not stat.S_ISSOCK(target.lstat().st_mode):
+        raise AddressError(f"{target} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(target))
+    except OSError:
+        return  # stale: bind_unix replaces it
+    finally:
+        probe.close()
+    raise AddressError(f"{target}: another process is already serving there")
+
+
 def bind_unix(path: str, mode: int) -> socket.socket:
     """A listening-ready Unix socket at ``path`` whose file has exactly ``mode``.
 

@@ -31,7 +31,7 @@ import trio
 from capos_sched import procguard
 
 from . import grantsdir
-from .addr import Address
+from .addr import Address, AddressError, check_unix_free
 from .bridge import Bridge
 from .children import check_exec
 from .gate import GateLimits
@@ -114,6 +114,13 @@ async def serve_async(
     *,
     handle_signals: bool = True,
 ) -> int:
+    for address in (config.listen, config.admin):
+        if address is not None and address.kind == "unix":
+            try:
+                check_unix_free(str(address.path))
+            except AddressError as exc:  # before any file is touched
+                log.error("cannot serve", error=str(exc))
+                return 1
     for proc in plan.processes:
         argv = getattr(proc, "exec", None)
         if argv:
