@@ -11,9 +11,12 @@ Lifecycle of a grant (see docs/capabilities.md):
     granted --its thread exits--------> stale (the core's generation check)
     granted --load removes its thread-> stale (latched like a revocation)
 
-Revocations are sticky: a load that still lists a revoked grant does not
-revive it, and a process revoked as a whole keeps a dead token while it stays
-in the plan. Grants are matched across loads by (process, name, kind, target);
+Operator revocations are sticky by name for the daemon's lifetime: a load
+that still lists a revoked grant does not revive it, a process revoked as a
+whole keeps a dead token, and a load that drops the process (or grant) and a
+later load that adds it back bring back nothing (``operator_revoked``). Grants
+a load dropped are not remembered: a later load may grant them afresh.
+Grants are matched across loads by (process, name, kind, target);
 anything else is a new grant with a new latch, so capabilities handed out
 before can never reach it.
 """
@@ -154,6 +157,11 @@ class GrantTable:
 
     def __init__(self, grants_dir: Path | None = None) -> None:
         self.processes: dict[str, ProcessGrants] = {}
+        self.operator_revoked: set[tuple[str, str | None]] = set()
+        """Operator revocations by name, sticky for the daemon's lifetime:
+        ``(process, None)`` for a whole process, ``(process, grant)`` for one
+        grant. A load that drops the process or grant and a later load that
+        adds it back does not revive it."""
         self.grants_dir = grants_dir
 
     # ------------------------------------------------------------- building
@@ -169,10 +177,20 @@ class GrantTable:
     def _new_process(self, proc: Any, host: HostLike) -> ProcessGrants:
         pg = ProcessGrants(proc.name, _exec_of(proc))
         for gp in proc.grants:
-            pg.grants[gp.name] = _new_grant(proc.name, gp, host)
+            pg.grants[gp.name] = self._new_grant(proc.name, gp, host)
         if pg.grants:
             pg.token = new_token()
+        if (proc.name, None) in self.operator_revoked:
+            pg.revoked = True  # sticky: its token restores nothing
         return pg
+
+    def _new_grant(self, process: str, gp: Any, host: HostLike) -> Grant:
+        grant = _new_grant(process, gp, host)
+        if (process, None) in self.operator_revoked:
+            grant.close(f"revoked: {grant.key} was revoked by the operator (whole process)")
+        elif (process, gp.name) in self.operator_revoked:
+            grant.close(f"revoked: {grant.key} was revoked by the operator")
+        return grant
 
     # --------------------------------------------------------------- tokens
 
@@ -269,10 +287,12 @@ class GrantTable:
                 raise wire_error("invalidArgument", f"process {process} holds no grant {grant!r}")
             changed = [g.key] if g.closed is None else []
             g.close(f"revoked: {g.key} was revoked by the operator")
+            self.operator_revoked.add((process, grant))
             if not pg.live_grants():
                 self._kill_token(pg)
             return changed
         changed = [g.key for g in pg.grants.values() if g.closed is None]
+        self.operator_revoked.add((process, None))
         for g in pg.grants.values():
             g.close(f"revoked: {g.key} was revoked by the operator (whole process)")
         self._kill_token(pg)
@@ -333,7 +353,7 @@ class GrantTable:
                 del pg.grants[gname]
             for gname, gp in wanted.items():
                 if gname not in pg.grants:
-                    pg.grants[gname] = _new_grant(name, gp, host)
+                    pg.grants[gname] = self._new_grant(name, gp, host)
             if pg.grants and pg.token is None:
                 pg.token = new_token()
         # The plan is applied by now (in memory, all of it); token files are a

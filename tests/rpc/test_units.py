@@ -399,3 +399,32 @@ def test_serve_honours_disable_wfq(monkeypatch: pytest.MonkeyPatch, env: str | N
     factory, _runner = host_plugin(None, execute=False)
     expected = Policy.FIFO if env == "1" else Policy.WFQ
     assert factory(plan).scheduler.policy is expected
+
+
+def test_operator_revocations_are_sticky_by_name_across_drop_and_re_add() -> None:
+    """revoke P, a load without P, a load with P again: P stays revoked (and so
+    does a single revoked grant dropped and re-added); grants a load dropped
+    come back fresh."""
+    table, host, _ = _table()
+    without = BASE_MANIFEST.replace(
+        '\ttuner: grants: {\n\t\tpolicy: kind: "schedulingPolicy"\n'
+        '\t\ta: {kind: "thread", thread: "fairness/a"}\n'
+        '\t\tb: {kind: "thread", thread: "fairness/b"}\n\t}\n',
+        "",
+    ).replace('\t\tb: {kind: "thread", thread: "fairness/b"}\n\t}\n}', "\t}\n}")
+    assert "tuner" not in without and "other: grants: {\n\t\tpolicy" in without
+    table.revoke("tuner", None)
+    table.revoke("other", "b")
+    viewer_token = table.processes["viewer"].token
+    for text in (without, BASE_MANIFEST):
+        p = load_plan_text(text, "m.cue")
+        change = host.apply_plan(p, 0)
+        table.apply_plan(p, host, change.removed)
+    tuner = table.processes["tuner"]
+    assert tuner.revoked and not tuner.restorable
+    assert all(g.closed and g.closed.startswith("revoked:") for g in tuner.grants.values())
+    assert table.processes["other"].grants["b"].closed.startswith("revoked:")  # type: ignore[union-attr]
+    assert table.processes["other"].grants["policy"].closed is None
+    with pytest.raises(WireError):
+        table.restore(tuner.token.encode())  # type: ignore[union-attr]
+    assert table.restore(viewer_token.encode()).name == "viewer"  # type: ignore[union-attr]
