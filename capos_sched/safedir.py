@@ -29,12 +29,12 @@ class UnsafeDirError(ValueError):
 def check_private_dir(path: Path, *, allowed: int = PRIVATE, create: bool = False) -> Path:
     """Refuse ``path`` unless it is a directory owned by us with no mode bits
     beyond ``allowed``; with ``create``, make it (and missing parents) first,
-    the last one with mode ``allowed``. Returns ``path``."""
+    the last one with mode 0700. Returns ``path``."""
     uid = os.geteuid()
     if create:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.mkdir(mode=allowed, exist_ok=True)
+            path.mkdir(mode=PRIVATE, exist_ok=True)
         except OSError as exc:
             raise UnsafeDirError(f"{path}: cannot create it: {exc.strerror or exc}") from None
     try:

@@ -80,3 +80,47 @@ def test_an_ascii_terminal_shows_a_non_ascii_file_name(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0
     assert "f?r.cue | policy wfq" in result.stdout
+
+
+# ------------------------------------------------------- unreadable manifests
+
+BAD_MANIFESTS = {
+    "missing": lambda d: d / "missing.cue",
+    "directory": lambda d: d,
+    "not-utf8": lambda d: _write(d / "latin.cue", b"machine: cpus: 1 // \xff\n"),
+    "invalid": lambda d: _write(d / "bad.cue", b"machine: {cpus: 0}\n"),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _invoke(args: list[str]) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from capos_sched.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    return result.exit_code, result.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MANIFESTS))
+def test_every_command_reports_a_bad_manifest_as_check_does(kind: str, tmp_path: Path) -> None:
+    path = str(BAD_MANIFESTS[kind](tmp_path))
+    check_status, check_text = _invoke(["check", path])
+    assert check_status == 1 and check_text.startswith(f"{path}:")
+    sockets = ["--listen", f"unix:{tmp_path}/l.sock", "--admin", f"unix:{tmp_path}/a.sock"]
+    for args in (
+        ["export", path],
+        ["export", "--json", path],
+        ["run", path],
+        ["simulate", path],
+        ["serve", path, *sockets],
+        ["load", "--admin", f"unix:{tmp_path}/a.sock", path],  # no daemon needed
+    ):
+        assert _invoke(args) == (1, check_text), args

@@ -116,3 +116,16 @@ def test_the_environment_and_exit_codes_are_documented() -> None:
     serve = " ".join(help_text("capos-sched serve").split())
     assert "exits 0 on SIGINT or SIGTERM" in serve
     assert "/tmp/capos-sched-<uid>" in serve
+
+
+def test_the_shipped_manifests_name_only_commands_that_exist() -> None:
+    import re
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "manifests"
+    named = set()
+    for manifest in shipped.glob("*.cue"):
+        comments = [ln for ln in manifest.read_text().splitlines() if ln.lstrip().startswith("//")]
+        named |= set(re.findall(r"`capos-sched ([a-z-]+)", "\n".join(comments)))
+    assert "run" in named  # default.cue says who runs it
+    assert not {n for n in named if n not in main.commands}, named

@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from .errors import ManifestError
-from .loader import load_plan
+from .loader import load_plan, load_plan_text, read_manifest
 from .plan import Plan
 from .render import json_text, to_cue
+
+
+def plan_or_exit(path: str | os.PathLike[str]) -> Plan:
+    """The plan of the manifest file at ``path``. Any problem (no such file, a
+    directory, not UTF-8, not valid) is printed as ``check`` prints it, and the
+    command exits 1: every command taking a manifest file behaves the same."""
+    try:
+        return load_plan(path)
+    except ManifestError as error:
+        click.echo(str(error), err=True)
+        raise SystemExit(1) from None
+
+
+def source_or_exit(path: str | os.PathLike[str]) -> str:
+    """The text of the manifest file at ``path``, checked here first as
+    ``plan_or_exit`` does (for commands that send the text elsewhere)."""
+    try:
+        text = read_manifest(path)
+        load_plan_text(text, os.fspath(path))
+    except ManifestError as error:
+        click.echo(str(error), err=True)
+        raise SystemExit(1) from None
+    return text
 
 
 def _summary(plan: Plan) -> str:
@@ -102,11 +126,7 @@ def export(manifest: str, as_json: bool) -> None:
     Without --json the output is CUE text, itself a valid manifest (package
     capos). An invalid manifest prints its problems on stderr and exits 1.
     """
-    try:
-        plan = load_plan(manifest)
-    except ManifestError as error:
-        click.echo(str(error), err=True)
-        raise SystemExit(1) from None
+    plan = plan_or_exit(manifest)
     if as_json:
         click.echo(export_json_text(plan))
     else:

@@ -82,6 +82,10 @@ def _make_disjunction(
     return Disjunction(tuple(alternatives), None if not defaults else tuple(defaults), pos)
 
 
+def _among(value: Value, values: tuple[Value, ...]) -> bool:
+    return any(same_value(v, value) for v in values)
+
+
 def _add_unique(values: list[Value], value: Value) -> None:
     if not any(same_value(v, value) for v in values):
         values.append(value)
@@ -93,6 +97,7 @@ def unify_disjunctions(a: Value, b: Value) -> Value:
     a_alts, a_defaults = alternatives_of(a)
     b_alts, b_defaults = alternatives_of(b)
     results: list[Value] = []
+    combined: list[tuple[Value, Value, Value]] = []  # (left, right, left & right), not failed
     failures: list[tuple[Problem, ...]] = []
     skipped: list[tuple[Value, Value]] = []
     for left in a_alts:
@@ -104,6 +109,7 @@ def unify_disjunctions(a: Value, b: Value) -> Value:
             if is_failed(result):
                 failures.append(problems_in(result))
             else:
+                combined.append((left, right, result))
                 _add_unique(results, result)
     fatal = _fatal(failures)
     if fatal is not None:
@@ -114,12 +120,22 @@ def unify_disjunctions(a: Value, b: Value) -> Value:
         return explain_failed_alternatives(failures)
     defaults: list[Value] | None = None
     if a_defaults is not None or b_defaults is not None:
-        defaults = []
-        for left in a_defaults if a_defaults is not None else a_alts:
-            for right in b_defaults if b_defaults is not None else b_alts:
-                result = unification.unify(left, right)
-                if not is_failed(result):
-                    _add_unique(defaults, result)
+        # A combination is a default when a side's part is one of its
+        # defaults; a side without defaults takes no part in the choice (U1).
+        # When both sides have defaults, the defaults are the combinations of
+        # two defaults (U2); when none of those unifies, CUE (v0.4, which this
+        # follows) falls back to the combinations with one default:
+        # `(*1024 | int) & (*10000 | 1)` is 10000.
+        both: list[Value] = []
+        either: list[Value] = []
+        for left, right, result in combined:
+            left_default = a_defaults is None or _among(left, a_defaults)
+            right_default = b_defaults is None or _among(right, b_defaults)
+            if left_default and right_default:
+                _add_unique(both, result)
+            elif (left_default or right_default) and a_defaults and b_defaults:
+                _add_unique(either, result)
+        defaults = both or either
     pos = b.pos if not isinstance(b, Bottom) else None
     return _make_disjunction(results, defaults, pos)
 

@@ -112,6 +112,7 @@ ATTRIBUTE: /@[A-Za-z_$#][A-Za-z0-9_$]*/
 BAD_CHAR.-10: /[^\n]/
 NEWLINE: /\n/
 COMMENT: /\/\/[^\n]*/
+ARROW.3: "<-"
 BLOCK_COMMENT.4: /\/\*[\s\S]*?(?:\*\/|\Z)/
 WHITESPACE: /[ \t\r]+/
 %ignore WHITESPACE
@@ -179,7 +180,10 @@ class CommaInserter(PostLex):
     """Turns significant newlines into ``COMMA`` tokens and drops the others.
     Stateless: per-parse state is in :data:`LEX_STATE`."""
 
-    always_accept = ("NEWLINE", "BLOCK_COMMENT")
+    always_accept = ("NEWLINE", "BLOCK_COMMENT", "ARROW")
+    """Terminals no rule uses that the lexer must still produce: newlines
+    (for commas), block comments (to report them), and CUE's `<-` token
+    (so that `<-1` is the syntax error it is in CUE, not `< -1`)."""
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         state = LEX_STATE.get(None) or LexState()

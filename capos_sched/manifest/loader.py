@@ -145,6 +145,13 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     that cannot be read, is not UTF-8, or is not a valid manifest.
     """
     name = os.fspath(path)
+    return load_plan_text(read_manifest(name), name)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> str:
+    """The text of the manifest file at ``path``; ManifestError (never OSError or
+    UnicodeDecodeError) for a file that cannot be read or is not UTF-8."""
+    name = os.fspath(path)
     try:
         raw = Path(name).read_bytes()
     except IsADirectoryError:
@@ -153,7 +160,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         raise _file_error(name, "no such file") from None
     except OSError as error:
         raise _file_error(name, f"cannot read: {error.strerror or error}") from None
-    return load_plan_text(decode(raw, name), name)
+    return decode(raw, name)
 
 
 def decode(raw: bytes, filename: str) -> str:

@@ -19,7 +19,16 @@ from capos_sched.core.constants import MAX_WEIGHT, MIN_WEIGHT
 from capos_sched.core.thread import LatencyClass
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload
 
-POLICIES = ("wfq", "fifo")
+BUILTIN_POLICIES = ("wfq", "fifo", "eevdf")
+POLICIES = BUILTIN_POLICIES
+"""The built-in policies; ``machine.policy`` may also name a policy file (``.py``)."""
+
+
+def _policy(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in BUILTIN_POLICIES and not value.endswith(".py"):
+        raise ValueError(f"{attribute.name} {value!r} is neither a built-in policy nor a .py file")
+
+
 GRANT_KINDS = ("schedulingPolicy", "thread")
 """Grant kinds a manifest can express; CPU delegation will be appended."""
 
@@ -45,11 +54,12 @@ def _name(_instance: object, attribute: attrs.Attribute, value: str) -> None:
 class MachinePlan:
     """The simulated machine.
 
-    Invariants: ``cpus >= 1``; ``policy`` is "wfq" or "fifo"; ``slice_ns > 0``.
+    Invariants: ``cpus >= 1``; ``policy`` is "wfq", "fifo", "eevdf" or the
+    path of a policy file (resolved relative to the manifest); ``slice_ns > 0``.
     """
 
     cpus: int = attrs.field(validator=_positive)
-    policy: str = attrs.field(validator=attrs.validators.in_(POLICIES))
+    policy: str = attrs.field(validator=_policy)
     slice_ns: int = attrs.field(validator=_positive)
 
 

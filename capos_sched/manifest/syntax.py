@@ -203,7 +203,8 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
     built = Diagnostics()  # what the builder finds, merged below
     builder = _AstBuilder(source, built)
     lex_state = LexState()
-    reporter = _SyntaxErrorReporter(source, built, lex_state)
+    syntax_errors = Diagnostics()
+    reporter = _SyntaxErrorReporter(source, syntax_errors, lex_state)
     builder_token = _BUILDER.set(builder)
     lex_token = LEX_STATE.set(lex_state)
     result: Any = None
@@ -216,25 +217,25 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
         _BUILDER.reset(builder_token)
     for comment in lex_state.block_comments:
         reporter.count += 1
-        built.error(
-            Pos(source, comment.line, comment.column),
+        pos = Pos(source, comment.line, comment.column)
+        reporter.positions.add((pos.line, pos.col))
+        syntax_errors.error(
+            pos,
             "unexpected `/`: block comments (`/* ... */`) are not CUE; "
             "CUE has only line comments (`// ...`)",
         )
     if reporter.count:
-        # After a syntax error the recovered parse sees fragments; keep one
-        # diagnostic per line (the leftmost), so echoes do not bury the cause,
-        # and none after the first syntax error that the builder found in
-        # what the recovery made of the rest.
-        first_error = min(reporter.positions, default=None)
-        kept: dict[int, Any] = {}
+        # After a syntax error the recovered parse sees fragments. Keep one
+        # diagnostic per line (the leftmost: a construct reported as not
+        # supported often causes the syntax error after it), none of what the
+        # builder found after the first syntax error, and no "embedding":
+        # after a syntax error that is the recovery's doing (`a 1` is a
+        # missing colon, not two embedded values).
+        first_error = min(reporter.positions, default=(0, 0))
+        kept: dict[int, Any] = {d.line: d for d in syntax_errors.items()}
         for diagnostic in built.items():
             position = (diagnostic.line, diagnostic.col)
-            if (
-                first_error is not None
-                and position > first_error
-                and position not in reporter.positions
-            ):
+            if position > first_error or position in builder.embeddings:
                 continue
             line = kept.get(diagnostic.line)
             if line is None or diagnostic.col < line.col:
@@ -393,6 +394,10 @@ class _SyntaxErrorReporter:
     def _message(self, token: Token, expected: set[str]) -> str:
         if token.type in _UNSUPPORTED_TOKENS:
             return _UNSUPPORTED_TOKENS[token.type]
+        if token.type == "ARROW":
+            return (
+                "unexpected `<-` (one token in CUE); for a bound on a negative number write `< -1`"
+            )
         if token.type == "BAD_CHAR" and token.value == "#":
             return "unexpected character `#`; a definition name is `#` followed by a letter"
         line = self.source.line(token.line) if token.line else ""
@@ -585,6 +590,8 @@ class _AstBuilder:
         self.source = source
         self.diagnostics = diagnostics
         self.complete = True
+        self.embeddings: set[tuple[int, int]] = set()
+        """Where embeddings were reported (line, col)."""
 
     # -- helpers ---------------------------------------------------------
     def _tpos(self, token: Token) -> Pos:
@@ -671,6 +678,7 @@ class _AstBuilder:
             isinstance(value, Disj | Conj) and any(isinstance(t, Poison) for t in value.terms)
         ):
             return None  # already reported (or the error recovery's doing)
+        self.embeddings.add((pos.line, pos.col))
         self.diagnostics.error(
             pos,
             "embedding a value in a struct is " + UNSUPPORTED + "; unify instead "

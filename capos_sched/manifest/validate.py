@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import decimal
 import difflib
+import pathlib
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Work
 from . import syntax
 from .errors import Diagnostics, Pos, quote, show_name
 from .evaluator import Exported, Path
-from .plan import GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
+from .plan import BUILTIN_POLICIES, GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -71,6 +72,8 @@ class _Builder:
         self.diagnostics = diagnostics
         self.fallback = fallback
         self.failed = False
+        self.base_dir: pathlib.Path | None = None
+        """The manifest's directory: a policy file is resolved relative to it."""
 
     def value_pos(self, path: Path) -> Pos:
         """Where the value at ``path`` was written (or the nearest enclosing one)."""
@@ -122,13 +125,36 @@ class _Builder:
 
     # -- the model ---------------------------------------------------------
     def machine(self, data: Any) -> MachinePlan | None:
+        policy = None
+        if isinstance(data, dict) and isinstance(data.get("policy"), str):
+            policy = self.policy(data["policy"])  # the schema accepts any string here
         if not isinstance(data, dict) or not self.exported.intact(("machine",)):
             self.failed = True  # already reported
             return None
         slice_ns = self.duration(data, "slice", ("machine",), positive=True)
-        if slice_ns is None:
+        if slice_ns is None or policy is None:
             return None
-        return MachinePlan(data["cpus"], data["policy"], slice_ns)
+        return MachinePlan(data["cpus"], policy, slice_ns)
+
+    def policy(self, value: str) -> str | None:
+        """A built-in name, or a policy file (``.py``) resolved relative to the
+        manifest; the file is loaded (and executed) only when a run starts."""
+        if value in BUILTIN_POLICIES:
+            return value
+        pos = self.value_pos(("machine", "policy"))
+        if not value.endswith(".py"):
+            names = ", ".join(quote(n) for n in BUILTIN_POLICIES)
+            self.error(
+                pos, f"unknown policy {quote(value)}; expected one of {names}, or a file PATH.py"
+            )
+            return None
+        path = pathlib.Path(value)
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        if not path.is_file():
+            self.error(pos, f"policy file {quote(value)} not found (looked for {path})")
+            return None
+        return str(path)
 
     def workload(self, data: Any, path: Path) -> Workload | None:
         if not isinstance(data, dict) or not self.exported.intact(path):
@@ -350,6 +376,8 @@ def build_plan(
 ) -> Plan | None:
     """The Plan for an exported manifest, or None when a check failed (reported)."""
     builder = _Builder(exported, diagnostics, Pos(file.source, 1, 1))
+    if not source_name.startswith("<"):
+        builder.base_dir = pathlib.Path(source_name).parent
     data = exported.data if isinstance(exported.data, dict) else {}
     check_duplicates(file, diagnostics)
     processes_data = data.get("processes")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,13 @@ import structlog
 
 from capos_sched.core import LatencyClass
 from capos_sched.core.constants import MAX_CPUS
+from capos_sched.runtime.commands import (
+    trace_option,
+    trace_recorder,
+    watchdog_ns,
+    watchdog_option,
+    write_trace,
+)
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
@@ -59,24 +67,51 @@ def _fail(exc: BaseException) -> None:
     sys.exit(1)
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a client coroutine; typed errors become ``code: message`` + exit 1."""
-    from capos_sched.client import CapOSError
+def _run(coro_fn: Callable[[], Awaitable[T]], peer: Address | str | None = None) -> T:
+    """Run a client coroutine; typed errors become ``code: message`` + exit 1.
+
+    ``peer`` is the address the coroutine talks to, named when what answers
+    there is not a capos-sched daemon.
+    """
+    from capos_sched.client import CapOSError, NotADaemon
 
     async def main() -> T:
         return await coro_fn()
 
     try:
         return asyncio.run(main())
+    except NotADaemon as exc:
+        where = f"peer at {peer}" if peer is not None else "the peer"
+        log.debug("the peer does not speak Cap'n Proto RPC", peer=str(peer), detail=exc.message)
+        _fail(f"{exc.code}: {where} is not a capos-sched daemon")
     except CapOSError as exc:
-        _fail(exc)
+        _fail(_wrong_socket(exc, peer) or exc)
     except KeyboardInterrupt:
         sys.exit(130)
     raise AssertionError("unreachable")
 
 
+SOCKET_OF = {"Restorer": ("--listen", "--admin"), "Admin": ("--admin", "--listen")}
+"""What each daemon socket bootstraps: (its option, the other socket's option)."""
+
+
+def _wrong_socket(exc: BaseException, peer: Address | str | None) -> str | None:
+    """A clear message for a daemon socket of the other kind (Restorer vs Admin)."""
+    found = re.search(r"actualInterfaceName = capos\.capnp:(\w+)", str(exc))
+    if peer is None or found is None or found.group(1) not in SOCKET_OF:
+        return None
+    this, other = SOCKET_OF[found.group(1)]
+    return f"invalidArgument: {peer} is the daemon's {this} socket, not its {other} socket"
+
+
 def host_plugin(
-    cpus: int | None, execute: bool = True, sched_idle: bool = True
+    cpus: int | None,
+    execute: bool = True,
+    sched_idle: bool = True,
+    policy: str | None = None,
+    *,
+    trace: Any = None,
+    watchdog_threshold_ns: int | None = None,
 ) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
@@ -90,10 +125,10 @@ def host_plugin(
     from .daemon import idle_runner
 
     if not execute:
-        return (lambda plan: PlanHost(plan, effective_policy(None, plan), cpus=cpus)), idle_runner
+        return (lambda plan: PlanHost(plan, effective_policy(policy, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
-    config = RuntimeConfig(sched_idle=sched_idle)
+    config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
 
     async def run_runtime(host: Any, *, task_status: Any) -> None:
         await host.run(stop_when_finished=False, task_status=task_status)
@@ -101,9 +136,10 @@ def host_plugin(
     def make_runtime(plan: Any) -> Any:
         return Runtime(
             plan,
-            effective_policy(None, plan),
+            effective_policy(policy, plan),
             cpus=cpus,
             config=config,
+            trace=trace,
             manifest_name=plan.source,
         )
 
@@ -128,6 +164,7 @@ Examples:
   capos-sched serve manifests/system-thread-fairness.cue --grants-dir /tmp/grants
   capos-sched serve manifests/tuner.cue --listen tcp:127.0.0.1:7070
   capos-sched serve manifests/system-thread-fairness.cue --no-execute --cpus 4
+  capos-sched serve manifests/tuner.cue --trace serve.trace.json --watchdog-ms 50
 
 {SOCKETS_HELP}
 
@@ -141,7 +178,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 
 
 @click.command(epilog=SERVE_EPILOG)
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
 @click.option(
     "--listen",
     type=ADDRESS,
@@ -190,6 +227,8 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@trace_option
+@watchdog_option
 @click.option(
     "--max-answers",
     type=click.IntRange(1, 1_000_000),
@@ -231,7 +270,13 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
     default=None,
     metavar="USER",
     help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
-    "see docs/capabilities.md.",
+    "see docs/capabilities.md.  [default: the daemon's own user]",
+)
+@click.option(
+    "--policy",
+    metavar="wfq|fifo|eevdf|PATH.py",
+    help="Override the manifest's policy (a built-in, or a policy file; docs/policies.md).  "
+    "[default: the manifest's machine.policy]",
 )
 def serve(
     manifest: Path,
@@ -248,25 +293,35 @@ def serve(
     max_connections_per_uid: int,
     idle_timeout: float,
     exec_user: str | None,
+    trace_path: Path | None,
+    watchdog_ms: float | None,
+    policy: str | None,
 ) -> None:
-    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
-    from capos_sched.manifest import ManifestError, load_plan
+    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities.
+
+    With --trace, the trace of every dispatch is written when the daemon stops
+    (at most 2,000,000 events are kept).
+    """
+    from capos_sched.manifest.commands import plan_or_exit
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
     from .grantsdir import GrantsDirError
 
-    try:
-        plan = load_plan(manifest)
-    except ManifestError as exc:
-        _fail(f"invalidArgument: {exc}")
+    plan = plan_or_exit(manifest)  # printed as `check` prints it
+    if not execute and (trace_path is not None or watchdog_ms is not None):
+        flag = "--trace" if trace_path is not None else "--watchdog-ms"
+        raise click.BadParameter("nothing runs with --no-execute", param_hint=flag)
     if exec_user is not None:
         _check_exec_user(exec_user)
+    if grants_dir is None:
+        _warn_unrestorable(plan)
+    trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
-        except (OSError, AddressError) as exc:
-            _fail(f"failed: cannot create {run_dir()}: {exc}")
+        except (OSError, ValueError) as exc:  # safedir.UnsafeDirError is a ValueError
+            _fail(f"failed: unsafe runtime directory: {exc}")
     listen = listen or parse_address(default_listen())
     admin = admin or parse_address(default_admin())
     if admin.kind != "unix":
@@ -285,7 +340,17 @@ def serve(
         idle_timeout_s=idle_timeout,
         exec_user=exec_user,
     )
-    factory, runner = host_plugin(cpus, execute, idle_workers)
+    from capos_sched.runtime.commands import effective_policy
+
+    effective_policy(policy, plan)  # a bad policy is a usage error before anything starts
+    factory, runner = host_plugin(
+        cpus,
+        execute,
+        idle_workers,
+        policy,
+        trace=trace,
+        watchdog_threshold_ns=watchdog_ns(watchdog_ms),
+    )
     try:
         status = run_daemon(
             config, plan, loader=plan_loader, host_factory=factory, host_runner=runner
@@ -294,7 +359,20 @@ def serve(
         _fail(exc.wire_text)
     except GrantsDirError as exc:
         _fail(f"invalidArgument: {exc}")
+    write_trace(trace, trace_path, say=False)
     sys.exit(status)
+
+
+def _warn_unrestorable(plan: Any) -> None:
+    """Processes that hold grants but are not started by the daemon reach them
+    only with their token, which only --grants-dir hands out."""
+    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
+    if waiting:
+        log.warning(
+            "no --grants-dir: no token file is written, so nobody can restore these "
+            "processes' grants",
+            processes=waiting,
+        )
 
 
 def _check_exec_user(name: str) -> None:
@@ -320,7 +398,22 @@ admin_option = click.option(
 
 
 def _admin(addr: Address | None) -> Address:
+    if addr is None:
+        _check_run_dir()
     return addr or parse_address(default_admin())
+
+
+def _check_run_dir() -> None:
+    """A default address lives in the runtime directory: refuse it unless it is ours."""
+    from capos_sched.client import Failed
+    from capos_sched.safedir import UnsafeDirError
+
+    from .addr import checked_run_dir
+
+    try:
+        checked_run_dir()
+    except UnsafeDirError as exc:
+        raise Failed(f"unsafe runtime directory: {exc}") from None
 
 
 @click.command(
@@ -335,21 +428,23 @@ Exit status: 0 when the plan was replaced; 1 when the manifest is invalid
 """
 )
 @admin_option
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", type=click.Path(path_type=Path))
 def load(admin_addr: Address | None, manifest: Path) -> None:
-    """Replace the running plan with MANIFEST, atomically (errors change nothing)."""
-    from capos_sched.client import InvalidArgument, connect_admin
+    """Replace the running plan with MANIFEST, atomically (errors change nothing).
 
-    try:
-        source = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(InvalidArgument(f"cannot read {manifest}: {exc}"))
+    MANIFEST is checked here first, as `capos-sched check` checks it; the
+    daemon checks it again before anything changes.
+    """
+    from capos_sched.client import connect_admin
+    from capos_sched.manifest.commands import source_or_exit
+
+    source = source_or_exit(manifest)
 
     async def go() -> dict[str, list[str]]:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.load(source, str(manifest.resolve()))
 
-    result = _run(go)
+    result = _run(go, _admin(admin_addr))
     for key in ("added", "removed", "kept", "revoked"):
         click.echo(f"{key}: {' '.join(result[key]) or '-'}")
 
@@ -374,7 +469,7 @@ def revoke(admin_addr: Address | None, target: str) -> None:
             return await session.revoke(process, grant)
 
     try:
-        changed = _run(go)
+        changed = _run(go, _admin(admin_addr))
     except InvalidArgument as exc:  # pragma: no cover - raised inside _run
         _fail(exc)
     click.echo(f"revoked: {' '.join(changed) or '- (already revoked)'}")
@@ -413,7 +508,7 @@ def grants(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.grants()
 
-    rows = _run(go)
+    rows = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
         return
@@ -450,7 +545,7 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.stats()
 
-    report = _run(go)
+    report = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -508,6 +603,13 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _client_peer(connect_addr: Address | None, token_file: Path | None) -> str:
+    """Where a client command connects, as its messages name it."""
+    if token_file is None and os.environ.get("CAPOS_SCHED_FD"):
+        return f"the inherited socket (fd {os.environ['CAPOS_SCHED_FD']})"
+    return str(connect_addr or parse_address(default_listen()))
+
+
 async def _session(connect_addr: Address | None, token_file: Path | None) -> Any:
     from capos_sched.client import connect, connect_inherited, read_token
 
@@ -518,6 +620,8 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
 
         raise InvalidArgument("--token-file is required (or run under the daemon with exec)")
     token = read_token(token_file)
+    if connect_addr is None:
+        _check_run_dir()
     return await connect(connect_addr or parse_address(default_listen()), token=token)
 
 
@@ -527,23 +631,35 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
 Examples:
   capos-sched set-weight fairness/b 2048 --token-file /tmp/grants/tuner.token
   capos-sched set-weight fairness/b 512   # inside a process serve started
+  capos-sched set-weight fairness/b 2048 --json   # prints the snapshot after the change
 """,
 )
 @client_options
 @click.argument("thread")
 @click.argument("weight", type=int)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_weight(
-    connect_addr: Address | None, token_file: Path | None, policy: str, thread: str, weight: int
+    connect_addr: Address | None,
+    token_file: Path | None,
+    policy: str,
+    thread: str,
+    weight: int,
+    as_json: bool,
 ) -> None:
-    """Set the weight of the thread granted as THREAD."""
+    """Set the weight of the thread granted as THREAD (prints nothing without --json)."""
 
-    async def go() -> None:
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_weight(handle, weight)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
 @click.command(
@@ -551,32 +667,40 @@ def set_weight(
     epilog="""\b
 Examples:
   capos-sched set-class shell/typist interactive --token-file /tmp/grants/tuner.token
-  capos-sched set-class fairness/c batch
+  capos-sched set-class fairness/c batch --json   # prints the snapshot after the change
 """,
 )
 @client_options
 @click.argument("thread")
 @click.argument("latency_class", metavar="CLASS", type=click.Choice(CLASS_NAMES))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_class(
     connect_addr: Address | None,
     token_file: Path | None,
     policy: str,
     thread: str,
     latency_class: str,
+    as_json: bool,
 ) -> None:
     """Set the latency class of the thread granted as THREAD.
 
     CLASS is one of: interactive (a quarter slice), normal, batch (four
-    slices) and ipcServer (a normal slice, for threads serving IPC).
+    slices) and ipcServer (a normal slice, for threads serving IPC). Prints
+    nothing without --json.
     """
 
-    async def go() -> None:
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_latency_class(handle, latency_class)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
 @click.command(
@@ -600,18 +724,22 @@ def snapshot(
             handle = await s.thread(thread)
             return await pol.snapshot(handle)
 
-    snap = _run(go)
-    data = {
+    data = _snapshot_data(thread, _run(go, _client_peer(connect_addr, token_file)))
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def _snapshot_data(thread: str, snap: Any) -> dict[str, Any]:
+    """What ``snapshot --json`` (and ``set-weight``/``set-class --json``) print."""
+    return {
         "thread": thread,
         "weight": snap.weight,
         "class": snap.latency_class.wire_name,
         "runtime_ns": snap.runtime_ns,
         "virtual_runtime_ns": snap.virtual_runtime_ns,
     }
-    if as_json:
-        click.echo(json.dumps(data))
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
 
 
 COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]

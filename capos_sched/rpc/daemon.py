@@ -19,6 +19,7 @@ in the core; grants and state changes work, nothing runs).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -147,14 +148,22 @@ async def serve_async(
     )
     service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())
     status = 0
+    # Signals are ours from here to the very end: a second SIGTERM/SIGINT during
+    # the shutdown must not kill the process half-way (sockets and tokens left).
+    stack = contextlib.ExitStack()
+    signals = (
+        stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+        if handle_signals
+        else None
+    )
     claimed = grantsdir.claim(config.grants_dir) if config.grants_dir is not None else None
     if claimed is not None and claimed.removed:
         log.info("stale token files removed", files=[str(p) for p in claimed.removed])
     written = grants.write_token_files()
     try:
         async with trio.open_nursery() as nursery:
-            if handle_signals:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            if signals is not None:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
             try:
                 await trio.to_thread.run_sync(service.start)
@@ -181,11 +190,16 @@ async def serve_async(
     finally:
         with trio.CancelScope(shield=True):
             service.request_stop()
-            await trio.to_thread.run_sync(service.join)
+            async with trio.open_nursery() as stopping:
+                if signals is not None:
+                    stopping.start_soon(_hurry_on_signal, signals, service)
+                await trio.to_thread.run_sync(service.join)
+                stopping.cancel_scope.cancel()
             bridge.close()
             grants.remove_all_token_files()
             if claimed is not None:
                 claimed.release()
+        stack.close()
         log.info("stopped", status=status)
     return status
 
@@ -202,9 +216,16 @@ async def _run_host(
         scope.cancel()  # the host stopped: so does the daemon
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+async def _hurry_on_signal(signals: Any, service: RpcService) -> None:
+    """Another signal while stopping: still a clean exit, only faster (exec'd
+    processes get SIGKILL now instead of after their grace)."""
+    async for signum in signals:
+        log.info("stopping now", signal=signal.Signals(signum).name)
+        service.hurry()

@@ -37,7 +37,13 @@ class GrantsDirClaim:
     removed: list[Path]
 
     def release(self) -> None:
+        """Leave the directory as a clean stop should: no lock file, lock dropped.
+
+        The lock file is unlinked while still locked, so a daemon starting now
+        either fails to lock the old file or creates a fresh one."""
         if self.fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK_NAME).unlink()
             os.close(self.fd)
             self.fd = -1
 

@@ -32,7 +32,7 @@ from . import offload, peers, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
 from .children import ChildSupervisor, base_dir, check_exec
-from .errors import scrub, wire_error
+from .errors import WireError, scrub, wire_error
 from .gate import Gate, GateLimits
 from .grants import ProcessGrants
 from .owner import LoadResult, Owner
@@ -153,6 +153,13 @@ class RpcService:
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
+
+    def hurry(self) -> None:
+        """Thread-safe: stop exec'd processes now (SIGKILL), not after their grace."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.children.kill_all)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -365,15 +372,20 @@ class RpcService:
             try:
                 plan = await offload.run_loader(self.loader, source, name)
             except offload.OffloadError as exc:
+                _log_refused(name, str(exc))
                 raise wire_error("invalidArgument", str(exc)) from None
             base = base_dir(name, self.config.base_dir)
-            for proc in plan.processes:
-                argv = getattr(proc, "exec", None)
-                if argv:
-                    check_exec(proc.name, tuple(argv), base)
-            result: LoadResult = await self.bridge.submit(
-                functools.partial(Owner.load, plan=plan, name=name)
-            )
+            try:
+                for proc in plan.processes:
+                    argv = getattr(proc, "exec", None)
+                    if argv:
+                        check_exec(proc.name, tuple(argv), base)
+                result: LoadResult = await self.bridge.submit(
+                    functools.partial(Owner.load, plan=plan, name=name)
+                )
+            except WireError as exc:
+                _log_refused(name, str(exc))
+                raise
             log.info(
                 "plan loaded",
                 manifest=name,
@@ -420,4 +432,15 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
         "RPC loop error",
         message=context.get("message"),
         error=None if exc is None else _short(exc),
+    )
+
+
+def _log_refused(name: str, diagnostics: str) -> None:
+    """A refused Admin.load, with its first problem (the caller gets them all)."""
+    lines = diagnostics.splitlines()
+    log.warning(
+        "plan refused",
+        manifest=name,
+        error=lines[0] if lines else "",
+        problems=max(1, sum(1 for line in lines if line.startswith(f"{name}:"))),
     )

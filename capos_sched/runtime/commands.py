@@ -24,26 +24,42 @@ EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _load(manifest: Path | None) -> tuple[Any, str]:
     """The plan and its display name; a manifest problem exits 1 with its diagnostics."""
-    from capos_sched.manifest import DEFAULT_MANIFEST, ManifestError, load_plan
+    from capos_sched.manifest import DEFAULT_MANIFEST
+    from capos_sched.manifest.commands import plan_or_exit
 
-    path = manifest if manifest is not None else DEFAULT_MANIFEST
-    try:
-        plan = load_plan(path)
-    except ManifestError as error:
-        click.echo(str(error), err=True)
-        sys.exit(1)
+    plan = plan_or_exit(manifest if manifest is not None else DEFAULT_MANIFEST)
     name = str(manifest) if manifest is not None else f"{DEFAULT_MANIFEST.name} (default)"
     return plan, name
 
 
 def effective_policy(explicit: str | None, plan: Any) -> str:
-    """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO)."""
+    """``--policy``, the plan's policy, and CAPOS_SCHED_DISABLE_WFQ=1 (which forces FIFO).
+
+    A policy file is loaded once here to check it: a bad one is a usage error
+    (exit 2) for ``--policy``, a manifest error (exit 1) for ``machine.policy``.
+    """
+    from capos_sched.policy_files import PolicyLoadError, resolve_policy
+
     policy = explicit or plan.machine.policy
     if os.environ.get(DISABLE_WFQ_ENV, "") not in ("", "0"):
         if policy != "fifo":
             log.warning(f"{DISABLE_WFQ_ENV} is set: forcing the FIFO policy", was=policy)
         policy = "fifo"
+    try:
+        resolve_policy(policy)
+    except PolicyLoadError as error:
+        if explicit is not None and policy == explicit:
+            raise click.BadParameter(str(error), param_hint="--policy") from None
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
     return policy
+
+
+POLICY_HELP = (
+    "Override the manifest's policy: wfq, fifo, eevdf, or a policy file PATH.py "
+    f"(a module exposing POLICY; see docs/policies.md). {DISABLE_WFQ_ENV}=1 forces fifo.  "
+    "[default: the manifest's machine.policy]"
+)
 
 
 def _has_finite(plan: Any) -> bool:
@@ -60,15 +76,60 @@ cpus_option = click.option(
     type=click.IntRange(1, MAX_CPUS),
     help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
 )
-policy_option = click.option(
-    "--policy",
-    type=click.Choice(["wfq", "fifo"]),
-    help=f"Override the manifest's policy ({DISABLE_WFQ_ENV}=1 forces fifo).  "
-    "[default: the manifest's machine.policy]",
-)
+policy_option = click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON report on stdout (no table)."
 )
+
+trace_option = click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a Chrome/Perfetto trace (JSON trace events) to this file when the run "
+    "ends; open it in ui.perfetto.dev.  [default: no trace]",
+)
+watchdog_option = click.option(
+    "--watchdog-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stall threshold of the watchdog: a runnable thread that waits this long is "
+    "reported; the FIFO bypass happens after three times as long.  [default: 250 slices]",
+)
+
+
+def trace_recorder(trace_path: Path | None, cpus: int) -> Any:
+    """A TraceRecorder when --trace was given, after checking that the file can be
+    written (a usage error now rather than a lost trace at the end)."""
+    from capos_sched.runtime.trace import TraceRecorder
+
+    if trace_path is None:
+        return None
+    try:
+        trace_path.open("a").close()
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot write {trace_path}: {error.strerror or error}", param_hint="--trace"
+        ) from None
+    return TraceRecorder(cpus)
+
+
+def write_trace(trace: Any, trace_path: Path | None, *, say: bool) -> None:
+    """Write the trace (if any); a failure is one error line and exit status 1."""
+    if trace is None or trace_path is None:
+        return
+    try:
+        trace.write(trace_path)
+    except OSError as error:
+        click.echo(
+            f"error: cannot write the trace to {trace_path}: {error.strerror or error}", err=True
+        )
+        sys.exit(1)
+    if say:
+        click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
+
+
+def watchdog_ns(watchdog_ms: float | None) -> int | None:
+    return None if watchdog_ms is None else int(watchdog_ms * 1e6)
+
 
 RUN_EPILOG = f"""\b
 Examples:
@@ -106,13 +167,7 @@ Exit status: 0 on success; 1 on a manifest error; 2 on a usage error.
 )
 @policy_option
 @json_option
-@click.option(
-    "--trace",
-    "trace_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON trace events) to this file; open it in "
-    "ui.perfetto.dev.  [default: no trace]",
-)
+@trace_option
 @click.option(
     "--nice",
     type=click.IntRange(-20, 19),
@@ -120,12 +175,7 @@ Exit status: 0 on success; 1 on a manifest error; 2 on a usage error.
     show_default=True,
     help="Niceness added to the worker processes (the daemon stays responsive).",
 )
-@click.option(
-    "--watchdog-ms",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Stall threshold of the watchdog: a runnable thread that waits this long is "
-    "reported; the FIFO bypass happens after three times as long.  [default: 250 slices]",
-)
+@watchdog_option
 @click.option(
     "--no-wake-preemption",
     is_flag=True,
@@ -153,24 +203,16 @@ def run(
     import trio
 
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig, RuntimeFailure
-    from capos_sched.runtime.trace import TraceRecorder
 
     plan, name = _load(manifest)
     chosen_policy = effective_policy(policy, plan)
     if duration is None and not _has_finite(plan):
         duration = DEFAULT_DURATION_S
-    if trace_path is not None:
-        try:
-            trace_path.open("a").close()
-        except OSError as error:
-            raise click.BadParameter(
-                f"cannot write {trace_path}: {error.strerror or error}", param_hint="--trace"
-            ) from None
-    trace = TraceRecorder(cpus or plan.machine.cpus) if trace_path is not None else None
+    trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     config = RuntimeConfig(
         nice=nice,
         wake_preemption=not no_wake_preemption,
-        watchdog_threshold_ns=None if watchdog_ms is None else int(watchdog_ms * 1e6),
+        watchdog_threshold_ns=watchdog_ns(watchdog_ms),
     )
     runtime = Runtime(plan, chosen_policy, cpus, config=config, trace=trace, manifest_name=name)
     live = not as_json and sys.stdout.isatty()
@@ -199,17 +241,7 @@ def run(
         out = console()
         out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))
     # The report is out first: a trace that cannot be written loses only itself.
-    if trace is not None and trace_path is not None:
-        try:
-            trace.write(trace_path)
-        except OSError as error:
-            click.echo(
-                f"error: cannot write the trace to {trace_path}: {error.strerror or error}",
-                err=True,
-            )
-            sys.exit(1)
-        if not as_json:
-            click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
+    write_trace(trace, trace_path, say=not as_json)
     if received:
         sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
 

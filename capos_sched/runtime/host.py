@@ -44,12 +44,15 @@ class PlanHost:
         cpus: int | None = None,
         guard: Any = None,
     ):
+        from capos_sched.policy_files import policy_and_guard
+
         self._plan = plan
+        policy, file_guard = policy_and_guard(policy or plan.machine.policy)
         self.scheduler = Scheduler(
             cpus or plan.machine.cpus,
-            policy or plan.machine.policy,
+            policy,
             plan.machine.slice_ns,
-            guard=guard,
+            guard=guard or file_guard,
         )
         self._refs: dict[str, ThreadRef] = {}
         for thread_plan in plan.threads():

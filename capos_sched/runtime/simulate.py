@@ -31,12 +31,16 @@ def simulate_plan(
 ) -> dict[str, Any]:
     """Simulate ``plan`` for ``duration_ns`` of virtual time (or until every finite
     thread finished) and return the run report."""
+    from capos_sched.policy_files import policy_and_guard
+
+    chosen, guard = policy_and_guard(policy or plan.machine.policy)
     sim = Simulator(
         cpus or plan.machine.cpus,
-        policy or plan.machine.policy,
+        chosen,
         plan.machine.slice_ns,
         seed=seed,
         jitter=jitter,
+        guard=guard,
     )
     kinds = {}
     for thread in plan.threads():
@@ -58,4 +62,6 @@ def simulate_plan(
         "seed": seed,
         "jitter": jitter,
         "virtual_time": True,
+        "policy_final": raw["policy_final"],
+        "policy_exits": raw["policy_exits"],
     }

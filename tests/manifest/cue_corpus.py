@@ -249,6 +249,102 @@ CASES: tuple[Case, ...] = (
     _data("top-pattern-cycle", "[string]: x\na: 1\nx: int\n"),
     # Other valid CUE that was refused.
     _data("int-bounds-resolve", "x: int & >1 & <3\n"),
+    # -- more edge cases: references, defaults, laziness ----------------------------------
+    _data("bottom-alternative-dropped", "x: _|_ | 1\ny: *_|_ | 1\n"),
+    _data("bottom-alternative-ambiguous", "x: 1 | _|_ | 2\n"),
+    _data("null-default", "x: null | *1\ny: *null | 1\n"),
+    _data("dollar-identifier", "$a: 1\nb: $a\n"),
+    _data("unicode-label", '"é": 1\n"日本": {"語": 2}\n'),
+    _data("definition-two-declarations-conflict", "#D: a: 1\n#D: a: 2\nx: 1\n"),
+    _data("definition-closed-across-declarations", "#D: {a: int}\nx: #D\nx: b: 1\n"),
+    _data("definition-referencing-definition", "#A: {a: int}\n#B: #A & {a: 1}\nx: #B\n"),
+    _data("definition-extending-closed", "#A: {a: int}\n#B: #A & {b: 1}\nx: 1\n"),
+    _data("hidden-referencing-regular", "x: 3\n_h: x\ny: _h\n"),
+    _data("selector-hidden-struct", "_s: {a: 1, b: {c: 2}}\nx: _s.a\ny: _s.b.c\n"),
+    _data("selector-optional", "#D: {a?: int}\nx: #D.a\n"),
+    _data("selector-default", "#T: {a: *1 | int}\nx: #T.a\n"),
+    _data("selector-disjunction-default", "_s: *{a: 1} | {a: 2}\nx: _s.a\n"),
+    _data("bound-from-reference", "#min: 2\nx: >=#min & 3\n"),
+    _data("bound-from-reference-violated", "#min: 2\nx: >=#min & 1\n"),
+    _data("bound-from-default", "#m: *2 | 3\nx: >=#m & 2\n"),
+    _data("bound-float-single", "x: float & >=1 & <=1\n"),
+    _data("bound-number-single-zero", "x: >=0 & <=0\n"),
+    _data("bound-sized-single", "x: uint8 & >=255\ny: int8 & <-127\n"),
+    _data("bound-negative-spaced", "x: int8 & < -127\n"),
+    _data("default-both-sides", "a: (*1024 | int) & (*10000 | 1)\n"),
+    _data("default-both-sides-three", "b: (*1 | 2 | 3) & (*2 | 3)\n"),
+    _data("default-both-sides-types", "c: (*1 | int) & (*2 | int)\n"),
+    _data("default-both-sides-swapped", "d: (*1 | 2) & (*2 | 1)\n"),
+    _data("default-both-sides-strings", 'e: (*"a" | "b" | "c") & ("b" | *"c" | "a")\n'),
+    _data("default-one-side", "f: (*1 | 2) & (1 | 2)\ng: (*1 | 2) & 2\n"),
+    _data("default-same", "h: (*1 | 2) & (*1 | 2)\n"),
+    _data("bound-two-exclusions", "x: !=1 & !=2 & int\n"),
+    _data("list-of-defaults", "x: [...{a: *1 | int}] & [{}, {a: 2}]\n"),
+    _data("list-of-definitions", "#D: {a: int}\nx: [...#D] & [{a: 1}, {a: 2, b: 3}]\n"),
+    _data("list-reference", "a: [1, 2]\nb: a\nc: [a, a]\n"),
+    _data("struct-unify-superset", "x: {a: 1} & {a: 1, b: 2}\n"),
+    _data("empty-struct-unify", "x: {} & {a: 1}\ny: {} & {}\n"),
+    _data("pattern-with-reference", "#T: int\nx: {[string]: #T}\nx: {a: 1}\n"),
+    _data("pattern-reference-violated", '#T: int\nx: {[string]: #T}\nx: {a: "s"}\n'),
+    _data("pattern-default", "x: {[string]: *5 | int}\nx: {a: _, b: 2}\n"),
+    _data("reference-chain", "a: b\nb: c\nc: d\nd: 4\n"),
+    _data("reference-into-disjunction", "a: *{x: 1} | {x: 2}\nb: a.x\n"),
+    _data("cycle-through-selector", "a: {x: b.y}\nb: {y: a.x & 1}\n"),
+    _data("cycle-unresolved-selector", "a: {x: b.y}\nb: {y: a.x}\n"),
+    _data("cycle-with-default", "a: *b | 1\nb: a\n"),
+    _data("cycle-in-definition", "#A: {x: #A.y & 1, y: #A.x}\nz: #A.x\n"),
+    _data("structural-cycle-list", "a: [a]\n"),
+    _data("structural-cycle-definition", "#A: b: #A\nx: 1\n"),
+    _data("structural-cycle-two", "a: x: b\nb: y: a\n"),
+    _data(
+        "recursive-optional-list",
+        '#T: {name: string, kids?: [...#T]}\nx: #T & {name: "a", kids: [{name: "b"}]}\n',
+    ),
+    _data(
+        "recursive-disjunction-null", "#L: {v: int, next: #L | null}\nx: #L & {v: 1, next: null}\n"
+    ),
+    _data("reference-to-optional-definition-field", "#D: {a?: {b: 1}}\nx: #D & {a: {}}\n"),
+    _data("hidden-in-disjunction", "x: {_h: 1, a: 1} | {_h: 2, a: 1}\n"),
+    _data("unused-hidden-in-list", "_l: [1 & 2]\nx: 1\n"),
+    _data("unused-hidden-ambiguous-ok", '_h: "a" | "b"\nx: 1\n'),
+    _data("unused-definition-disjunction-conflict", "#D: {a: 1} | {a: 2}\n#E: #D & {a: 3}\nx: 1\n"),
+    _manifest(
+        "schema-definitions-used",
+        "machine: #Machine & {cpus: 2}\n"
+        'processes: p: threads: t: #Thread & {weight: #defaultWeight, workload: kind: "spin"}\n',
+    ),
+    _manifest(
+        "manifest-pattern-weight",
+        "machine: cpus: 1\nprocesses: p: threads: [string]: weight: 5\n"
+        'processes: p: threads: {a: workload: kind: "spin"\n'
+        '\tb: {weight: 5, workload: kind: "spin"}}\n',
+    ),
+    _manifest(
+        "manifest-pattern-conflict",
+        "machine: cpus: 1\nprocesses: p: threads: [string]: weight: 5\n"
+        'processes: p: threads: a: {weight: 6, workload: kind: "spin"}\n',
+    ),
+    _manifest(
+        "sibling-workload-reference",
+        'machine: cpus: 1\nprocesses: {\n\ta: threads: x: workload: {kind: "spin", total: "1s"}\n'
+        "\tb: threads: y: workload: processes.a.threads.x.workload\n}\n",
+    ),
+    _manifest(
+        "machine-from-hidden-struct",
+        '_m: {cpus: 2, policy: "fifo"}\nmachine: _m\n' + _BASE.split("\n", 1)[1],
+    ),
+    _manifest(
+        "weight-default-reference", _BASE + "processes: p: threads: t: weight: *#maxWeight | 1\n"
+    ),
+    _manifest("slice-float-string", _BASE + 'machine: slice: "1.5ms"\n'),
+    _manifest(
+        "exec-with-reference", _BASE + '_cmd: "python3"\nprocesses: p: exec: [_cmd, "-m", "x"]\n'
+    ),
+    _manifest(
+        "thread-class-disjunction",
+        _BASE + 'processes: p: threads: t: class: "batch" | "ipcServer"\n',
+    ),
+    _manifest("cpus-float", "machine: cpus: 2.0\nprocesses: {}\n"),
     # -- manifests, with the schema ------------------------------------------------------
     _manifest("minimal", _BASE),
     _manifest("minimal-package", "package capos\n" + _BASE),

@@ -221,8 +221,52 @@ def test_int_bounds_admitting_two_values_are_incomplete():
     assert located(text) == [(1, 1, "incomplete value: `x` must be concrete, not int & >1 & <4")]
 
 
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("(*1024 | int) & (*10000 | 1)", 10000),
+        ("(*1 | 2 | 3) & (*2 | 3)", 2),
+        ("(*1 | 2) & (1 | 2)", 1),
+        ("(*1 | 2) & 2", 2),
+    ],
+)
+def test_defaults_on_both_sides_combine_as_in_cue(expression, expected):
+    assert cue(f"x: {expression}\n") == {"x": expected}
+
+
+@pytest.mark.parametrize(
+    ("expression", "shown"),
+    [("(*1 | 2) & (*2 | 1)", "1 | 2"), ("(*1 | int) & (*2 | int)", "1 | 2 | int")],
+)
+def test_defaults_on_both_sides_can_be_ambiguous(expression, shown):
+    assert located(f"x: {expression}\n") == [
+        (1, 1, f"incomplete value: `x` is ambiguous ({shown}); pick one")
+    ]
+
+
+def test_a_default_reference_overrides_the_schema_default():
+    text = BASE + "processes: p: threads: t: weight: *#maxWeight | 1\n"
+    assert [t.weight for t in load_plan_text(text).threads()] == [10000]
+
+
 # --------------------------------------------------------------------------
 # Syntax errors say what is wrong, first
+
+
+def test_a_missing_colon_is_not_an_embedding():
+    text = "machine: cpus: 1\nprocesses 1\n"
+    error_at(text, "1\n", "unexpected number `1`; expected `:`", occurrence=2)
+
+
+def test_an_arrow_is_one_token():
+    text = "x: int8 & <-127\n"
+    assert located(text) == [
+        (
+            *at(text, "<-"),
+            "unexpected `<-` (one token in CUE); for a bound on a negative number write `< -1`",
+        )
+    ]
+    assert cue("x: int8 & < -127\n") == {"x": -128}
 
 
 def test_a_double_comma_is_the_only_error():

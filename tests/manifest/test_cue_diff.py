@@ -13,6 +13,7 @@ without them the module is skipped, saying so.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -134,6 +135,41 @@ def test_capos_sched_agrees_with_cue(case: Case, cue_results: dict[str, dict[str
     assert verdict != "MISMATCH", explanation
     if case.restriction:
         assert verdict == "restriction", "the case is valid CUE refused by a model check"
+
+
+_SYNTAX_ERROR = re.compile(r"^(expected |illegal character|string literal not terminated)")
+_CUE_POSITION = re.compile(r"m\.cue:(\d+):(\d+)")
+
+
+def test_syntax_errors_are_reported_on_the_line_cue_reports(
+    cue_results: dict[str, dict[str, Any]], capsys: pytest.CaptureFixture
+):
+    """Where CUE finds a syntax error, capos-sched's first error is on the
+    same line (a misleading earlier error, such as a spurious "embedding",
+    would be on another one). Columns differ by convention (CUE points at an
+    escape's letter, capos-sched at its backslash ...), so lines are compared."""
+    checked = 0
+    differ = []
+    for case in CASES:
+        result = cue_results[case.name]
+        stderr = result["stderr"].strip()
+        position = _CUE_POSITION.search(stderr)
+        if result["code"] == 0 or not _SYNTAX_ERROR.match(stderr) or position is None:
+            continue
+        try:
+            export_text(case.text, "m.cue", with_schema=case.schema)
+        except ManifestError as error:
+            first = error.diagnostics[0]
+        else:  # pragma: no cover - test_capos_sched_agrees_with_cue fails then
+            differ.append(f"{case.name}: accepted")
+            continue
+        checked += 1
+        if first.line != int(position.group(1)):
+            differ.append(f"{case.name}: {first.line}:{first.col} {first.message}; cue: {stderr}")
+    with capsys.disabled():
+        print(f"\ncue differential: {checked - len(differ)}/{checked} syntax errors on CUE's line")
+    assert checked >= 10
+    assert differ == []
 
 
 def test_agreement_count(cue_results: dict[str, dict[str, Any]], capsys: pytest.CaptureFixture):

@@ -236,7 +236,22 @@ def test_unknown_class_suggests_the_closest():
 
 def test_unknown_policy():
     text = 'machine: {cpus: 1, policy: "rr"}\n' + BASE[17:]
-    error_at(text, '"rr"', 'unknown policy "rr"; expected one of "wfq", "fifo"')
+    error_at(
+        text,
+        '"rr"',
+        'unknown policy "rr"; expected one of "wfq", "fifo", "eevdf", or a file PATH.py',
+    )
+
+
+def test_policy_file_is_resolved_relative_to_the_manifest(tmp_path):
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "mine.py").write_text("POLICY = None\n")
+    manifest = tmp_path / "m.cue"
+    manifest.write_text('machine: {cpus: 1, policy: "pol/mine.py"}\n' + BASE[17:])
+    assert load_plan(manifest).machine.policy == str(tmp_path / "pol" / "mine.py")
+    manifest.write_text('machine: {cpus: 1, policy: "pol/none.py"}\n' + BASE[17:])
+    with pytest.raises(ManifestError, match=r"policy file .pol/none\.py. not found"):
+        load_plan(manifest)
 
 
 def test_unknown_workload_kind():

@@ -3,6 +3,7 @@ cleaned up on the next start, only when provably stale (issue 8, item 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from capos_sched.client import Disconnected, connect
+from capos_sched.client import Disconnected, connect, connect_admin
 
 from .conftest import BASE_MANIFEST, Daemon, arun
 
@@ -108,4 +109,72 @@ def test_a_live_daemons_grants_dir_is_not_touched(workdir: Path) -> None:
         assert {p.name: p.read_bytes() for p in first.grants.glob("*.token")} == before
     finally:
         assert first.stop() == 0
-    assert os.listdir(first.grants) == [".lock"]
+    assert os.listdir(first.grants) == []  # a clean stop removes the lock file too
+
+
+SPINNERS = BASE_MANIFEST.replace(
+    '{weight: 2048, workload: {kind: "sleeper", burst: "100us", period: "50ms"}}',
+    '{weight: 2048, workload: {kind: "spin"}}',
+).replace(
+    '{workload: {kind: "sleeper", burst: "100us", period: "50ms"}}', '{workload: {kind: "spin"}}'
+)
+
+
+def test_a_killed_worker_loses_no_thread_and_a_reload_keeps_it_live(workdir: Path) -> None:
+    d = Daemon(workdir, manifest=SPINNERS)
+    try:
+        workers = _wait_events(d, "runtime started")[0]["workers"]
+        time.sleep(0.3)
+        for pid in workers:  # both CPUs run a spinner: each kill is mid-slice
+            os.kill(pid, signal.SIGKILL)
+        _wait_events(d, "worker crashed: thread re-queued, its slice lost", count=2)
+
+        async def go() -> None:
+            async with await connect_admin(d.admin) as admin:
+                result = await admin.load(SPINNERS, str(d.manifest))
+                assert sorted(result["kept"]) == ["fairness/a", "fairness/b"], result
+                states = {t["name"]: t["state"] for t in (await admin.stats())["threads"]}
+                assert "exited" not in states.values(), states
+            async with await connect(d.listen, token=d.token("tuner")) as s:
+                policy, a = await s.policy(), await s.thread("a")
+                before = (await policy.snapshot(a)).runtime_ns
+                await policy.set_weight(a, 3000)  # its handle is still valid
+                for _ in range(100):  # it runs on (CPU time: slow on a busy host)
+                    after = await policy.snapshot(a)
+                    if after.runtime_ns > before:
+                        break
+                    await asyncio.sleep(0.1)
+                assert after.weight == 3000 and after.runtime_ns > before
+
+        arun(go)
+    finally:
+        assert d.stop() == 0
+
+
+def _wait_events(d: Daemon, name: str, count: int = 1) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [e for e in d.events() if e.get("event") == name]
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} x {name!r} in the log:\n{d.log()[-3000:]}")
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_two_signals_50ms_apart_still_exit_cleanly_and_fast(workdir: Path, second: int) -> None:
+    d = Daemon(workdir, manifest=EXEC_SLEEPER)
+    pids = _started_pids(d)
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    d.proc.send_signal(second)
+    code = d.proc.wait(20)
+    took = time.monotonic() - started
+    d.stop()
+    assert code == 0, d.log()[-2000:]
+    assert took < 5.0, took
+    assert not d.admin_path.exists() and not (workdir / "l.sock").exists()
+    assert os.listdir(d.grants) == []
+    assert [p for p in pids if _alive(p)] == []
+    assert "Traceback" not in d.log()

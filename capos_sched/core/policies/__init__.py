@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BUILTIN_NAMES = ("wfq", "fifo")
+BUILTIN_NAMES = ("wfq", "fifo", "eevdf")
 
 
 def builtin_policy(name: str, balance_threshold_ns: int | None = None) -> Any:
