@@ -37,6 +37,7 @@ import attrs
 import structlog
 
 from capos_sched.core import ThreadRef
+from capos_sched.wire import LATCH_KINDS, latch_text
 
 from .errors import WireError, revoked, stale, wire_error
 
@@ -61,13 +62,33 @@ def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
+@attrs.frozen
+class Latch:
+    """Why a grant closed: ``kind`` is one of ``wire.LATCH_KINDS``, ``reason`` says why.
+    ``text`` is the one place the wire message is written."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(LATCH_KINDS))
+    reason: str
+
+    @property
+    def text(self) -> str:
+        return latch_text(self.kind, self.reason)
+
+
+def revoked_latch(reason: str) -> Latch:
+    return Latch("revoked", reason)
+
+
+def stale_latch(reason: str) -> Latch:
+    return Latch("stale", reason)
+
+
 @attrs.define(eq=False)
 class Grant:
     """One named capability the manifest grants to one process.
 
-    Invariants: ``closed`` goes from None to an error text once and never
-    back, written only by the owner thread; it starts with ``revoked:`` or
-    ``stale:``. ``ref`` is set iff ``kind == "thread"`` and is the target
+    Invariants: ``closed`` goes from None to a Latch once and never back,
+    written only by the owner thread. ``ref`` is set iff ``kind == "thread"`` and is the target
     thread as it was when the grant was made: a grant never retargets, it
     goes stale instead.
     """
@@ -77,7 +98,7 @@ class Grant:
     kind: str
     target: str | None
     ref: ThreadRef | None
-    closed: str | None = None
+    closed: Latch | None = None
     secret: bytes = attrs.field(factory=lambda: secrets.token_bytes(SECRET_BYTES), repr=False)
     """Never leaves the daemon: a handle of this grant proves itself with
     ``prove_mac`` (HMAC over a fresh nonce), so a handle cannot be forged by
@@ -94,14 +115,14 @@ class Grant:
     def signature(self) -> tuple[str, str, str | None]:
         return (self.name, self.kind, self.target)
 
-    def close(self, text: str) -> None:
+    def close(self, latch: Latch) -> None:
         if self.closed is None:
-            self.closed = text
+            self.closed = latch
 
     def check(self) -> None:
         """Fail closed if the latch is set (owner thread, at apply time)."""
         if self.closed is not None:
-            raise wire_error("disconnected", self.closed)
+            raise wire_error("disconnected", self.closed.text)
 
 
 @attrs.define(eq=False)
@@ -187,9 +208,9 @@ class GrantTable:
     def _new_grant(self, process: str, gp: Any, host: HostLike) -> Grant:
         grant = _new_grant(process, gp, host)
         if (process, None) in self.operator_revoked:
-            grant.close(f"revoked: {grant.key} was revoked by the operator (whole process)")
+            grant.close(revoked_latch(f"{grant.key} was revoked by the operator (whole process)"))
         elif (process, gp.name) in self.operator_revoked:
-            grant.close(f"revoked: {grant.key} was revoked by the operator")
+            grant.close(revoked_latch(f"{grant.key} was revoked by the operator"))
         return grant
 
     # --------------------------------------------------------------- tokens
@@ -263,10 +284,9 @@ class GrantTable:
             for g in pg.grants.values():
                 state, reason = "granted", ""
                 if g.closed is not None:
-                    state = g.closed.split(":", 1)[0]
-                    reason = g.closed
+                    state, reason = g.closed.kind, g.closed.text
                 elif g.ref is not None and not host.scheduler.is_live(g.ref):
-                    state, reason = "stale", f"stale: thread {g.target} exited"
+                    state, reason = "stale", latch_text("stale", f"thread {g.target} exited")
                 out.append(
                     GrantRow(pg.name, g.name, g.kind, g.target or "", state, pg.sessions, reason)
                 )
@@ -286,7 +306,7 @@ class GrantTable:
             if g is None:
                 raise wire_error("invalidArgument", f"process {process} holds no grant {grant!r}")
             changed = [g.key] if g.closed is None else []
-            g.close(f"revoked: {g.key} was revoked by the operator")
+            g.close(revoked_latch(f"{g.key} was revoked by the operator"))
             self.operator_revoked.add((process, grant))
             if not pg.live_grants():
                 self._kill_token(pg)
@@ -294,7 +314,7 @@ class GrantTable:
         changed = [g.key for g in pg.grants.values() if g.closed is None]
         self.operator_revoked.add((process, None))
         for g in pg.grants.values():
-            g.close(f"revoked: {g.key} was revoked by the operator (whole process)")
+            g.close(revoked_latch(f"{g.key} was revoked by the operator (whole process)"))
         self._kill_token(pg)
         return changed
 
@@ -372,10 +392,10 @@ class GrantTable:
         return diff
 
 
-def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> str:
+def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> Latch:
     if g.kind == "thread" and g.target in gone_threads:
-        return f"stale: thread {g.target} was removed by load"
-    return f"revoked: {g.key} was revoked because {why}"
+        return stale_latch(f"thread {g.target} was removed by load")
+    return revoked_latch(f"{g.key} was revoked because {why}")
 
 
 def check_session(pg: ProcessGrants) -> None:

@@ -88,7 +88,7 @@ class Owner:
 
     def is_live(self, grant: Grant) -> bool:
         """False for a stale handle (never an error); revoked still fails."""
-        if grant.closed is not None and grant.closed.startswith("stale"):
+        if grant.closed is not None and grant.closed.kind == "stale":
             return False
         grant.check()
         assert grant.ref is not None

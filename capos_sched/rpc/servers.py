@@ -28,6 +28,7 @@ import capnp
 import structlog
 
 from capos_sched.core import CoreError
+from capos_sched.wire import latch_kind
 
 from .bridge import Bridge, Op, OrderedSubmitter, Refusal
 from .errors import (
@@ -381,7 +382,7 @@ async def _claim(thread_cap: Any) -> Claim:
         ) from None
     except capnp.KjException as exc:
         err = parse_remote(getattr(exc, "description", "") or "", getattr(exc, "type", None))
-        if err.code == "disconnected" and not err.message.startswith(("revoked", "stale")):
+        if err.code == "disconnected" and latch_kind(err.message) is None:
             raise wire_error("disconnected", err.message[:300]) from None
         raise wire_error(
             "invalidArgument", f"the thread handle failed to prove itself ({err.code})"

@@ -346,7 +346,7 @@ def test_load_keeps_same_grants_latches_dropped_and_keeps_revocations_sticky() -
     assert tuner.grants["policy"] is kept_policy and kept_policy.closed is None
     assert tuner.grants["a"] is revoked_a and revoked_a.closed is not None  # sticky
     assert "b" not in tuner.grants
-    assert dropped_b.closed is not None and dropped_b.closed.startswith("revoked:")
+    assert dropped_b.closed is not None and dropped_b.closed.kind == "revoked"
 
 
 def test_load_that_removes_a_thread_marks_its_grants_stale() -> None:
@@ -361,7 +361,7 @@ def test_load_that_removes_a_thread_marks_its_grants_stale() -> None:
     change = host.apply_plan(plan2, 0)
     diff = table.apply_plan(plan2, host, change.removed)
     assert "fairness/b" in change.removed
-    assert b_grant.closed is not None and b_grant.closed.startswith("stale:")
+    assert b_grant.closed is not None and b_grant.closed.kind == "stale"
     assert "other" not in table.processes or "b" not in table.processes["other"].grants
     assert "other.b" in diff.revoked
 
@@ -422,9 +422,34 @@ def test_operator_revocations_are_sticky_by_name_across_drop_and_re_add() -> Non
         table.apply_plan(p, host, change.removed)
     tuner = table.processes["tuner"]
     assert tuner.revoked and not tuner.restorable
-    assert all(g.closed and g.closed.startswith("revoked:") for g in tuner.grants.values())
-    assert table.processes["other"].grants["b"].closed.startswith("revoked:")  # type: ignore[union-attr]
+    assert all(g.closed and g.closed.kind == "revoked" for g in tuner.grants.values())
+    assert table.processes["other"].grants["b"].closed.kind == "revoked"  # type: ignore[union-attr]
     assert table.processes["other"].grants["policy"].closed is None
     with pytest.raises(WireError):
         table.restore(tuner.token.encode())  # type: ignore[union-attr]
     assert table.restore(viewer_token.encode()).name == "viewer"  # type: ignore[union-attr]
+
+
+def test_the_client_shares_only_the_wire_module_with_the_server() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, capos_sched.client;"
+        "print(sorted(m for m in sys.modules if m.startswith('capos_sched.rpc')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_one_function_writes_latch_text_and_the_client_reads_it_back() -> None:
+    from capos_sched.client import Revoked, Stale, error_from_text
+    from capos_sched.rpc.grants import revoked_latch, stale_latch
+
+    for latch, cls in ((revoked_latch("t.p was revoked"), Revoked), (stale_latch("gone"), Stale)):
+        err = error_from_text(f"remote exception: disconnected: {latch.text}")
+        assert type(err) is cls and err.message == latch.text
+    with pytest.raises(ValueError):
+        from capos_sched.rpc.grants import Latch
+
+        Latch("closed", "not a kind")
