@@ -315,8 +315,6 @@ def serve(
         raise click.BadParameter("nothing runs with --no-execute", param_hint=flag)
     if exec_user is not None:
         _check_exec_user(exec_user)
-    if grants_dir is None:
-        _warn_unrestorable(plan)
     trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
         try:
@@ -364,18 +362,6 @@ def serve(
     sys.exit(status)
 
 
-def _warn_unrestorable(plan: Any) -> None:
-    """Processes that hold grants but are not started by the daemon reach them
-    only with their token, which only --grants-dir hands out."""
-    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
-    if waiting:
-        log.warning(
-            "no --grants-dir: no token file is written, so nobody can restore these "
-            "processes' grants",
-            processes=waiting,
-        )
-
-
 def _check_exec_user(name: str) -> None:
     import pwd
 
@@ -406,7 +392,6 @@ def _admin(addr: Address | None) -> Address:
 
 def _check_run_dir() -> None:
     """A default address lives in the runtime directory: refuse it unless it is ours."""
-    from capos_sched.client import Failed
     from capos_sched.safedir import UnsafeDirError
 
     from .addr import checked_run_dir
@@ -414,7 +399,7 @@ def _check_run_dir() -> None:
     try:
         checked_run_dir()
     except UnsafeDirError as exc:
-        raise Failed(f"unsafe runtime directory: {exc}") from None
+        _fail(f"failed: unsafe runtime directory: {exc}")
 
 
 @click.command(

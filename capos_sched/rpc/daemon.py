@@ -179,6 +179,8 @@ async def serve_async(
                 token_files=[str(p) for p in written],
                 **service.addresses,
             )
+            if config.grants_dir is None:
+                warn_unrestorable(plan)
             task_status.started(DaemonState(owner, bridge, service))
             await trio.to_thread.run_sync(service.finished.wait, abandon_on_cancel=True)
             if service.failed is not None:
@@ -229,3 +231,15 @@ async def _hurry_on_signal(signals: Any, service: RpcService) -> None:
     async for signum in signals:
         log.info("stopping now", signal=signal.Signals(signum).name)
         service.hurry()
+
+
+def warn_unrestorable(plan: Any) -> None:
+    """Processes that hold grants but that the daemon does not start reach them
+    only with their token, which only --grants-dir hands out: say so."""
+    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
+    if waiting:
+        log.warning(
+            "no --grants-dir: no token file is written, so nobody can restore these "
+            "processes' grants",
+            processes=waiting,
+        )

@@ -407,7 +407,7 @@ CASES: tuple[Case, ...] = (
         "hash-incomplete",
         'machine: cpus: 1\nprocesses: p: threads: t: workload: {kind: "hash", blocks: 1}\n',
     ),
-    _manifest("policy-unknown", _BASE + 'machine: policy: "rr"\n'),
+    _manifest("policy-unknown", _BASE + 'machine: policy: "rr"\n', restriction="unknown policy"),
     _manifest(
         "empty-endpoint",
         _BASE
