@@ -164,6 +164,42 @@ class GrantRow:
 
 
 @attrs.frozen
+class TokenFiles:
+    """Token-file changes a load implies, as plain data: written to disk by
+    ``apply`` *off* the owner thread (2000 fsync'd files took 3.6 s, during
+    which the owner answered nothing)."""
+
+    directory: Path | None
+    write: tuple[tuple[str, str], ...] = ()
+    """``(process, token)`` to write as ``<directory>/<process>.token``."""
+    remove: tuple[str, ...] = ()
+
+    def apply(self) -> list[Path]:
+        """Write and remove the files (any thread). A failure is logged, not raised:
+        the plan is in force already, in memory."""
+        if self.directory is None:
+            return []
+        written = []
+        try:
+            if self.write:
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name, token in self.write:
+                path = self.directory / f"{name}.token"
+                _write_private(path, token + "\n")
+                written.append(path)
+            for name in self.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{name}.token").unlink()
+        except OSError as exc:
+            structlog.get_logger("capos_sched.rpc").error(
+                "token files not updated after load",
+                grants_dir=str(self.directory),
+                error=str(exc),
+            )
+        return written
+
+
+@attrs.frozen
 class PlanDiff:
     """What a load changes in the grant table (computed before anything changes)."""
 
@@ -171,6 +207,8 @@ class PlanDiff:
     added_processes: tuple[str, ...]
     removed_processes: tuple[str, ...]
     restarted_processes: tuple[str, ...]
+    token_files: TokenFiles = TokenFiles(None)
+    """Set by ``apply_plan``: the disk side of the load, for the caller to apply."""
 
 
 class GrantTable:
@@ -376,20 +414,24 @@ class GrantTable:
                     pg.grants[gname] = self._new_grant(name, gp, host)
             if pg.grants and pg.token is None:
                 pg.token = new_token()
-        # The plan is applied by now (in memory, all of it); token files are a
-        # side effect on disk, so a failure to write them is reported, not raised
-        # half-way through (which would leave host and grants disagreeing).
-        try:
-            self.write_token_files(n for n in new if n not in diff.removed_processes)
-            for name in diff.removed_processes:
+        # The plan is applied by now (in memory, all of it). Token files are a
+        # side effect on disk: returned as data, written by the caller off the
+        # owner thread (and a failure is reported, never raised half-way).
+        writes = tuple(
+            (n, pg.token)
+            for n, pg in self.processes.items()
+            if pg.token is not None and pg.restorable and n not in diff.removed_processes
+        )
+        files = TokenFiles(self.grants_dir, writes, diff.removed_processes)
+        return attrs.evolve(diff, token_files=files)
+
+    def prune_token_files(self, names: Iterable[str]) -> None:
+        """Remove the files of ``names`` no longer restorable (a revoke that ran
+        while a load's files were being written off the owner thread)."""
+        for name in names:
+            pg = self.processes.get(name)
+            if pg is None or not pg.restorable:
                 self.remove_token_file(name)
-        except OSError as exc:
-            structlog.get_logger("capos_sched.rpc").error(
-                "token files not updated after load",
-                grants_dir=str(self.grants_dir),
-                error=str(exc),
-            )
-        return diff
 
 
 def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> Latch:

@@ -167,6 +167,9 @@ class Owner:
             start,
         )
 
+    def prune_token_files(self, names: tuple[str, ...]) -> None:
+        self.grants.prune_token_files(names)
+
     def thread_stats(self) -> list[ThreadSnapshot]:
         out = []
         for ref in self.host.thread_refs().values():
