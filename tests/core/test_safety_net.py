@@ -170,3 +170,27 @@ def test_hot_swap_under_load_conserves_runtime():
 def test_a_broken_policy_object_is_refused_at_install():
     with pytest.raises(Exception, match="no enqueue"):
         Scheduler(1, object())
+
+
+def test_host_contention_is_not_a_stall():
+    # One CPU: a is dispatched at 0, but the driver (a starved daemon) only
+    # gets to stop it 10 s later; the worker measured 4 ms. b waited 10 s of
+    # wall time, yet the machine ran other work for only 4 ms: no stall.
+    s = Scheduler(1)
+    a = s.spawn("a", 0).thread
+    b = s.spawn("b", 0).thread
+    assert s.pick_next(0, 0).thread == a
+    s.preempt_current(0, 10_000 * MS, 4 * MS)
+    assert s.stalls(10_000 * MS, 1_000 * MS) == []
+    # Real waits do count: b waits behind 300 slices of a's run time.
+    assert s.pick_next(0, 10_000 * MS).thread == b
+    s.preempt_current(0, 10_000 * MS, 0)
+    s.set_weight(b, 1)  # b now waits ~1024 slices per turn
+    now = 10_000 * MS
+    for _ in range(300):
+        if s.pick_next(0, now).thread == b:
+            break
+        now += 4 * MS
+        s.preempt_current(0, now, 4 * MS)
+    (stall,) = s.stalls(now, 1_000 * MS)
+    assert stall.name == "b" and stall.judged_ns == stall.waited_ns > 1_000 * MS
