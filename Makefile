@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The real CUE evaluator for the differential test (skipped without Node/npm).
+CUE_STAMP := tests/manifest/cue/node_modules/.installed
+$(CUE_STAMP): tests/manifest/cue/package-lock.json
+	bash .ci/install-cue
+	@if [ -d tests/manifest/cue/node_modules ]; then touch $(CUE_STAMP); fi
+
 # The main job: run the embedded default manifest on real time (worker
 # processes, live view on a terminal, final table).
 demo: $(STAMP)
@@ -25,11 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check capos_sched tests bench services
 
 # The whole suite, slow tests included (CI runs this).
-test: lint
+test: lint $(CUE_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Everything but the slow benchmark-style tests.
-test-fast: lint
+test-fast: lint $(CUE_STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 clean:

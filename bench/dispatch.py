@@ -28,6 +28,7 @@ from collections.abc import Callable
 import click
 
 from capos_sched.core import MAX_WEIGHT, SLICE_NS, QueueCpu, Scheduler
+from capos_sched.core.constants import MAX_CPUS
 
 
 def median_batch_ns(run_batch: Callable[[int], None], cycles: int) -> float:
@@ -98,7 +99,14 @@ def run(threads: int, cpus: int, cycles: int) -> dict:
     }
 
 
-@click.command("dispatch")
+@click.command(
+    "dispatch",
+    epilog="""\b
+Examples:
+  capos-sched bench dispatch --threads 100000 --json
+  capos-sched bench dispatch --threads 1000 --cpus 1 --cycles 10000
+""",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 10_000_000),
@@ -108,7 +116,7 @@ def run(threads: int, cpus: int, cycles: int) -> dict:
 )
 @click.option(
     "--cpus",
-    type=click.IntRange(1, 256),
+    type=click.IntRange(1, MAX_CPUS),
     default=4,
     show_default=True,
     help="Simulated CPUs taking turns (each pick walks its siblings).",

@@ -89,8 +89,21 @@ def run(processes: int, threads: int, runs: int) -> dict:
     }
 
 
-@click.command("manifest")
-@click.option("--processes", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.command(
+    "manifest",
+    epilog="""\b
+Examples:
+  capos-sched bench manifest --json                  # 100 x 100 = 10,000 threads
+  capos-sched bench manifest --processes 10 --threads 10 --runs 1
+""",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Processes in the generated manifest.",
+)
 @click.option(
     "--threads",
     type=click.IntRange(1, 10_000),
@@ -98,7 +111,13 @@ def run(processes: int, threads: int, runs: int) -> dict:
     show_default=True,
     help="Threads per process.",
 )
-@click.option("--runs", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 50),
+    default=5,
+    show_default=True,
+    help="Times each measurement is repeated (best and median reported).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def manifest(processes: int, threads: int, runs: int, as_json: bool) -> None:
     """Time checking a manifest of PROCESSES x THREADS threads (goal: 10,000 in under 2 s),

@@ -20,6 +20,7 @@ same machine:
    Linux: the same hashing in pinned processes on 1 and on 2 cores.
 
     capos-sched bench matrix --runs 3 --json
+    capos-sched bench matrix --runs 5 --write-docs   # record docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -584,8 +585,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "- The daemon itself (nice 0, not pinned) shares the cores with the workers; its "
         "per-slice work is the dispatch overhead in `capos-sched run --json`.",
         "",
-        f"Reproduce: `.venv/bin/capos-sched bench matrix --runs {runs}` (writes this section "
-        "and the JSON; `--json` prints the JSON on stdout; `--cases` picks cases).",
+        f"Reproduce: `.venv/bin/capos-sched bench matrix --runs {runs} --write-docs` (writes "
+        "this section and the JSON; `--json` prints the JSON on stdout; `--cases` picks cases).",
         "",
     ]
     return "\n".join(lines)
@@ -648,8 +649,23 @@ def measure(
     }
 
 
-@click.command("matrix")
-@click.option("--runs", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.command(
+    "matrix",
+    epilog="""\b
+Examples:
+  capos-sched bench matrix --json                     # measure, print, change nothing
+  capos-sched bench matrix --runs 5 --write-docs      # record docs/benchmarks.md
+  capos-sched bench matrix --cases fairness,ipc --runs 1 --window 1
+  capos-sched bench matrix --from-json bench/results/matrix.json
+""",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="Times the whole matrix is measured (medians and min-max spreads reported).",
+)
 @click.option(
     "--window",
     "window_s",
@@ -668,16 +684,21 @@ def measure(
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=RESULTS,
-    show_default=True,
-    help="Where the JSON is written.",
+    default=None,
+    help="Also write the JSON document to this file.  [default: bench/results/matrix.json "
+    "with --write-docs, else nowhere]",
 )
-@click.option("--no-docs", is_flag=True, help="Do not rewrite docs/benchmarks.md.")
+@click.option(
+    "--write-docs",
+    is_flag=True,
+    help="Record the result: rewrite the matrix section of docs/benchmarks.md and write "
+    "bench/results/matrix.json (or --output). Without it nothing in the checkout changes.",
+)
 @click.option(
     "--from-json",
     "from_json",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Measure nothing: render the docs section from a saved result.",
+    help="Measure nothing: render the docs section from a saved result.  [default: measure]",
 )
 @click.option(
     "--settle",
@@ -693,8 +714,8 @@ def matrix(
     window_s: float,
     cases: str,
     as_json: bool,
-    output: Path,
-    no_docs: bool,
+    output: Path | None,
+    write_docs: bool,
     settle_s: float,
     from_json: Path | None,
 ) -> None:
@@ -707,11 +728,14 @@ def matrix(
         result = json.loads(from_json.read_text(encoding="utf-8"))
     else:
         result = measure(chosen, runs, window_s, settle_s)
+        if output is None and write_docs:
+            output = RESULTS
+    if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     markdown = render_markdown(result)
-    if not no_docs:
-        write_section(markdown)
+    if write_docs:
+        write_section(markdown, DOCS)
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -74,6 +74,11 @@ class Disconnected(CapOSError):
     code = "disconnected"
 
 
+class NotADaemon(Disconnected):
+    """What the peer sent is not Cap'n Proto RPC (KJ refused it locally): the
+    address names something other than a capos-sched daemon."""
+
+
 class Revoked(Disconnected):
     """The grant behind this capability was revoked (it never works again)."""
 
@@ -115,11 +120,27 @@ def error_from_text(description: str, kj_type: str | None = None) -> CapOSError:
     return cls(parsed.message)
 
 
+PROTOCOL_REFUSALS = ("RPC message", "Peer did not implement", "root pointer", "Message ended")
+"""Phrases of KJ's own refusals of bytes that are not Cap'n Proto RPC."""
+
+
+def _not_cap_n_proto(description: str) -> bool:
+    """Whether KJ refused, here, what the peer sent (rather than the peer
+    answering with an error, or the connection dropping)."""
+    if "remote exception" in description:
+        return False
+    text = description.removeprefix("message = ")
+    return text.startswith("expected ") or any(p in text for p in PROTOCOL_REFUSALS)
+
+
 def translate(exc: BaseException) -> CapOSError:
     """Map any transport or remote exception to the hierarchy."""
     if isinstance(exc, CapOSError):
         return exc
     if isinstance(exc, capnp.KjException):
+        description = getattr(exc, "description", None) or str(exc)
+        if _not_cap_n_proto(description):
+            return NotADaemon(description)
         return error_from_text(
             getattr(exc, "description", None) or str(exc), getattr(exc, "type", None)
         )
@@ -321,6 +342,11 @@ async def _open_stream(address: Address | str, timeout: float) -> Any:
         return await asyncio.wait_for(open_(), timeout)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
+    except TimeoutError:
+        raise Disconnected(f"no answer from {address} in {timeout:g} s") from None
+    except OSError as exc:  # refused, no such socket, unreachable host...
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise Disconnected(f"cannot reach the daemon at {address}: {reason}") from None
     except Exception as exc:
         raise translate(exc) from None
 
@@ -509,6 +535,7 @@ __all__ = [
     "Failed",
     "GrantInfo",
     "InvalidArgument",
+    "NotADaemon",
     "Overloaded",
     "Revoked",
     "SchedulingPolicyClient",

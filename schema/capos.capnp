@@ -184,3 +184,67 @@ interface Admin {
   # Every thread of the running plan with its counters; `plan` names the
   # manifest in force.
 }
+
+# ---------------------------------------------------------------- CPU delegation
+# Sub-schedulers hold CPUs as capabilities (the sched_ext sub-scheduler model;
+# docs/delegation.md). A scheduler's caps on a CPU: `enqImmed` is needed to use
+# the CPU at all; `enq` lets it queue any of its threads there (implies
+# enqImmed); `preempt` lets it cut short a thread of a scheduler outside its
+# own subtree (implies enq). Implied caps may be used but not re-delegated.
+# The core's mirror is capos_sched/core/delegation.py (CpuCap, bit = ordinal).
+
+enum CpuCap {
+  enqImmed @0;
+  enq @1;
+  preempt @2;
+}
+
+struct CpuHolding {
+  cpu @0 :UInt16;
+  held @1 :List(CpuCap);       # the caps held literally (the ones it may grant)
+  effective @2 :List(CpuCap);  # in force on that CPU now, implied caps included
+}
+
+interface CpuListener {
+  capsUpdated @0 (cpus :List(UInt16));
+  # Coalesced; says which CPUs changed, not how: query `holdings`.
+
+  effectiveCapsUpdated @1 (cpu :UInt16, before :List(CpuCap), after :List(CpuCap));
+  # Sent once a change is in effect on `cpu` (within one dispatch there).
+
+  idle @2 (cpu :UInt16);
+  # `cpu`, on which the scheduler holds enqImmed, went idle; sent again when
+  # the scheduler gains a CPU that is sitting idle.
+}
+
+interface Subscription {
+  # Dropping the last reference ends the subscription.
+}
+
+interface CpuDelegation {
+  # Authority over one scheduler node and its direct children. Every call
+  # fails closed: naming a scheduler that is not a direct child is
+  # "invalidArgument"; after the grant is revoked, "disconnected: revoked";
+  # once this node's scheduler is killed, "disconnected: stale".
+
+  holdings @0 () -> (cpus :List(CpuHolding));
+  children @1 () -> (names :List(Text));
+
+  grant @2 (child :Text, cpus :List(UInt16), caps :List(CpuCap)) -> (denied :List(UInt16));
+  # All or nothing per CPU, only caps this node holds literally; `denied`
+  # lists the CPUs refused.
+
+  revoke @3 (child :Text, cpus :List(UInt16), caps :List(CpuCap)) -> ();
+  # Clears `caps` (and the caps that imply them) from `child` and its whole
+  # subtree; queued and running threads there are evicted.
+
+  childHoldings @4 (child :Text) -> (cpus :List(CpuHolding));
+  subscribe @5 (listener :CpuListener) -> (handle :Subscription);
+
+  kill @6 (child :Text, reason :Text) -> ();
+  # Tears down `child`'s subtree; its threads re-home to this node with their
+  # accounting intact, leaving a `parentKill` exit record.
+
+  child @7 (name :Text) -> (node :CpuDelegation);
+  # The child's node, so authority can be handed down one level.
+}

@@ -40,7 +40,9 @@ def test_bench_manifest_json_keys():
 
 def test_log_level_defaults_to_info_for_serve_and_warning_elsewhere(monkeypatch):
     seen = []
-    monkeypatch.setattr("capos_sched.cli.configure_logging", seen.append)
+    monkeypatch.setattr(
+        "capos_sched.cli.configure_logging", lambda level, *_args, **_kw: seen.append(level)
+    )
     runner = CliRunner()
     assert (
         runner.invoke(main, ["bench", "dispatch", "--threads", "5", "--cycles", "5"]).exit_code == 0

@@ -76,3 +76,35 @@ def test_constants_match_core(schema, schema_name, core_name):
 def test_weight_bounds_are_ordered(schema):
     assert 1 <= schema.minWeight <= schema.defaultWeight <= schema.maxWeight < 65535
     assert schema.sliceNs % schema.interactiveSliceDivisor == 0
+
+
+def test_cpu_caps_match_the_core_mirror(schema):
+    from capos_sched.core.delegation import CpuCap, parse_caps
+
+    wire = enumerants(schema.CpuCap)
+    assert wire == {"enqImmed": 0, "enq": 1, "preempt": 2}
+    assert {name: parse_caps([name]).value for name in wire} == {n: 1 << o for n, o in wire.items()}
+    assert CpuCap(0b111).names == list(wire)
+
+
+def ordinal_names(interface) -> list[str]:
+    """Method names by ordinal (the node's list is indexed by ordinal)."""
+    return [m.name for m in interface.schema.node.interface.methods]
+
+
+def test_cpu_delegation_methods_keep_their_ordinals(schema):
+    assert ordinal_names(schema.CpuDelegation) == [
+        "holdings",
+        "children",
+        "grant",
+        "revoke",
+        "childHoldings",
+        "subscribe",
+        "kill",
+        "child",
+    ]
+    methods = schema.CpuDelegation.schema.methods
+    assert list(methods["grant"].param_type.fieldnames) == ["child", "cpus", "caps"]
+    assert list(methods["grant"].result_type.fieldnames) == ["denied"]
+    assert ordinal_names(schema.CpuListener) == ["capsUpdated", "effectiveCapsUpdated", "idle"]
+    assert list(schema.CpuHolding.schema.fieldnames) == ["cpu", "held", "effective"]

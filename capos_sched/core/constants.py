@@ -14,3 +14,7 @@ MAX_WEIGHT: Final = 10000
 SLICE_NS: Final = 4_000_000
 INTERACTIVE_SLICE_DIVISOR: Final = 4
 BATCH_SLICE_MULTIPLIER: Final = 4
+
+MAX_CPUS: Final = 64
+"""The most simulated CPUs a plan may have (``#maxCpus`` in schema/manifest.cue;
+not an ABI constant): every ``--cpus`` option uses this limit."""

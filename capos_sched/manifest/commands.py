@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from .errors import ManifestError
-from .loader import load_plan
+from .loader import load_plan, load_plan_text, read_manifest
 from .plan import Plan
-from .render import to_cue
+from .render import json_text, to_cue
+
+
+def plan_or_exit(path: str | os.PathLike[str]) -> Plan:
+    """The plan of the manifest file at ``path``. Any problem (no such file, a
+    directory, not UTF-8, not valid) is printed as ``check`` prints it, and the
+    command exits 1: every command taking a manifest file behaves the same."""
+    try:
+        return load_plan(path)
+    except ManifestError as error:
+        click.echo(str(error), err=True)
+        raise SystemExit(1) from None
+
+
+def source_or_exit(path: str | os.PathLike[str]) -> str:
+    """The text of the manifest file at ``path``, checked here first as
+    ``plan_or_exit`` does (for commands that send the text elsewhere)."""
+    try:
+        text = read_manifest(path)
+        load_plan_text(text, os.fspath(path))
+    except ManifestError as error:
+        click.echo(str(error), err=True)
+        raise SystemExit(1) from None
+    return text
 
 
 def _summary(plan: Plan) -> str:
@@ -23,7 +47,28 @@ def _summary(plan: Plan) -> str:
     )
 
 
-@click.command()
+CHECK_EPILOG = """\b
+Examples:
+  capos-sched check manifests/*.cue
+  capos-sched check --json my.cue | jq '.files[] | select(.ok | not)'
+
+\b
+Exit status: 0 when every file is valid; 1 when any is not (or cannot be
+read); 2 on a usage error.
+"""
+
+EXPORT_EPILOG = """\b
+Examples:
+  capos-sched export manifests/system-thread-fairness.cue
+  capos-sched export manifests/default.cue --json
+
+\b
+Exit status: 0 on success; 1 when the manifest is invalid or cannot be read;
+2 on a usage error.
+"""
+
+
+@click.command(epilog=CHECK_EPILOG)
 @click.argument("manifests", nargs=-1, required=True, metavar="MANIFEST...")
 @click.option(
     "--json",
@@ -62,7 +107,7 @@ def check(manifests: tuple[str, ...], as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@click.command()
+@click.command(epilog=EXPORT_EPILOG)
 @click.argument("manifest", metavar="MANIFEST")
 @click.option(
     "--json",
@@ -81,13 +126,14 @@ def export(manifest: str, as_json: bool) -> None:
     Without --json the output is CUE text, itself a valid manifest (package
     capos). An invalid manifest prints its problems on stderr and exits 1.
     """
-    try:
-        plan = load_plan(manifest)
-    except ManifestError as error:
-        click.echo(str(error), err=True)
-        raise SystemExit(1) from None
-    data = plan.to_json()
+    plan = plan_or_exit(manifest)
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(export_json_text(plan))
     else:
-        click.echo(to_cue(data), nl=False)
+        click.echo(to_cue(plan.to_json()), nl=False)
+
+
+def export_json_text(plan: Plan) -> str:
+    """What ``export --json`` prints for ``plan``: the data ``cue export`` gives,
+    numbers exact."""
+    return json_text(plan.to_json())

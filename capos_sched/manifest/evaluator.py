@@ -23,9 +23,9 @@ from typing import Any
 import attrs
 
 from . import syntax
+from .disjunctions import disjoin, resolve_default
 from .errors import Diagnostics, Pos, Source, show_name
-from .syntax import UNSUPPORTED, LabelKind
-from .values import (
+from .lattice import (
     ALL_KINDS,
     BOOL,
     FLOAT,
@@ -33,29 +33,27 @@ from .values import (
     NUMBER_KINDS,
     STRING,
     Atom,
-    Bottom,
     Closedness,
     Constraint,
     Disjunction,
     Field,
+    Forcing,
+    Lazy,
     Limit,
     List,
-    Problem,
     Struct,
     Top,
     Value,
-    close,
+    deferred,
     describe,
     describe_atom,
-    disjoin,
+    force,
     make_list,
     make_struct,
-    matches,
-    resolve_default,
-    unify,
-    unify_all,
-    unify_structs,
 )
+from .problems import Bottom, Code, Problem, problem
+from .syntax import UNSUPPORTED, LabelKind
+from .unification import close, matches, unify, unify_all, unify_structs
 
 
 def _int_range(low: int, high: int) -> tuple[frozenset[str], Limit, Limit]:
@@ -88,15 +86,13 @@ _UNSUPPORTED_PREDECLARED = frozenset(
 )
 
 
-def _problem(pos: Pos, text: str, code: str = "reference") -> Bottom:
-    return Bottom((Problem(code, pos, text=text),))
-
-
 class Evaluator:
     """Evaluates the files of one package.
 
-    Invariant: each top-level name is evaluated at most once (``_top`` is a
-    memo); ``_in_progress`` holds the names being evaluated, to detect cycles.
+    Every top-level name has one Lazy value, computed when first needed;
+    references are Lazy too, so that evaluation order follows need, as in
+    CUE (a field may refer to a sibling subtree of its own enclosing field).
+    Reference cycles are resolved by :class:`~.lattice.Forcing`.
     """
 
     def __init__(self, files: Sequence[syntax.File]) -> None:
@@ -115,26 +111,26 @@ class Evaluator:
                 else:
                     self._others.setdefault(decl.name, []).append(decl)
         self._package_idents = frozenset().union(*(f.idents for f in self.files))
-        self._top: dict[tuple[bool, str], Value] = {}
+        self._forcing = Forcing()
+        self._top: dict[tuple[bool, str], Lazy] = {}
         self._references: dict[str, Value] = {}
-        self._in_progress: set[tuple[bool, str]] = set()
         self._top_patterns: list[tuple[Value, Value]] | None = None
-        self._computing_patterns = False
         self._close_cache: dict[int, Value] = {}
 
     # -- the package ------------------------------------------------------
     def root(self) -> Struct:
-        """The package's value: every top-level regular field, unified across
-        files (definitions and hidden fields are evaluated when referenced)."""
+        """The package's value: every top-level field, unified across files.
+        Definitions and hidden fields are in ``hidden``, not closed (export
+        checks them for errors, as CUE does, without exporting them)."""
         fields: dict[str, Field] = {}
         for name, decls in self._regular.items():
-            pos = decls[0].pos
-            for decl in decls[1:]:
-                if pos.source.is_schema and not decl.pos.source.is_schema:
-                    pos = decl.pos
             value = self._top_value(True, name, decls[0].pos)
-            fields[name] = Field(value, all(d.optional for d in decls), pos)
-        return make_struct(fields, {}, tuple(self._package_patterns() or ()), (), None)
+            fields[name] = Field(value, all(d.optional for d in decls), _manifest_pos(decls))
+        hidden: dict[str, Field] = {}
+        for name, decls in self._others.items():
+            value = self._top_value(False, name, decls[0].pos)
+            hidden[name] = Field(value, all(d.optional for d in decls), _manifest_pos(decls))
+        return make_struct(fields, hidden, tuple(self._package_patterns()), (), None)
 
     def schema_labels(self) -> frozenset[str]:
         """Regular top-level labels declared in schema files (the manifest's
@@ -147,46 +143,29 @@ class Evaluator:
             if isinstance(decl, syntax.Field) and decl.kind is LabelKind.REGULAR
         )
 
-    def _package_patterns(self) -> list[tuple[Value, Value]] | None:
-        """The top-level pattern constraints, or None while they are being
-        evaluated (a top-level field they refer to cannot have them applied
-        yet: that cycle is reported, not approximated)."""
+    def _package_patterns(self) -> list[tuple[Value, Value]]:
+        """The top-level pattern constraints."""
         if self._top_patterns is None:
-            if self._computing_patterns:
-                return None
-            self._computing_patterns = True
-            try:
-                self._top_patterns = [
-                    (self.eval(p.pattern, ()), self.eval(p.value, ())) for p in self._patterns
-                ]
-            finally:
-                self._computing_patterns = False
+            self._top_patterns = [
+                (self.eval(p.pattern, ()), self.eval(p.value, ())) for p in self._patterns
+            ]
         return self._top_patterns
 
-    def _top_value(self, regular: bool, name: str, ref_pos: Pos) -> Value:
+    def _top_value(self, regular: bool, name: str, pos: Pos) -> Lazy:
         key = (regular, name)
-        cached = self._top.get(key)
-        if cached is not None:
-            return cached
-        if key in self._in_progress:
-            return _problem(ref_pos, f"reference cycle: `{name}` depends on itself")
-        self._in_progress.add(key)
-        try:
-            decls = (self._regular if regular else self._others)[name]
-            value = unify_all([self.eval(d.value, ()) for d in decls])
-            patterns = self._package_patterns() if regular else []
-            if patterns is None:
-                value = _problem(
-                    ref_pos,
-                    f"reference cycle: `{name}` is used by a top-level pattern constraint "
-                    "that applies to it",
-                )
-            for pattern, constraint in patterns or ():
+        lazy = self._top.get(key)
+        if lazy is None:
+            lazy = Lazy(lambda: self._compute_top(regular, name), self._forcing, pos)
+            self._top[key] = lazy
+        return lazy
+
+    def _compute_top(self, regular: bool, name: str) -> Value:
+        decls = (self._regular if regular else self._others)[name]
+        value = unify_all([self.eval(d.value, ()) for d in decls])
+        if regular:
+            for pattern, constraint in self._package_patterns():
                 if matches(pattern, name):
                     value = unify(constraint, value)
-        finally:
-            self._in_progress.discard(key)
-        self._top[key] = value
         return value
 
     def reference(self, name: str, pos: Pos) -> Value:
@@ -198,13 +177,11 @@ class Evaluator:
         kind = _kind_of(name)
         regular = kind is LabelKind.REGULAR
         if name not in (self._regular if regular else self._others):
-            return _problem(pos, f"reference `{name}` not found")  # pragma: no cover
-        in_cycle = (regular, name) in self._in_progress
-        value = self._top_value(regular, name, pos)
+            return problem(Code.REFERENCE, pos, f"reference `{name}` not found")  # pragma: no cover
+        value: Value = self._top_value(regular, name, pos)
         if kind is LabelKind.DEFINITION:
             value = close(value, self._close_cache)
-        if not in_cycle:
-            self._references[name] = value
+        self._references[name] = value
         return value
 
     # -- expressions ------------------------------------------------------
@@ -216,22 +193,25 @@ class Evaluator:
         if isinstance(expr, syntax.Ref):
             return self._eval_ref(expr, scopes)
         if isinstance(expr, syntax.Disj):
-            terms = [self.eval(t, scopes) for t in expr.terms]
-            return disjoin(terms, expr.marked, expr.pos)
+            terms = tuple(self.eval(t, scopes) for t in expr.terms)
+            marked, pos = expr.marked, expr.pos
+            return deferred(terms, lambda *ts: disjoin(ts, marked, pos))
         if isinstance(expr, syntax.Conj):
             return unify_all([self.eval(t, scopes) for t in expr.terms])
         if isinstance(expr, syntax.Bound):
-            return self._eval_bound(expr, scopes)
+            bound = expr
+            return deferred((self.eval(bound.operand, scopes),), lambda v: _bound(bound, v))
         if isinstance(expr, syntax.ListLit):
             items = tuple(self.eval(item, scopes) for item in expr.items)
             tail = None if expr.tail is None else self.eval(expr.tail, scopes)
             return make_list(items, tail, expr.pos)
         if isinstance(expr, syntax.Selector):
-            return self._eval_selector(expr, scopes)
+            sel = expr
+            return deferred((self.eval(sel.operand, scopes),), lambda v: _select(sel, v))
         if isinstance(expr, syntax.Top):
             return Top(expr.pos)
         if isinstance(expr, syntax.BottomLit):
-            return _problem(expr.pos, "explicit error (`_|_`)", code="bottom")
+            return problem(Code.BOTTOM, expr.pos, "explicit error (`_|_`)")
         if isinstance(expr, syntax.Poison):
             return Bottom(())
         raise TypeError(f"unknown expression {expr!r}")  # pragma: no cover
@@ -272,7 +252,8 @@ class Evaluator:
         name = ref.name
         for lit in scopes:
             if name in lit.idents:
-                return _problem(
+                return problem(
+                    Code.UNSUPPORTED,
                     ref.pos,
                     f"reference `{name}` to a field of an enclosing struct is {UNSUPPORTED}; "
                     "only top-level fields and definitions can be referenced",
@@ -283,43 +264,54 @@ class Evaluator:
             kinds, low, high = _TYPES[name]
             return Constraint(kinds, ref.pos, low, high)
         if name in _UNSUPPORTED_PREDECLARED:
-            return _problem(ref.pos, f"the predeclared `{name}` is {UNSUPPORTED}")
+            return problem(Code.UNSUPPORTED, ref.pos, f"the predeclared `{name}` is {UNSUPPORTED}")
         candidates = sorted(self._package_idents | set(_TYPES))
         suggestion = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
         hint = f"; did you mean `{suggestion[0]}`?" if suggestion else ""
-        return _problem(ref.pos, f"reference `{name}` not found{hint}")
+        return problem(Code.REFERENCE, ref.pos, f"reference `{name}` not found{hint}")
 
-    def _eval_bound(self, bound: syntax.Bound, scopes: tuple[syntax.StructLit, ...]) -> Value:
-        operand = resolve_default(self.eval(bound.operand, scopes))
-        if isinstance(operand, Bottom):
-            return operand
-        if not isinstance(operand, Atom):
-            return _problem(
-                bound.pos, f"a bound needs a concrete value, not {describe(operand)}", "bound-arg"
-            )
-        if bound.op == "!=":
-            return Constraint(ALL_KINDS, bound.pos, excluded=(operand,))
-        if operand.kind != INT:
-            what = "float limits" if operand.kind == FLOAT else f"{operand.kind} values"
-            return _problem(bound.pos, f"bounds on {what} are {UNSUPPORTED}", "bound-arg")
-        limit = Limit(operand.value, bound.op in (">=", "<="))
-        if bound.op in (">=", ">"):
-            return Constraint(NUMBER_KINDS, bound.pos, low=limit)
-        return Constraint(NUMBER_KINDS, bound.pos, high=limit)
 
-    def _eval_selector(self, sel: syntax.Selector, scopes: tuple[syntax.StructLit, ...]) -> Value:
-        operand = resolve_default(self.eval(sel.operand, scopes))
-        if isinstance(operand, Bottom):
-            return operand
-        if not isinstance(operand, Struct):
-            return _problem(
-                sel.pos, f"cannot select `{sel.name}` from {describe(operand)}", "selector"
-            )
-        table = operand.fields if _kind_of(sel.name) is LabelKind.REGULAR else operand.hidden
-        field = table.get(sel.name)
-        if field is None or field.optional:
-            return _problem(sel.pos, f"no field `{sel.name}` to select", "selector")
-        return field.value
+def _manifest_pos(decls: list[syntax.Field]) -> Pos:
+    """The position of a field declared in several files: the manifest's."""
+    pos = decls[0].pos
+    for decl in decls[1:]:
+        if pos.source.is_schema and not decl.pos.source.is_schema:
+            pos = decl.pos
+    return pos
+
+
+def _bound(bound: syntax.Bound, operand: Value) -> Value:
+    operand = resolve_default(operand)
+    if isinstance(operand, Bottom):
+        return operand
+    if not isinstance(operand, Atom):
+        return problem(
+            Code.BOUND_ARG, bound.pos, f"a bound needs a concrete value, not {describe(operand)}"
+        )
+    if bound.op == "!=":
+        return Constraint(ALL_KINDS, bound.pos, excluded=(operand,))
+    if operand.kind != INT:
+        what = "float limits" if operand.kind == FLOAT else f"{operand.kind} values"
+        return problem(Code.UNSUPPORTED, bound.pos, f"bounds on {what} are {UNSUPPORTED}")
+    limit = Limit(operand.value, bound.op in (">=", "<="))
+    if bound.op in (">=", ">"):
+        return Constraint(NUMBER_KINDS, bound.pos, low=limit)
+    return Constraint(NUMBER_KINDS, bound.pos, high=limit)
+
+
+def _select(sel: syntax.Selector, operand: Value) -> Value:
+    operand = resolve_default(operand)
+    if isinstance(operand, Bottom):
+        return operand
+    if not isinstance(operand, Struct):
+        return problem(
+            Code.SELECTOR, sel.pos, f"cannot select `{sel.name}` from {describe(operand)}"
+        )
+    table = operand.fields if _kind_of(sel.name) is LabelKind.REGULAR else operand.hidden
+    field = table.get(sel.name)
+    if field is None or field.optional:
+        return problem(Code.SELECTOR, sel.pos, f"no field `{sel.name}` to select")
+    return field.value
 
 
 def _kind_of(name: str) -> LabelKind:
@@ -374,6 +366,9 @@ class _Exporter:
         self.value_positions: dict[Path, Pos] = {}
         self.label_positions: dict[Path, Pos] = {}
         self.broken: set[Path] = set()
+        self.walking: dict[int, Path] = {}
+        """The structs and lists on the path being walked (by identity), and
+        the Lazy values they came from: the path each was entered at."""
 
     def _break(self, path: Path) -> None:
         for end in range(len(path), -1, -1):
@@ -382,43 +377,111 @@ class _Exporter:
             self.broken.add(path[:end])
 
     def run(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> Any:
+        """The data of ``value`` at ``path``, or _MISSING after reporting why not."""
+        outer = id(value) if isinstance(value, Lazy) else None
         value = resolve_default(value)
         if isinstance(value, Atom):
             self.value_positions[path] = value.pos
             return value.value
-        if isinstance(value, Struct):
-            out: dict[str, Any] = {}
-            if value.pos is not None:
-                self.value_positions[path] = value.pos
-            for label, field in value.fields.items():
-                if field.optional:
-                    continue  # optional fields are constraints, not data
-                child = (*path, label)
-                self.label_positions[child] = field.pos
-                child_anchor = anchor if field.pos.source.is_schema else (field.pos, child)
-                result = self.run(field.value, child, child_anchor)
-                if result is not _MISSING:
-                    out[label] = result
-            return out
+        if isinstance(value, Struct | List):
+            if self._enter(value, outer, path, anchor):
+                return _MISSING
+            try:
+                return self._composite(value, path, anchor)
+            finally:
+                self._leave(value, outer)
+        self._break(path)
+        if isinstance(value, Bottom):
+            self._report_all(value, path, anchor)
+            return _MISSING
+        if self.report_incomplete:
+            self._incomplete(value, path, anchor)
+        return _MISSING
+
+    def _composite(self, value: Struct | List, path: Path, anchor: tuple[Pos | None, Path]) -> Any:
+        if value.pos is not None:
+            self.value_positions[path] = value.pos
         if isinstance(value, List):
-            if value.pos is not None:
-                self.value_positions[path] = value.pos
             items = []
             for index, item in enumerate(value.items):
                 result = self.run(item, (*path, index), anchor)
                 if result is not _MISSING:
                     items.append(result)
             return items
-        self._break(path)
+        out: dict[str, Any] = {}
+        for label, field in value.fields.items():
+            if field.optional:
+                continue  # optional fields are constraints, not data
+            child = (*path, label)
+            self.label_positions[child] = field.pos
+            result = self.run(field.value, child, _anchor(anchor, field, path, label))
+            if result is not _MISSING:
+                out[label] = result
+        self._check_hidden(value, path, anchor)
+        return out
+
+    def check(self, value: Value, path: Path, anchor: tuple[Pos | None, Path]) -> None:
+        """Report the errors in a value that is not exported (a definition, a
+        hidden field): CUE evaluates those too. Only errors count: such values
+        need not be concrete, and their optional fields are not evaluated."""
+        outer = id(value) if isinstance(value, Lazy) else None
+        value = force(value)
         if isinstance(value, Bottom):
-            for problem in value.problems:
-                if problem.label is None and path and isinstance(path[-1], str):
-                    problem = problem.with_label(path[-1])
-                self._report(problem, path, anchor)
-            return _MISSING
-        if self.report_incomplete:
-            self._incomplete(value, path, anchor)
-        return _MISSING
+            self._report_all(value, path, anchor)
+        elif isinstance(value, Struct | List):
+            if self._enter(value, outer, path, anchor):
+                return
+            try:
+                if isinstance(value, List):
+                    for index, item in enumerate(value.items):
+                        self.check(item, (*path, index), anchor)
+                else:
+                    for label, field in value.fields.items():
+                        if not field.optional:
+                            self.check(
+                                field.value, (*path, label), _anchor(anchor, field, path, label)
+                            )
+                    self._check_hidden(value, path, anchor)
+            finally:
+                self._leave(value, outer)
+
+    def _check_hidden(self, value: Struct, path: Path, anchor: tuple[Pos | None, Path]) -> None:
+        for label, field in value.hidden.items():
+            if not field.optional:
+                self.check(field.value, (*path, label), _anchor(anchor, field, path, label))
+
+    def _enter(
+        self, value: Struct | List, outer: int | None, path: Path, anchor: tuple[Pos | None, Path]
+    ) -> bool:
+        """Put ``value`` on the path being walked; True (after reporting) when
+        it is already there: a structural cycle, a value containing itself."""
+        ancestor = self.walking.get(id(value))
+        if ancestor is None and outer is not None:
+            ancestor = self.walking.get(outer)
+        if ancestor is not None:
+            self._break(path)
+            anchor_pos = anchor[0] if anchor[0] is not None else Pos(self.main, 1, 1)
+            self.diagnostics.error(
+                anchor_pos,
+                f"structural cycle: {show_name(_dotted(path))} contains itself "
+                f"(it is {show_name(_dotted(ancestor))})",
+            )
+            return True
+        self.walking[id(value)] = path
+        if outer is not None:
+            self.walking[outer] = path
+        return False
+
+    def _leave(self, value: Struct | List, outer: int | None) -> None:
+        del self.walking[id(value)]
+        if outer is not None:
+            self.walking.pop(outer, None)
+
+    def _report_all(self, value: Bottom, path: Path, anchor: tuple[Pos | None, Path]) -> None:
+        for found in value.problems:
+            if found.label is None and path and isinstance(path[-1], str):
+                found = found.with_label(path[-1])
+            self._report(found, path, anchor)
 
     def _report(self, problem: Problem, path: Path, anchor: tuple[Pos | None, Path]) -> None:
         pos = problem.primary_pos()
@@ -448,6 +511,13 @@ class _Exporter:
         else:
             text = f"incomplete value: {show_name(shown)} is not set ({what})"
         self.diagnostics.error(anchor_pos, text)
+
+
+def _anchor(
+    anchor: tuple[Pos | None, Path], field: Field, path: Path, label: str
+) -> tuple[Pos | None, Path]:
+    """The anchor for a field's problems: the field itself when the manifest declares it."""
+    return anchor if field.pos.source.is_schema else (field.pos, (*path, label))
 
 
 def _dotted(path: Path) -> str:

@@ -13,8 +13,10 @@ so the grammar itself only ever sees commas.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 
+import attrs
 from lark import Lark, Token, Transformer
 from lark.lark import PostLex
 
@@ -110,6 +112,8 @@ ATTRIBUTE: /@[A-Za-z_$#][A-Za-z0-9_$]*/
 BAD_CHAR.-10: /[^\n]/
 NEWLINE: /\n/
 COMMENT: /\/\/[^\n]*/
+ARROW.3: "<-"
+BLOCK_COMMENT.4: /\/\*[\s\S]*?(?:\*\/|\Z)/
 WHITESPACE: /[ \t\r]+/
 %ignore WHITESPACE
 %ignore COMMENT
@@ -152,36 +156,56 @@ EOF_COMMA = ""
 """The value of a comma the post-lexer inserted at the end of the file."""
 
 
-class CommaInserter(PostLex):
-    """Turns significant newlines into ``COMMA`` tokens and drops the others.
+@attrs.define
+class LexState:
+    """What the post-lexer records during one parse.
 
-    ``emitted`` counts the tokens handed to the parser since the last
-    :meth:`reset`; the syntax error reporter uses it to tell an error that
-    follows a successful stretch of input from an echo of the previous one.
+    ``emitted`` counts the tokens handed to the parser; the syntax error
+    reporter uses it to tell an error that follows a successful stretch of
+    input from an echo of the previous one. ``block_comments`` are the
+    ``/* ... */`` the lexer met: not CUE (the parse goes on as if each were
+    a space, or a newline if it spans lines, and each is reported).
     """
 
-    always_accept = ("NEWLINE",)
+    emitted: int = 0
+    block_comments: list[Token] = attrs.Factory(list)
 
-    def __init__(self) -> None:
-        self.emitted = 0
 
-    def reset(self) -> None:
-        self.emitted = 0
+LEX_STATE: contextvars.ContextVar[LexState] = contextvars.ContextVar("manifest_lex_state")
+"""The state of the parse running in this context (thread or task): each
+parse sets its own, so parses never share state."""
+
+
+class CommaInserter(PostLex):
+    """Turns significant newlines into ``COMMA`` tokens and drops the others.
+    Stateless: per-parse state is in :data:`LEX_STATE`."""
+
+    always_accept = ("NEWLINE", "BLOCK_COMMENT", "ARROW")
+    """Terminals no rule uses that the lexer must still produce: newlines
+    (for commas), block comments (to report them), and CUE's `<-` token
+    (so that `<-1` is the syntax error it is in CUE, not `< -1`)."""
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        state = LEX_STATE.get(None) or LexState()
         last: Token | None = None
         for token in stream:
-            if token.type == "NEWLINE":
+            kind = token.type
+            if kind == "BLOCK_COMMENT":
+                state.block_comments.append(token)
+                if "\n" not in token.value:
+                    continue
+                kind = "NEWLINE"
+            if kind == "NEWLINE":
                 if last is not None and last.type in COMMA_TRIGGERS:
                     last = Token.new_borrow_pos("COMMA", NEWLINE_COMMA, token)
-                    self.emitted += 1
+                    state.emitted += 1
                     yield last
                 continue
             last = token
-            self.emitted += 1
+            state.emitted += 1
             yield token
         if last is not None and last.type in COMMA_TRIGGERS:
-            self.emitted += 1
+            state.emitted += 1
             yield Token.new_borrow_pos("COMMA", EOF_COMMA, last)
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from . import syntax
 from .errors import Diagnostic, Diagnostics, ManifestError, Pos, Source
 from .evaluator import Evaluator, Exported, close_root, export
 from .plan import Plan
+from .render import json_text
 from .validate import build_plan
 
 DEFAULT_MANIFEST: Path = paths.DEFAULT_MANIFEST
@@ -32,10 +31,6 @@ SCHEMA_PATH: Path = paths.MANIFEST_SCHEMA
 """The manifest schema, written in the manifest language."""
 
 _log = structlog.get_logger(__name__)
-
-# The lark parser and its comma post-lexer are shared and keep per-parse
-# state, so one parse runs at a time.
-_parse_lock = threading.Lock()
 
 
 @functools.cache
@@ -48,8 +43,7 @@ def schema_file() -> syntax.File:
         raise ManifestError(
             (Diagnostic.whole_file(str(SCHEMA_PATH), f"cannot read the schema: {error.strerror}"),)
         ) from None
-    with _parse_lock:
-        parsed = syntax.parse(Source(str(SCHEMA_PATH), text, is_schema=True), diagnostics)
+    parsed = syntax.parse(Source(str(SCHEMA_PATH), text, is_schema=True), diagnostics)
     diagnostics.raise_if_any()
     assert parsed is not None
     return parsed
@@ -78,8 +72,7 @@ def evaluate(
 ) -> tuple[syntax.File, Exported] | None:
     """Parse ``source`` and export it, unified with the schema unless
     ``with_schema`` is False (problems go to ``diagnostics``)."""
-    with _parse_lock:
-        parsed = syntax.parse(source, diagnostics)
+    parsed = syntax.parse(source, diagnostics)
     if parsed is None:
         return None
     if not with_schema:
@@ -152,6 +145,13 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
     that cannot be read, is not UTF-8, or is not a valid manifest.
     """
     name = os.fspath(path)
+    return load_plan_text(read_manifest(name), name)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> str:
+    """The text of the manifest file at ``path``; ManifestError (never OSError or
+    UnicodeDecodeError) for a file that cannot be read or is not UTF-8."""
+    name = os.fspath(path)
     try:
         raw = Path(name).read_bytes()
     except IsADirectoryError:
@@ -160,7 +160,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         raise _file_error(name, "no such file") from None
     except OSError as error:
         raise _file_error(name, f"cannot read: {error.strerror or error}") from None
-    return load_plan_text(decode(raw, name), name)
+    return decode(raw, name)
 
 
 def decode(raw: bytes, filename: str) -> str:
@@ -193,21 +193,5 @@ def _file_error(filename: str, message: str) -> ManifestError:
     return ManifestError((Diagnostic.whole_file(filename, message),))
 
 
-def exported_json(exported: Exported) -> Any:
-    """Exported data with exact decimals turned into JSON numbers."""
-    return _jsonable(exported.data)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if type(value).__name__ == "Decimal":
-        return float(value)
-    return value
-
-
 def _with_export(plan: Plan, exported: Exported) -> Plan:
-    text = json.dumps(exported_json(exported), ensure_ascii=False, separators=(",", ":"))
-    return Plan(plan.source, plan.machine, plan.processes, exported=text)
+    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, 0))

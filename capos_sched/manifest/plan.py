@@ -9,6 +9,7 @@ cannot be malformed either.
 
 from __future__ import annotations
 
+import decimal
 import json
 from typing import Any
 
@@ -177,9 +178,10 @@ class Plan:
         return next((p for p in self.processes if p.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
-        """The evaluated manifest as JSON-compatible data (a fresh copy each call)."""
+        """The evaluated manifest as JSON-compatible data (a fresh copy each
+        call); floats are exact ``decimal.Decimal`` values, as CUE's numbers are."""
         if self.exported is not None:
-            result: dict[str, Any] = json.loads(self.exported)
+            result: dict[str, Any] = json.loads(self.exported, parse_float=decimal.Decimal)
             return result
         return {
             "machine": {

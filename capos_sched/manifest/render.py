@@ -46,11 +46,63 @@ def scalar(value: Any) -> str:
             raise ValueError(f"{value!r} has no CUE representation")
         return repr(value)
     if isinstance(value, decimal.Decimal):
-        text = str(value)
+        text = decimal_text(value)
         return text if any(c in text for c in ".eE") else text + ".0"
     if isinstance(value, str):
         return string(value)
     raise TypeError(f"cannot render {type(value).__name__} as CUE")
+
+
+def decimal_text(value: decimal.Decimal) -> str:
+    """An exact decimal as CUE prints it: the shortest scientific form of the
+    General Decimal Arithmetic spec (``1E+400``, ``0.25``, ``1.50``), which
+    keeps every digit written (``0.1000000000000000055511151231257827``).
+    CUE has no negative zero."""
+    if value.is_zero():
+        value = value.copy_abs()
+    return str(value)
+
+
+def json_text(data: Any, indent: int = 2) -> str:
+    """``data`` as JSON, with exact decimals printed as CUE prints them (where
+    ``json.dumps`` would go through a binary float: `0.1`, `Infinity`)."""
+    try:
+        return json.dumps(data, indent=indent, ensure_ascii=False, default=_no_decimals)
+    except _HasDecimals:
+        return _json(data, indent, 0)  # the same layout, written out by hand
+
+
+class _HasDecimals(Exception):
+    pass
+
+
+def _no_decimals(value: Any) -> Any:
+    raise _HasDecimals if isinstance(value, decimal.Decimal) else TypeError(value)
+
+
+def _json(value: Any, indent: int, depth: int) -> str:
+    inner = "\n" + " " * (indent * (depth + 1))
+    outer = "\n" + " " * (indent * depth)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [
+            f"{json.dumps(k, ensure_ascii=False)}: {_json(v, indent, depth + 1)}"
+            for k, v in value.items()
+        ]
+        return "{" + inner + ("," + inner).join(items) + outer + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        items = [_json(v, indent, depth + 1) for v in value]
+        return "[" + inner + ("," + inner).join(items) + outer + "]"
+    if isinstance(value, decimal.Decimal):
+        return decimal_text(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} has no JSON representation")
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _value(value: Any, indent: int) -> str:

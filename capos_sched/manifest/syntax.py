@@ -14,6 +14,7 @@ struct literals, as the CUE spec defines them.
 
 from __future__ import annotations
 
+import contextvars
 import decimal
 import enum
 import functools
@@ -25,7 +26,7 @@ from lark import Lark, Token, Transformer, Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostics, Pos, Source
-from .grammar import EOF_COMMA, NEWLINE_COMMA, CommaInserter, make_parser
+from .grammar import EOF_COMMA, LEX_STATE, NEWLINE_COMMA, LexState, make_parser
 
 UNSUPPORTED = "not supported in capos-sched manifests"
 
@@ -196,27 +197,46 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
     Returns None when the text is not syntactically valid (the reported syntax
     errors would make any evaluation misleading). Returns a File, possibly with
     Poison nodes, when the text parses; unsupported constructs are reported.
-    Not reentrant: the parser and its builder are shared (see loader's lock).
+    Reentrant and thread-safe: each parse has its own AST builder and lexer
+    state (the shared lark parser holds none).
     """
-    lark, builder = _parser()
     built = Diagnostics()  # what the builder finds, merged below
-    builder.begin(source, built)
-    commas = lark.options.postlex
-    assert isinstance(commas, CommaInserter)
-    commas.reset()
-    reporter = _SyntaxErrorReporter(source, built, commas)
+    builder = _AstBuilder(source, built)
+    lex_state = LexState()
+    syntax_errors = Diagnostics()
+    reporter = _SyntaxErrorReporter(source, syntax_errors, lex_state)
+    builder_token = _BUILDER.set(builder)
+    lex_token = LEX_STATE.set(lex_state)
     result: Any = None
     try:
-        result = lark.parse(source.text, on_error=reporter.recover)
+        result = _parser().parse(source.text, on_error=reporter.recover)
     except UnexpectedInput as error:
         reporter.report(error)
     finally:
-        builder.end()
+        LEX_STATE.reset(lex_token)
+        _BUILDER.reset(builder_token)
+    for comment in lex_state.block_comments:
+        reporter.count += 1
+        pos = Pos(source, comment.line, comment.column)
+        reporter.positions.add((pos.line, pos.col))
+        syntax_errors.error(
+            pos,
+            "unexpected `/`: block comments (`/* ... */`) are not CUE; "
+            "CUE has only line comments (`// ...`)",
+        )
     if reporter.count:
-        # After a syntax error the recovered parse sees fragments; keep one
-        # diagnostic per line (the leftmost), so echoes do not bury the cause.
-        kept: dict[int, Any] = {}
+        # After a syntax error the recovered parse sees fragments. Keep one
+        # diagnostic per line (the leftmost: a construct reported as not
+        # supported often causes the syntax error after it), none of what the
+        # builder found after the first syntax error, and no "embedding":
+        # after a syntax error that is the recovery's doing (`a 1` is a
+        # missing colon, not two embedded values).
+        first_error = min(reporter.positions, default=(0, 0))
+        kept: dict[int, Any] = {d.line: d for d in syntax_errors.items()}
         for diagnostic in built.items():
+            position = (diagnostic.line, diagnostic.col)
+            if position > first_error or position in builder.embeddings:
+                continue
             line = kept.get(diagnostic.line)
             if line is None or diagnostic.col < line.col:
                 kept[diagnostic.line] = diagnostic
@@ -228,10 +248,36 @@ def parse(source: Source, diagnostics: Diagnostics) -> File | None:
     return result if isinstance(result, File) else None
 
 
+_BUILDER: contextvars.ContextVar[_AstBuilder] = contextvars.ContextVar("manifest_ast_builder")
+"""The AST builder of the parse running in this context (thread or task)."""
+
+
 @functools.cache
-def _parser() -> tuple[Lark, _AstBuilder]:
-    builder = _AstBuilder()
-    return make_parser(builder), builder
+def _parser() -> Lark:
+    """The lark parser (built once: the grammar's analysis takes most of a
+    second). It holds no per-parse state: its transformer forwards every
+    rule to the running parse's own builder (:data:`_BUILDER`)."""
+    return make_parser(_forwarder())
+
+
+def _forwarder() -> Transformer:
+    """A Transformer whose method for each rule calls that rule's method on
+    the current parse's :class:`_AstBuilder`."""
+
+    def forward(name: str) -> Any:
+        def method(self: Transformer, children: list[Any]) -> Any:
+            return getattr(_BUILDER.get(), name)(children)
+
+        method.__name__ = name
+        return method
+
+    rules = {
+        name: forward(name)
+        for name, member in vars(_AstBuilder).items()
+        if callable(member) and not name.startswith("_")
+    }
+    forwarder_class = type("_Forwarder", (Transformer,), rules)
+    return forwarder_class(visit_tokens=False)
 
 
 # Terminals a value can start with, for "expected a value" in syntax errors.
@@ -247,11 +293,17 @@ _UNSUPPORTED_TOKENS = {
     "ATTRIBUTE": "attributes (`@name(...)`) are " + UNSUPPORTED,
     "UNTERMINATED_STRING": "string literal not terminated",
 }
+_PLACEHOLDER = "_\x00"
+"""The identifier the error recovery inserts for a missing value (no
+source text can spell it); it stands for the reported error (a Poison)."""
 _MAX_RECOVERIES = 200
 _RESYNC_TOKENS = 3
 """Tokens the parser must accept after a syntax error before the next error
 counts as a new one (fewer, and it is taken for an echo of the first)."""
 _COMPREHENSION = re.compile(r"^\s*(for|if|let)\b")
+_INNER_COMPREHENSION = re.compile(r"[\[{(,]\s*(for|if|let)\s+\S*\s*$")
+_BINARY_OPERATORS = frozenset({"|", "&", "||", "&&", "==", "+", "-", "*", "/"})
+_BINARY_OPERATORS |= {">=", "<=", ">", "<", "!=", "=~", "!~"}
 
 
 def _describe_char(char: str) -> str:
@@ -289,10 +341,12 @@ class _SyntaxErrorReporter:
     almost always echoes of the first.
     """
 
-    def __init__(self, source: Source, diagnostics: Diagnostics, commas: CommaInserter) -> None:
+    def __init__(self, source: Source, diagnostics: Diagnostics, lex_state: LexState) -> None:
         self.source = source
         self.diagnostics = diagnostics
-        self.commas = commas
+        self.lex_state = lex_state
+        self.positions: set[tuple[int, int]] = set()
+        """Where the syntax errors reported are (line, col)."""
         self.count = 0
         self.recoveries = 0
         self.last_line = 0
@@ -327,28 +381,40 @@ class _SyntaxErrorReporter:
     def _add(self, pos: Pos, message: str) -> None:
         # An error on the line of the previous one, or before the parser has
         # accepted a few tokens since, is an echo of that error.
-        accepted = self.commas.emitted - 1 - self.emitted_at_last_error
-        self.emitted_at_last_error = self.commas.emitted
+        accepted = self.lex_state.emitted - 1 - self.emitted_at_last_error
+        self.emitted_at_last_error = self.lex_state.emitted
         echo = self.count and (pos.line == self.last_line or accepted < _RESYNC_TOKENS)
         self.count += 1
         if echo:
             return
         self.last_line = pos.line
+        self.positions.add((pos.line, pos.col))
         self.diagnostics.error(pos, message)
 
     def _message(self, token: Token, expected: set[str]) -> str:
         if token.type in _UNSUPPORTED_TOKENS:
             return _UNSUPPORTED_TOKENS[token.type]
+        if token.type == "ARROW":
+            return (
+                "unexpected `<-` (one token in CUE); for a bound on a negative number write `< -1`"
+            )
         if token.type == "BAD_CHAR" and token.value == "#":
             return "unexpected character `#`; a definition name is `#` followed by a letter"
         line = self.source.line(token.line) if token.line else ""
-        match = _COMPREHENSION.match(line)
+        before = line[: token.column - 1] if token.column else ""
+        match = _COMPREHENSION.match(line) or _INNER_COMPREHENSION.search(before)
         if match and match.group(1) == "let":
             return "`let` declarations are " + UNSUPPORTED
         if match:
             return f"comprehensions (`{match.group(1)} ...`) are " + UNSUPPORTED
         at_end = token.type == "$END" or (token.type == "COMMA" and token.value == EOF_COMMA)
-        return f"unexpected {describe_token(token)}{_expected(expected, at_end)}"
+        message = f"unexpected {describe_token(token)}{_expected(expected, at_end)}"
+        if token.value in _BINARY_OPERATORS and not before.strip():
+            message += (
+                "; a line break after a value ends it (CUE inserts a comma there): "
+                "put the operator at the end of the previous line"
+            )
+        return message
 
     def recover(self, error: UnexpectedInput) -> bool:
         self.report(error)
@@ -359,7 +425,11 @@ class _SyntaxErrorReporter:
             return False
         interactive = error.interactive_parser
         token = error.token
-        for filler in (Token("COMMA", ","), Token("IDENT", "_")):
+        fillers = (
+            Token.new_borrow_pos("COMMA", ",", token),
+            Token.new_borrow_pos("IDENT", _PLACEHOLDER, token),
+        )
+        for filler in fillers:
             trial = interactive.copy()
             try:
                 trial.feed_token(filler)
@@ -511,26 +581,17 @@ _BINARY_PRECEDENCE = {"|": 1, "&": 2}
 """The binary operators the subset evaluates; the others are reported."""
 
 
-class _AstBuilder(Transformer):
-    """Builds the AST while lark parses, reporting unsupported constructs.
+class _AstBuilder:
+    """Builds the AST of one parse while lark parses, reporting unsupported
+    constructs: one public method per grammar rule, called with the rule's
+    children (see :func:`_forwarder`)."""
 
-    One instance serves every parse (lark binds it when the parser is made);
-    :meth:`begin` points it at the source being parsed.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(visit_tokens=False)
-        self.source: Source = Source("<none>", "")
-        self.diagnostics = Diagnostics()
-        self.complete = True
-
-    def begin(self, source: Source, diagnostics: Diagnostics) -> None:
+    def __init__(self, source: Source, diagnostics: Diagnostics) -> None:
         self.source = source
         self.diagnostics = diagnostics
         self.complete = True
-
-    def end(self) -> None:
-        self.begin(Source("<none>", ""), Diagnostics())
+        self.embeddings: set[tuple[int, int]] = set()
+        """Where embeddings were reported (line, col)."""
 
     # -- helpers ---------------------------------------------------------
     def _tpos(self, token: Token) -> Pos:
@@ -612,8 +673,12 @@ class _AstBuilder(Transformer):
     def embedding(self, children: list[Any]) -> None:
         pos = self._pos(children)
         self.complete = False
-        if isinstance(children[0], Poison):
-            return None  # already reported
+        value = children[0]
+        if isinstance(value, Poison) or (
+            isinstance(value, Disj | Conj) and any(isinstance(t, Poison) for t in value.terms)
+        ):
+            return None  # already reported (or the error recovery's doing)
+        self.embeddings.add((pos.line, pos.col))
         self.diagnostics.error(
             pos,
             "embedding a value in a struct is " + UNSUPPORTED + "; unify instead "
@@ -771,6 +836,8 @@ class _AstBuilder(Transformer):
     def ref(self, children: list[Token]) -> Expr:
         token = children[0]
         pos = self._tpos(token)
+        if token.value == _PLACEHOLDER:
+            return Poison(pos)  # the error recovery's placeholder: already reported
         name = token.value
         if name == "_":
             return Top(pos)

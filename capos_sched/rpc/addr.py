@@ -12,6 +12,8 @@ from pathlib import Path
 
 import attrs
 
+from capos_sched.safedir import NOT_WRITABLE_BY_OTHERS, check_private_dir
+
 ADMIN_SOCKET_MODE = 0o600
 """Whoever can open the admin socket is the operator."""
 
@@ -85,11 +87,14 @@ def default_admin() -> str:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700) if missing; refuse one owned by someone else."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise AddressError(f"{path} belongs to uid {info.st_uid}, not to us")
+    """Create the runtime directory ``path`` (mode 0700) if missing; refuse one
+    that is not ours or that others can write (``safedir.check_private_dir``)."""
+    check_private_dir(path, allowed=NOT_WRITABLE_BY_OTHERS, create=True)
+
+
+def checked_run_dir() -> Path:
+    """``run_dir()`` for a client using a default address: refused unless ours."""
+    return check_private_dir(run_dir(), allowed=NOT_WRITABLE_BY_OTHERS)
 
 
 def bind_unix(path: str, mode: int) -> socket.socket:

@@ -310,13 +310,49 @@ def _loaded_phase(
 # ------------------------------------------------------------------ command
 
 
-@click.command("rpc")
+@click.command(
+    "rpc",
+    epilog="""\b
+Examples:
+  capos-sched bench rpc --json
+  capos-sched bench rpc --transport tcp --calls 1000 --rounds 1 --no-loaded
+""",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--calls", type=click.IntRange(100, 1_000_000), default=3000, show_default=True)
-@click.option("--inflight", type=click.IntRange(1, 1000), default=500, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
-@click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True)
-@click.option("--loaded/--no-loaded", default=True, help="Also measure under full CPU load.")
+@click.option(
+    "--calls",
+    type=click.IntRange(100, 1_000_000),
+    default=3000,
+    show_default=True,
+    help="Sequential calls per measurement (the concurrent one makes four times as many).",
+)
+@click.option(
+    "--inflight",
+    type=click.IntRange(1, 1000),
+    default=500,
+    show_default=True,
+    help="Calls in flight at once in the concurrent measurement.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Echo and idle measurements alternate this many times; medians are reported.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["unix", "tcp"]),
+    default="unix",
+    show_default=True,
+    help="Socket kind for every server, the daemon's and the echo baseline's.",
+)
+@click.option(
+    "--loaded/--no-loaded",
+    default=True,
+    show_default=True,
+    help="Also measure with the daemon's workers saturating every CPU.",
+)
 def rpc(
     as_json: bool, calls: int, inflight: int, rounds: int, transport: str, loaded: bool
 ) -> None:

@@ -21,23 +21,41 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import attrs
 import structlog
 import trio
 
 from capos_sched.core import CoreError
 
-from .errors import WireError, from_core, internal_error, new_ref, wire_error
+from .errors import WireError, from_core, internal_error, new_ref, scrub, wire_error
 
 log = structlog.get_logger("capos_sched.rpc")
 
 OwnerT = TypeVar("OwnerT")
 Op = Callable[[Any], Any]
 """An operation: called in the trio thread with the owner; returns the answer
-or raises WireError / CoreError (anything else becomes an internal error)."""
+or raises WireError / CoreError (anything else becomes an internal error).
+An operation and its answer are plain data: they cross threads."""
+
+
+@attrs.frozen
+class Refusal:
+    """A typed error as plain data: what crosses from the owner to the RPC thread
+    instead of an exception (an exception carries frames of the thread that raised it)."""
+
+    code: str
+    message: str
+
+
+Answer = tuple[int, bool, Any]
+"""``(call id, ok, value or Refusal)``: one operation's outcome, plain data."""
+
+SHUTTING_DOWN = Refusal("disconnected", "daemon is shutting down")
 
 
 class Bridge(Generic[OwnerT]):
@@ -47,6 +65,12 @@ class Bridge(Generic[OwnerT]):
     submission order; every submitted future is resolved exactly once (result,
     typed error, or ``disconnected`` at shutdown) unless its caller cancelled
     it first; at most one drain is scheduled in trio at any time.
+
+    Only plain data crosses threads: the trio thread sees ``(call id,
+    operation)`` and sends back ``(call id, ok, value or Refusal)``. Futures,
+    exceptions and everything else of asyncio or pycapnp stay in the RPC
+    thread (``_futures`` is read and written there only), so a garbage
+    collection in the trio thread can never finalize an RPC-thread object.
     """
 
     def __init__(self, owner: OwnerT, trio_token: trio.lowlevel.TrioToken) -> None:
@@ -54,7 +78,9 @@ class Bridge(Generic[OwnerT]):
         self._token = trio_token
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[Op, asyncio.Future[Any]]] = collections.deque()
+        self._queue: collections.deque[tuple[int, Op]] = collections.deque()
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
         self._drain_pending = False
         self._closed = False
         self.drains = 0
@@ -68,6 +94,11 @@ class Bridge(Generic[OwnerT]):
 
     # ------------------------------------------------------------ RPC thread
 
+    @property
+    def outstanding(self) -> int:
+        """Operations submitted and not answered yet (RPC thread)."""
+        return len(self._futures)
+
     def submit(self, op: Op) -> asyncio.Future[Any]:
         """Queue ``op`` for the owner; the future resolves with its answer."""
         assert self._loop is not None, "attach() the RPC loop first"
@@ -76,11 +107,13 @@ class Bridge(Generic[OwnerT]):
         return fut
 
     def submit_into(self, op: Op, fut: asyncio.Future[Any]) -> None:
+        call_id = next(self._ids)
         with self._lock:
             if self._closed:
-                fut.set_exception(wire_error("disconnected", "daemon is shutting down"))
+                _resolve(fut, False, SHUTTING_DOWN)
                 return
-            self._queue.append((op, fut))
+            self._futures[call_id] = fut
+            self._queue.append((call_id, op))
             if self._drain_pending:
                 return
             self._drain_pending = True
@@ -89,18 +122,27 @@ class Bridge(Generic[OwnerT]):
         except trio.RunFinishedError:
             self.close()
 
+    def detach(self) -> None:
+        """Fail every unanswered future and forget them (RPC thread, at its end)."""
+        self.close()
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            _resolve(fut, False, SHUTTING_DOWN)
+
     def close(self) -> None:
         """Refuse new operations and fail the queued ones (any thread)."""
         with self._lock:
             self._closed = True
             pending, self._queue = self._queue, collections.deque()
-        if pending and self._loop is not None and not self._loop.is_closed():
-            answers = [
-                (fut, False, wire_error("disconnected", "daemon is shutting down"))
-                for _, fut in pending
-            ]
-            with contextlib.suppress(RuntimeError):  # the loop closed in between
-                self._loop.call_soon_threadsafe(_answer, answers)
+        if pending:
+            self._send([(call_id, False, SHUTTING_DOWN) for call_id, _ in pending])
+
+    def _answer(self, answers: list[Answer]) -> None:
+        futures = self._futures
+        for call_id, ok, value in answers:
+            fut = futures.pop(call_id, None)
+            if fut is not None:
+                _resolve(fut, ok, value)
 
     # ----------------------------------------------------------- trio thread
 
@@ -111,34 +153,51 @@ class Bridge(Generic[OwnerT]):
         if not batch:
             return
         self.drains += 1
-        answers: list[tuple[asyncio.Future[Any], bool, Any]] = []
         owner = self._owner
-        for op, fut in batch:
-            try:
-                answers.append((fut, True, op(owner)))
-            except WireError as exc:
-                answers.append((fut, False, exc))
-            except CoreError as exc:
-                answers.append((fut, False, from_core(exc)))
-            except Exception:
-                ref = new_ref()
-                log.exception("internal error in owner operation", ref=ref, op=_op_name(op))
-                answers.append((fut, False, internal_error(ref)))
+        answers = [(call_id, *_apply(op, owner)) for call_id, op in batch]
         self.applied += len(batch)
+        self._send(answers)
+
+    def _send(self, answers: list[Answer]) -> None:
         loop = self._loop
-        assert loop is not None
+        if loop is None or loop.is_closed():
+            return
         with contextlib.suppress(RuntimeError):  # the RPC loop is gone: nobody waits
-            loop.call_soon_threadsafe(_answer, answers)
+            loop.call_soon_threadsafe(self._answer, answers)
 
 
-def _answer(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in answers:
-        if fut.done():  # the caller went away (client disconnected mid-call)
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _apply(op: Op, owner: Any) -> tuple[bool, Any]:
+    """Run one operation; its outcome as plain data (trio thread)."""
+    try:
+        return True, op(owner)
+    except WireError as exc:
+        refusal = Refusal(exc.code, exc.message)
+    except CoreError as exc:
+        wire = from_core(exc)
+        refusal = Refusal(wire.code, wire.message)
+    except Exception as exc:
+        ref = new_ref()
+        log.error(
+            "internal error in owner operation",
+            ref=ref,
+            op=_op_name(op),
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+        wire = internal_error(ref)
+        refusal = Refusal(wire.code, wire.message)
+        scrub(exc)
+    return False, refusal
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Settle ``fut`` (RPC thread); a refusal becomes a fresh exception here."""
+    if fut.done():  # the caller went away (client disconnected mid-call)
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(wire_error(value.code, value.message))
 
 
 def _op_name(op: Op) -> str:

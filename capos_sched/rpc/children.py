@@ -16,13 +16,16 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import capnp
 import structlog
+
+from capos_sched.interpreter import python_module_argv
+from capos_sched.proctree import adopted_zombies
 
 from .errors import wire_error
 from .grants import ProcessGrants
@@ -32,6 +35,13 @@ log = structlog.get_logger("capos_sched.rpc")
 
 FD_ENV = "CAPOS_SCHED_FD"
 PROCESS_ENV = "CAPOS_SCHED_PROCESS"
+
+EXEC_ENV_ALLOWED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR"}
+)
+"""The daemon's variables an exec'd process sees (besides ``LC_*``); nothing
+else of the daemon's environment (addresses, secrets, ``PYTHONPATH``) passes."""
+REAP_PERIOD_S = 1.0
 
 NewContext = Callable[[str], ConnContext]
 """``new_ctx(kind) -> ConnContext`` for a child's connection."""
@@ -66,7 +76,10 @@ class ChildSupervisor:
     serve: Serve
     words: int
     stop_grace_s: float = 3.0
+    exec_user: str | None = None
+    """Run exec'd processes as this user (the daemon must be root)."""
     children: dict[str, Child] = attrs.Factory(dict)
+    _reaper: asyncio.Task[None] | None = None
 
     async def start(self, name: str, argv: tuple[str, ...], pg: ProcessGrants, cwd: Path) -> None:
         """Start one process; a failed start is logged, not raised."""
@@ -77,13 +90,9 @@ class ChildSupervisor:
             ctx = self.new_ctx(f"exec:{name}")
             child.stream = await capnp.AsyncIoStream.create_connection(sock=ours)
             cap_set = CapSetServer(ctx, pg)
-            env = dict(os.environ)
-            env[FD_ENV] = str(theirs.fileno())
-            env[PROCESS_ENV] = name
-            env["PATH"] = child_path(env.get("PATH", ""))
-            env.setdefault("PYTHONUNBUFFERED", "1")
+            env = exec_env(os.environ, name, theirs.fileno())
             child.process = await asyncio.create_subprocess_exec(
-                *argv,
+                *shim_argv(argv, os.getpid(), self.exec_user),
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 cwd=str(cwd),
@@ -102,6 +111,8 @@ class ChildSupervisor:
         finally:
             theirs.close()
         log.info("process started", process=name, pid=child.process.pid, argv=list(argv))
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_adopted())
         child.tasks = [
             asyncio.create_task(self.serve(ctx, child.stream, cap_set, self.words)),
             asyncio.create_task(_pump(name, "stdout", child.process.stdout)),
@@ -118,8 +129,36 @@ class ChildSupervisor:
     async def stop_many(self, names: list[str]) -> None:
         await asyncio.gather(*(self.stop(n) for n in names))
 
+    def kill_all(self) -> None:
+        """SIGKILL every running process's group now (a hurried shutdown)."""
+        for child in self.children.values():
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(self._stop(c) for c in list(self.children.values())))
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
+
+    async def _reap_adopted(self) -> None:
+        """Reap orphans re-parented to the daemon (a child subreaper, see procguard.py).
+
+        Only zombies outside the daemon's process group (workers and the load
+        evaluator stay in it) that are not a supervised child, and that were
+        zombies one period ago too (their own waiter had time), are reaped.
+        """
+        seen: set[int] = set()
+        while True:
+            await asyncio.sleep(REAP_PERIOD_S)
+            ours = {c.process.pid for c in self.children.values() if c.process is not None}
+            zombies = set(adopted_zombies(os.getpid(), exclude=ours))
+            for pid in zombies & seen:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            seen = zombies
 
     async def _stop(self, child: Child) -> None:
         proc = child.process
@@ -164,6 +203,25 @@ async def _pump(name: str, stream_name: str, reader: asyncio.StreamReader | None
             stream=stream_name,
             line=line.decode(errors="replace").rstrip("\n"),
         )
+
+
+def exec_env(environ: Mapping[str, str], name: str, fd: int) -> dict[str, str]:
+    """An exec'd process's environment: the allow-listed variables, its inherited
+    socket's fd and name, and PATH with the daemon's interpreter first."""
+    env = {k: v for k, v in environ.items() if k in EXEC_ENV_ALLOWED or k.startswith("LC_")}
+    env[FD_ENV] = str(fd)
+    env[PROCESS_ENV] = name
+    env["PATH"] = child_path(env.get("PATH", ""))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def shim_argv(argv: tuple[str, ...], parent: int, user: str | None) -> list[str]:
+    """The command that confines itself (exec_shim.py), then becomes ``argv``."""
+    extra = [] if user is None else ["--user", user]
+    return python_module_argv(
+        "capos_sched.rpc.exec_shim", "--parent", str(parent), *extra, "--", *argv
+    )
 
 
 def child_path(path: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,14 @@ import click
 import structlog
 
 from capos_sched.core import LatencyClass
+from capos_sched.core.constants import MAX_CPUS
+from capos_sched.runtime.commands import (
+    trace_option,
+    trace_recorder,
+    watchdog_ns,
+    watchdog_option,
+    write_trace,
+)
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
@@ -58,24 +67,51 @@ def _fail(exc: BaseException) -> None:
     sys.exit(1)
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a client coroutine; typed errors become ``code: message`` + exit 1."""
-    from capos_sched.client import CapOSError
+def _run(coro_fn: Callable[[], Awaitable[T]], peer: Address | str | None = None) -> T:
+    """Run a client coroutine; typed errors become ``code: message`` + exit 1.
+
+    ``peer`` is the address the coroutine talks to, named when what answers
+    there is not a capos-sched daemon.
+    """
+    from capos_sched.client import CapOSError, NotADaemon
 
     async def main() -> T:
         return await coro_fn()
 
     try:
         return asyncio.run(main())
+    except NotADaemon as exc:
+        where = f"peer at {peer}" if peer is not None else "the peer"
+        log.debug("the peer does not speak Cap'n Proto RPC", peer=str(peer), detail=exc.message)
+        _fail(f"{exc.code}: {where} is not a capos-sched daemon")
     except CapOSError as exc:
-        _fail(exc)
+        _fail(_wrong_socket(exc, peer) or exc)
     except KeyboardInterrupt:
         sys.exit(130)
     raise AssertionError("unreachable")
 
 
+SOCKET_OF = {"Restorer": ("--listen", "--admin"), "Admin": ("--admin", "--listen")}
+"""What each daemon socket bootstraps: (its option, the other socket's option)."""
+
+
+def _wrong_socket(exc: BaseException, peer: Address | str | None) -> str | None:
+    """A clear message for a daemon socket of the other kind (Restorer vs Admin)."""
+    found = re.search(r"actualInterfaceName = capos\.capnp:(\w+)", str(exc))
+    if peer is None or found is None or found.group(1) not in SOCKET_OF:
+        return None
+    this, other = SOCKET_OF[found.group(1)]
+    return f"invalidArgument: {peer} is the daemon's {this} socket, not its {other} socket"
+
+
 def host_plugin(
-    cpus: int | None, execute: bool = True, sched_idle: bool = True, policy: str | None = None
+    cpus: int | None,
+    execute: bool = True,
+    sched_idle: bool = True,
+    policy: str | None = None,
+    *,
+    trace: Any = None,
+    watchdog_threshold_ns: int | None = None,
 ) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
     """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
 
@@ -92,7 +128,7 @@ def host_plugin(
         return (lambda plan: PlanHost(plan, effective_policy(policy, plan), cpus=cpus)), idle_runner
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 
-    config = RuntimeConfig(sched_idle=sched_idle)
+    config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
 
     async def run_runtime(host: Any, *, task_status: Any) -> None:
         await host.run(stop_when_finished=False, task_status=task_status)
@@ -103,6 +139,7 @@ def host_plugin(
             effective_policy(policy, plan),
             cpus=cpus,
             config=config,
+            trace=trace,
             manifest_name=plan.source,
         )
 
@@ -118,30 +155,57 @@ def plan_loader(source: str, name: str) -> Any:
 
 # -------------------------------------------------------------------- serve
 
+SOCKETS_HELP = """\b
+The default sockets live in RUN_DIR: $CAPOS_SCHED_RUN_DIR, else
+$XDG_RUNTIME_DIR/capos-sched, else /tmp/capos-sched-<uid> (created mode 0700)."""
 
-@click.command()
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+SERVE_EPILOG = f"""\b
+Examples:
+  capos-sched serve manifests/system-thread-fairness.cue --grants-dir /tmp/grants
+  capos-sched serve manifests/tuner.cue --listen tcp:127.0.0.1:7070
+  capos-sched serve manifests/system-thread-fairness.cue --no-execute --cpus 4
+  capos-sched serve manifests/tuner.cue --trace serve.trace.json --watchdog-ms 50
+
+{SOCKETS_HELP}
+
+\b
+CAPOS_SCHED_DISABLE_WFQ=1 runs every plan under the FIFO policy.
+
+\b
+Exit status: serve exits 0 on SIGINT or SIGTERM (a clean stop); 1 when the
+manifest is invalid or a socket cannot be served; 2 on a usage error.
+"""
+
+
+@click.command(epilog=SERVE_EPILOG)
+@click.argument("manifest", type=click.Path(path_type=Path))
 @click.option(
     "--listen",
     type=ADDRESS,
     default=None,
-    help="Where the Restorer is served (unix:PATH or tcp:HOST:PORT). "
-    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+    help="Where the Restorer is served (unix:PATH or tcp:HOST:PORT).  "
+    "[default: unix:RUN_DIR/listen.sock]",
 )
 @click.option(
     "--admin",
     type=ADDRESS,
     default=None,
-    help="Unix socket (mode 0600) serving the Admin capability. "
-    "[default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+    help="Unix socket (mode 0600) serving the Admin capability.  "
+    "[default: unix:RUN_DIR/admin.sock]",
 )
 @click.option(
     "--grants-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write <process>.token (mode 0600) here for each process with grants.",
+    help="Write <process>.token (mode 0600) here for each process with grants.  "
+    "[default: none; then no process can connect with a token]",
 )
-@click.option("--cpus", type=click.IntRange(1, 64), default=None, help="Override machine.cpus.")
+@click.option(
+    "--cpus",
+    type=click.IntRange(1, MAX_CPUS),
+    default=None,
+    help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
+)
 @click.option(
     "--execute/--no-execute",
     default=True,
@@ -163,10 +227,56 @@ def plan_loader(source: str, name: str) -> Any:
     show_default=True,
     help="Concurrent calls allowed per connection; more fail with `overloaded`.",
 )
+@trace_option
+@watchdog_option
+@click.option(
+    "--max-answers",
+    type=click.IntRange(1, 1_000_000),
+    default=1024,
+    show_default=True,
+    help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
+    "reading its connection.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a peer may stay at --max-answers before it is disconnected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=128,
+    show_default=True,
+    help="Connections the --listen socket accepts (the admin socket has its own limit of 16).",
+)
+@click.option(
+    "--max-connections-per-uid",
+    type=click.IntRange(1, 100_000),
+    default=32,
+    show_default=True,
+    help="Connections one local user (by SO_PEERCRED) may hold on a unix --listen socket.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a --listen connection may stay open without restoring a token.",
+)
+@click.option(
+    "--exec-user",
+    default=None,
+    metavar="USER",
+    help="Run the manifest's exec'd processes as USER (the daemon must run as root); "
+    "see docs/capabilities.md.  [default: the daemon's own user]",
+)
 @click.option(
     "--policy",
     metavar="wfq|fifo|eevdf|PATH.py",
-    help="Override the manifest's policy (a built-in, or a policy file; docs/policies.md).",
+    help="Override the manifest's policy (a built-in, or a policy file; docs/policies.md).  "
+    "[default: the manifest's machine.policy]",
 )
 def serve(
     manifest: Path,
@@ -177,23 +287,39 @@ def serve(
     execute: bool,
     idle_workers: bool,
     max_calls: int,
+    max_answers: int,
+    stall_timeout: float,
+    max_connections: int,
+    max_connections_per_uid: int,
+    idle_timeout: float,
+    exec_user: str | None,
+    trace_path: Path | None,
+    watchdog_ms: float | None,
     policy: str | None,
 ) -> None:
-    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities."""
-    from capos_sched.manifest import ManifestError, load_plan
+    """Run MANIFEST's threads and serve its grants as Cap'n Proto capabilities.
+
+    With --trace, the trace of every dispatch is written when the daemon stops
+    (at most 2,000,000 events are kept).
+    """
+    from capos_sched.manifest.commands import plan_or_exit
 
     from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
+    from .grantsdir import GrantsDirError
 
-    try:
-        plan = load_plan(manifest)
-    except ManifestError as exc:
-        _fail(f"invalidArgument: {exc}")
+    plan = plan_or_exit(manifest)  # printed as `check` prints it
+    if not execute and (trace_path is not None or watchdog_ms is not None):
+        flag = "--trace" if trace_path is not None else "--watchdog-ms"
+        raise click.BadParameter("nothing runs with --no-execute", param_hint=flag)
+    if exec_user is not None:
+        _check_exec_user(exec_user)
+    trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
         try:
             ensure_private_dir(run_dir())
-        except (OSError, AddressError) as exc:
-            _fail(f"failed: cannot create {run_dir()}: {exc}")
+        except (OSError, ValueError) as exc:  # safedir.UnsafeDirError is a ValueError
+            _fail(f"failed: unsafe runtime directory: {exc}")
     listen = listen or parse_address(default_listen())
     admin = admin or parse_address(default_admin())
     if admin.kind != "unix":
@@ -202,21 +328,48 @@ def serve(
         manifest_name=str(manifest.resolve()),
         listen=listen,
         admin=admin,
-        grants_dir=grants_dir.resolve() if grants_dir else None,
+        grants_dir=grants_dir.absolute() if grants_dir else None,
         base_dir=manifest.resolve().parent,
         max_calls=max_calls,
+        max_answers=max_answers,
+        stall_timeout_s=stall_timeout,
+        max_connections=max_connections,
+        max_per_uid=max_connections_per_uid,
+        idle_timeout_s=idle_timeout,
+        exec_user=exec_user,
     )
     from capos_sched.runtime.commands import effective_policy
 
     effective_policy(policy, plan)  # a bad policy is a usage error before anything starts
-    factory, runner = host_plugin(cpus, execute, idle_workers, policy)
+    factory, runner = host_plugin(
+        cpus,
+        execute,
+        idle_workers,
+        policy,
+        trace=trace,
+        watchdog_threshold_ns=watchdog_ns(watchdog_ms),
+    )
     try:
         status = run_daemon(
             config, plan, loader=plan_loader, host_factory=factory, host_runner=runner
         )
     except WireError as exc:  # the plan was refused before anything started
         _fail(exc.wire_text)
+    except GrantsDirError as exc:
+        _fail(f"invalidArgument: {exc}")
+    write_trace(trace, trace_path, say=False)
     sys.exit(status)
+
+
+def _check_exec_user(name: str) -> None:
+    import pwd
+
+    if os.geteuid() != 0:
+        _fail("invalidArgument: --exec-user needs a daemon running as root")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        _fail(f"invalidArgument: --exec-user {name!r}: no such user")
 
 
 # --------------------------------------------------------------- operators
@@ -226,36 +379,68 @@ admin_option = click.option(
     "admin_addr",
     type=ADDRESS,
     default=None,
-    help="The daemon's admin socket. [default: unix:$XDG_RUNTIME_DIR/capos-sched/admin.sock]",
+    help="The daemon's admin socket.  [default: unix:RUN_DIR/admin.sock, see serve --help]",
 )
 
 
 def _admin(addr: Address | None) -> Address:
+    if addr is None:
+        _check_run_dir()
     return addr or parse_address(default_admin())
 
 
-@click.command()
-@admin_option
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
-def load(admin_addr: Address | None, manifest: Path) -> None:
-    """Replace the running plan with MANIFEST, atomically (errors change nothing)."""
-    from capos_sched.client import InvalidArgument, connect_admin
+def _check_run_dir() -> None:
+    """A default address lives in the runtime directory: refuse it unless it is ours."""
+    from capos_sched.safedir import UnsafeDirError
+
+    from .addr import checked_run_dir
 
     try:
-        source = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(InvalidArgument(f"cannot read {manifest}: {exc}"))
+        checked_run_dir()
+    except UnsafeDirError as exc:
+        _fail(f"failed: unsafe runtime directory: {exc}")
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched load manifests/default.cue
+  capos-sched load --admin unix:/run/capos/admin.sock my.cue
+
+\b
+Exit status: 0 when the plan was replaced; 1 when the manifest is invalid
+(nothing changed) or the daemon cannot be reached; 2 on a usage error.
+"""
+)
+@admin_option
+@click.argument("manifest", type=click.Path(path_type=Path))
+def load(admin_addr: Address | None, manifest: Path) -> None:
+    """Replace the running plan with MANIFEST, atomically (errors change nothing).
+
+    MANIFEST is checked here first, as `capos-sched check` checks it; the
+    daemon checks it again before anything changes.
+    """
+    from capos_sched.client import connect_admin
+    from capos_sched.manifest.commands import source_or_exit
+
+    source = source_or_exit(manifest)
 
     async def go() -> dict[str, list[str]]:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.load(source, str(manifest.resolve()))
 
-    result = _run(go)
+    result = _run(go, _admin(admin_addr))
     for key in ("added", "removed", "kept", "revoked"):
         click.echo(f"{key}: {' '.join(result[key]) or '-'}")
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched revoke tuner.policy     # one grant
+  capos-sched revoke tuner            # every grant of the process, and its token
+"""
+)
 @admin_option
 @click.argument("target", metavar="PROCESS[.GRANT]")
 def revoke(admin_addr: Address | None, target: str) -> None:
@@ -269,7 +454,7 @@ def revoke(admin_addr: Address | None, target: str) -> None:
             return await session.revoke(process, grant)
 
     try:
-        changed = _run(go)
+        changed = _run(go, _admin(admin_addr))
     except InvalidArgument as exc:  # pragma: no cover - raised inside _run
         _fail(exc)
     click.echo(f"revoked: {' '.join(changed) or '- (already revoked)'}")
@@ -291,7 +476,13 @@ def split_target(target: str, processes: set[str]) -> tuple[str, str | None]:
     return best
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched grants
+  capos-sched grants --json --admin unix:/run/capos/admin.sock
+"""
+)
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def grants(admin_addr: Address | None, as_json: bool) -> None:
@@ -302,7 +493,7 @@ def grants(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.grants()
 
-    rows = _run(go)
+    rows = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
         return
@@ -322,7 +513,13 @@ def _row_dict(row: Any) -> dict[str, Any]:
     }
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched stats
+  capos-sched stats --json | jq '.threads[] | {name, runtime_ns}'
+"""
+)
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(admin_addr: Address | None, as_json: bool) -> None:
@@ -333,7 +530,7 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
         async with await connect_admin(_admin(admin_addr)) as session:
             return await session.stats()
 
-    report = _run(go)
+    report = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -377,18 +574,25 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--token-file",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="The process's token file (from serve --grants-dir). Without it, "
-        "the socket inherited through $CAPOS_SCHED_FD is used.",
+        help="The process's token file (from serve --grants-dir).  "
+        "[default: the socket inherited through $CAPOS_SCHED_FD]",
     )(fn)
     fn = click.option(
         "--connect",
         "connect_addr",
         type=ADDRESS,
         default=None,
-        help="The daemon's --listen address. "
-        "[default: unix:$XDG_RUNTIME_DIR/capos-sched/listen.sock]",
+        help="The daemon's --listen address.  "
+        "[default: unix:RUN_DIR/listen.sock, see serve --help]",
     )(fn)
     return fn
+
+
+def _client_peer(connect_addr: Address | None, token_file: Path | None) -> str:
+    """Where a client command connects, as its messages name it."""
+    if token_file is None and os.environ.get("CAPOS_SCHED_FD"):
+        return f"the inherited socket (fd {os.environ['CAPOS_SCHED_FD']})"
+    return str(connect_addr or parse_address(default_listen()))
 
 
 async def _session(connect_addr: Address | None, token_file: Path | None) -> Any:
@@ -401,50 +605,96 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
 
         raise InvalidArgument("--token-file is required (or run under the daemon with exec)")
     token = read_token(token_file)
+    if connect_addr is None:
+        _check_run_dir()
     return await connect(connect_addr or parse_address(default_listen()), token=token)
 
 
-@click.command("set-weight")
+@click.command(
+    "set-weight",
+    epilog="""\b
+Examples:
+  capos-sched set-weight fairness/b 2048 --token-file /tmp/grants/tuner.token
+  capos-sched set-weight fairness/b 512   # inside a process serve started
+  capos-sched set-weight fairness/b 2048 --json   # prints the snapshot after the change
+""",
+)
 @client_options
 @click.argument("thread")
 @click.argument("weight", type=int)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_weight(
-    connect_addr: Address | None, token_file: Path | None, policy: str, thread: str, weight: int
+    connect_addr: Address | None,
+    token_file: Path | None,
+    policy: str,
+    thread: str,
+    weight: int,
+    as_json: bool,
 ) -> None:
-    """Set the weight of the thread granted as THREAD."""
+    """Set the weight of the thread granted as THREAD (prints nothing without --json)."""
 
-    async def go() -> None:
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_weight(handle, weight)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
-@click.command("set-class")
+@click.command(
+    "set-class",
+    epilog="""\b
+Examples:
+  capos-sched set-class shell/typist interactive --token-file /tmp/grants/tuner.token
+  capos-sched set-class fairness/c batch --json   # prints the snapshot after the change
+""",
+)
 @client_options
 @click.argument("thread")
 @click.argument("latency_class", metavar="CLASS", type=click.Choice(CLASS_NAMES))
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the thread's snapshot after the change."
+)
 def set_class(
     connect_addr: Address | None,
     token_file: Path | None,
     policy: str,
     thread: str,
     latency_class: str,
+    as_json: bool,
 ) -> None:
-    """Set the latency class of the thread granted as THREAD."""
+    """Set the latency class of the thread granted as THREAD.
 
-    async def go() -> None:
+    CLASS is one of: interactive (a quarter slice), normal, batch (four
+    slices) and ipcServer (a normal slice, for threads serving IPC). Prints
+    nothing without --json.
+    """
+
+    async def go() -> Any:
         async with await _session(connect_addr, token_file) as s:
             pol = await s.policy(policy)
             handle = await s.thread(thread)
             await pol.set_latency_class(handle, latency_class)
+            return await pol.snapshot(handle) if as_json else None
 
-    _run(go)
+    snap = _run(go, _client_peer(connect_addr, token_file))
+    if as_json:
+        click.echo(json.dumps(_snapshot_data(thread, snap)))
 
 
-@click.command()
+@click.command(
+    epilog="""\b
+Examples:
+  capos-sched snapshot fairness/b --token-file /tmp/grants/tuner.token
+  capos-sched snapshot fairness/b --json
+"""
+)
 @client_options
 @click.argument("thread")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -459,18 +709,22 @@ def snapshot(
             handle = await s.thread(thread)
             return await pol.snapshot(handle)
 
-    snap = _run(go)
-    data = {
+    data = _snapshot_data(thread, _run(go, _client_peer(connect_addr, token_file)))
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def _snapshot_data(thread: str, snap: Any) -> dict[str, Any]:
+    """What ``snapshot --json`` (and ``set-weight``/``set-class --json``) print."""
+    return {
         "thread": thread,
         "weight": snap.weight,
         "class": snap.latency_class.wire_name,
         "runtime_ns": snap.runtime_ns,
         "virtual_runtime_ns": snap.virtual_runtime_ns,
     }
-    if as_json:
-        click.echo(json.dumps(data))
-    else:
-        click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
 
 
 COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]

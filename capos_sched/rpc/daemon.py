@@ -19,6 +19,7 @@ in the core; grants and state changes work, nothing runs).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,12 +29,16 @@ import attrs
 import structlog
 import trio
 
+from capos_sched import procguard
+
+from . import grantsdir
 from .addr import Address
 from .bridge import Bridge
 from .children import check_exec
+from .gate import GateLimits
 from .grants import GrantTable, HostLike
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService
+from .service import PlanLoader, RpcConfig, RpcService, ServeError, SocketLimits
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -57,7 +62,16 @@ class DaemonConfig:
     grants_dir: Path | None = None
     base_dir: Path = attrs.field(factory=Path.cwd)
     max_calls: int = 1024
-    max_connections: int = 256
+    max_connections: int = 128
+    """Connections the listen socket accepts (the admin socket has its own 16)."""
+    max_per_uid: int | None = 32
+    idle_timeout_s: float | None = 10.0
+    max_answers: int = 1024
+    stall_timeout_s: float = 10.0
+    exec_user: str | None = None
+    refuse_descendants: bool = True
+    """Refuse the daemon process's descendants on its sockets (rpc/peers.py); off
+    only where the daemon is embedded in a process that starts its own clients."""
 
 
 @attrs.define
@@ -78,7 +92,17 @@ def run_daemon(
     host_runner: HostRunner = idle_runner,
 ) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or a failure of the host or RPC thread (exit 1)."""
+    harden_daemon_process()
     return trio.run(serve_async, config, plan, loader, host_factory, host_runner)
+
+
+def harden_daemon_process() -> None:
+    """Process-wide, so only for a process that is the daemon (not in-process tests):
+    a child subreaper (orphans of exec'd processes stay its descendants, so the
+    peer check still refuses them) and not dumpable (its ``/proc`` entries and
+    ptrace are closed to processes without CAP_SYS_PTRACE, even of its uid)."""
+    procguard.become_child_subreaper()
+    procguard.make_undumpable()
 
 
 async def serve_async(
@@ -99,24 +123,44 @@ async def serve_async(
     grants = GrantTable.from_plan(plan, host, config.grants_dir)
     owner = Owner(host, grants, config.manifest_name)
     bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
+    gate = GateLimits(max_answers=config.max_answers, stall_timeout_s=config.stall_timeout_s)
     rpc_config = RpcConfig(
         listen=config.listen,
         admin=config.admin,
         max_calls=config.max_calls,
-        max_connections=config.max_connections,
+        listen_limits=SocketLimits(
+            config.max_connections,
+            config.max_per_uid,
+            config.idle_timeout_s,
+            gate,
+        ),
+        admin_limits=SocketLimits(16, gate=gate),
         base_dir=config.base_dir,
+        exec_user=config.exec_user,
+        refuse_descendants=config.refuse_descendants,
     )
     service = RpcService(rpc_config, bridge, loader, owner.processes_to_start())
     status = 0
+    # Signals are ours from here to the very end: a second SIGTERM/SIGINT during
+    # the shutdown must not kill the process half-way (sockets and tokens left).
+    stack = contextlib.ExitStack()
+    signals = (
+        stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+        if handle_signals
+        else None
+    )
+    claimed = grantsdir.claim(config.grants_dir) if config.grants_dir is not None else None
+    if claimed is not None and claimed.removed:
+        log.info("stale token files removed", files=[str(p) for p in claimed.removed])
     written = grants.write_token_files()
     try:
         async with trio.open_nursery() as nursery:
-            if handle_signals:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            if signals is not None:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             await nursery.start(_run_host, host_runner, host, nursery.cancel_scope)
             try:
                 await trio.to_thread.run_sync(service.start)
-            except (OSError, ValueError) as exc:  # AddressError is a ValueError
+            except ServeError as exc:
                 log.error("cannot serve", error=str(exc))
                 status = 1
                 nursery.cancel_scope.cancel()
@@ -128,6 +172,8 @@ async def serve_async(
                 token_files=[str(p) for p in written],
                 **service.addresses,
             )
+            if config.grants_dir is None:
+                warn_unrestorable(plan)
             task_status.started(DaemonState(owner, bridge, service))
             await trio.to_thread.run_sync(service.finished.wait, abandon_on_cancel=True)
             if service.failed is not None:
@@ -139,9 +185,16 @@ async def serve_async(
     finally:
         with trio.CancelScope(shield=True):
             service.request_stop()
-            await trio.to_thread.run_sync(service.join)
+            async with trio.open_nursery() as stopping:
+                if signals is not None:
+                    stopping.start_soon(_hurry_on_signal, signals, service)
+                await trio.to_thread.run_sync(service.join)
+                stopping.cancel_scope.cancel()
             bridge.close()
             grants.remove_all_token_files()
+            if claimed is not None:
+                claimed.release()
+        stack.close()
         log.info("stopped", status=status)
     return status
 
@@ -158,9 +211,28 @@ async def _run_host(
         scope.cancel()  # the host stopped: so does the daemon
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
+async def _stop_on_signal(signals: Any, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+async def _hurry_on_signal(signals: Any, service: RpcService) -> None:
+    """Another signal while stopping: still a clean exit, only faster (exec'd
+    processes get SIGKILL now instead of after their grace)."""
+    async for signum in signals:
+        log.info("stopping now", signal=signal.Signals(signum).name)
+        service.hurry()
+
+
+def warn_unrestorable(plan: Any) -> None:
+    """Processes that hold grants but that the daemon does not start reach them
+    only with their token, which only --grants-dir hands out: say so."""
+    waiting = [p.name for p in plan.processes if p.grants and not p.exec]
+    if waiting:
+        log.warning(
+            "no --grants-dir: no token file is written, so nobody can restore these "
+            "processes' grants",
+            processes=waiting,
+        )

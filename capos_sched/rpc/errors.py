@@ -20,6 +20,7 @@ implement, a connection that dropped) carry no code in their text but a KJ type
 from __future__ import annotations
 
 import secrets
+import traceback
 from typing import ClassVar
 
 import attrs
@@ -131,6 +132,38 @@ def from_core(exc: CoreError) -> WireError:
         log.error("internal error: the core refused an operation", ref=ref, error=repr(exc))
         return internal_error(ref)
     return wire_error(code, exc.message)
+
+
+_TRACEBACK = BaseException.__dict__["__traceback__"]
+_CONTEXT = BaseException.__dict__["__context__"]
+_CAUSE = BaseException.__dict__["__cause__"]
+
+
+def scrub(exc: BaseException | None) -> None:
+    """Drop every frame ``exc`` (and the exceptions chained to it) keeps alive.
+
+    A traceback holds its frames and each frame its locals (RPC coroutines
+    hold pycapnp objects); a traceback reaching back to the frame that caught
+    its exception is a reference cycle, which only the garbage collector
+    frees, on whatever thread it happens to run. Clearing the frames and
+    the chain here frees those objects now, in the thread that owns them.
+    ``WireError`` hides these attributes, so the slots are read and written
+    through BaseException's own descriptors.
+    """
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        tb = _TRACEBACK.__get__(item)
+        if tb is not None:
+            traceback.clear_frames(tb)
+            _TRACEBACK.__set__(item, None)
+        todo += [_CAUSE.__get__(item), _CONTEXT.__get__(item)]
+        _CAUSE.__set__(item, None)
+        _CONTEXT.__set__(item, None)
 
 
 def new_ref() -> str:

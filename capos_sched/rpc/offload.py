@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from capos_sched.interpreter import python_module_argv
+from capos_sched.procguard import set_parent_death_signal
 
 LOAD_TIMEOUT_S = 100.0
 """How long a manifest may take to evaluate (the client waits 120 s for load)."""
@@ -38,7 +40,7 @@ async def run_loader(
     """``loader(source, name)`` in a child interpreter: its plan, or OffloadError."""
     request = pickle.dumps((loader, source, name), protocol=pickle.HIGHEST_PROTOCOL)
     proc = await asyncio.create_subprocess_exec(
-        *python_module_argv("capos_sched.rpc.offload"),
+        *python_module_argv("capos_sched.rpc.offload", "--parent", str(os.getpid())),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -63,6 +65,8 @@ async def run_loader(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--parent"]:
+        set_parent_death_signal(int(sys.argv[2]))  # a daemon killed mid-load takes us along
     loader, source, name = pickle.loads(sys.stdin.buffer.read())
     try:
         answer = (True, loader(source, name))

@@ -17,7 +17,9 @@ keeps per connection is bounded by the grants, not by the calls made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +28,14 @@ import structlog
 
 from capos_sched.core import CoreError
 
-from .bridge import Bridge, Op, OrderedSubmitter
+from .bridge import Bridge, Op, OrderedSubmitter, Refusal
 from .errors import (
     WireError,
     from_core,
     internal_error,
     new_ref,
     parse_remote,
+    scrub,
     wire_error,
 )
 from .grants import Grant, ProcessGrants
@@ -59,6 +62,7 @@ class RpcCounters:
         self.refused = 0
         self.overloaded = 0
         self.internal_errors = 0
+        self.refused_connections = 0
 
 
 class ConnContext:
@@ -77,7 +81,9 @@ class ConnContext:
         "kind",
         "max_calls",
         "registry",
+        "restored",
         "service",
+        "sessions",
     )
 
     def __init__(
@@ -98,17 +104,29 @@ class ConnContext:
         self.registry = HookRegistry()
         self.caps: dict[Grant, Any] = {}
         """The capability handed out for each grant on this connection."""
+        self.sessions: dict[ProcessGrants, Any] = {}
+        """The CapSet handed out for each process restored on this connection."""
+        self.restored = False
+        """A token was restored on this connection (it is no longer idle)."""
 
     def close(self) -> None:
         self.registry.clear()
         self.caps.clear()
+        self.sessions.clear()
 
 
 Method = Callable[[Any, Any], Awaitable[None]]
 
 
 def rpc_method(fn: Method) -> Method:
-    """Bound, type and log one server method (see the module docstring)."""
+    """Bound, type and log one server method (see the module docstring).
+
+    Whatever the method raised is turned into plain data (a Refusal) and its
+    frames are cleared right here, in the RPC thread; the exception pycapnp
+    gets is a fresh one that references nothing of the call. So no traceback
+    of a call can keep its pycapnp objects alive in a reference cycle, to be
+    finalized later by a garbage collection on another thread.
+    """
 
     @functools.wraps(fn)
     async def wrapper(self: Any, context: Any) -> None:
@@ -120,25 +138,53 @@ def rpc_method(fn: Method) -> Method:
             )
         ctx.inflight += 1
         try:
-            await fn(self, context)
-        except WireError:
-            ctx.counters.refused += 1
-            raise
-        except CoreError as exc:
-            ctx.counters.refused += 1
-            raise from_core(exc) from None
-        except capnp.KjException as exc:
-            ctx.counters.refused += 1
-            raise _kj_to_wire(exc, fn.__name__) from None
-        except Exception:
-            ref = new_ref()
-            ctx.counters.internal_errors += 1
-            log.exception("internal error in RPC method", ref=ref, method=fn.__name__, conn=ctx.id)
-            raise internal_error(ref) from None
+            refusal = await _guarded(fn, self, context)
         finally:
             ctx.inflight -= 1
+        if refusal is not None:
+            raise wire_error(refusal.code, refusal.message)
 
     return wrapper
+
+
+async def _guarded(fn: Method, server: Any, context: Any) -> Refusal | None:
+    """Run ``fn``; None, or its failure as plain data (frames cleared)."""
+    try:
+        await fn(server, context)
+    except Exception as exc:
+        refusal = _refusal(exc, server._ctx, fn.__name__)
+        scrub(exc)
+        return refusal
+    except BaseException as exc:  # cancelled: the call's frames go now, not in a cycle
+        with contextlib.suppress(Exception):
+            traceback.clear_frames(exc.__traceback__)
+        raise
+    return None
+
+
+def _refusal(exc: Exception, ctx: ConnContext, method: str) -> Refusal:
+    if isinstance(exc, WireError):
+        ctx.counters.refused += 1
+        return Refusal(exc.code, exc.message)
+    if isinstance(exc, CoreError):
+        ctx.counters.refused += 1
+        wire = from_core(exc)
+    elif isinstance(exc, capnp.KjException):
+        ctx.counters.refused += 1
+        wire = _kj_to_wire(exc, method)
+    else:
+        ref = new_ref()
+        ctx.counters.internal_errors += 1
+        log.error(
+            "internal error in RPC method",
+            ref=ref,
+            method=method,
+            conn=ctx.id,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+        wire = internal_error(ref)
+    return Refusal(wire.code, wire.message)
 
 
 def _kj_to_wire(exc: capnp.KjException, method: str) -> WireError:
@@ -170,8 +216,13 @@ class RestorerServer(capos().Restorer.Server):  # type: ignore[misc,name-defined
         token = bytes(context.params.token)
         if not 0 < len(token) <= MAX_TOKEN_BYTES:
             raise wire_error("disconnected", "unknown or revoked token")
-        pg = await self._ctx.bridge.submit(functools.partial(Owner.restore, token=token))
-        context.results.caps = CapSetServer(self._ctx, pg)
+        ctx = self._ctx
+        pg = await ctx.bridge.submit(functools.partial(Owner.restore, token=token))
+        ctx.restored = True
+        client = ctx.sessions.get(pg)
+        if client is None:  # one CapSet per process per connection, however often restored
+            client = ctx.sessions[pg] = capos().CapSet._new_client(CapSetServer(ctx, pg))
+        context.results.caps = client
 
 
 class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]

@@ -12,6 +12,8 @@ from typing import Any
 import click
 import structlog
 
+from capos_sched.core.constants import MAX_CPUS
+
 log = structlog.get_logger("capos_sched.runtime")
 
 DEFAULT_DURATION_S = 5.0
@@ -22,14 +24,10 @@ EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _load(manifest: Path | None) -> tuple[Any, str]:
     """The plan and its display name; a manifest problem exits 1 with its diagnostics."""
-    from capos_sched.manifest import DEFAULT_MANIFEST, ManifestError, load_plan
+    from capos_sched.manifest import DEFAULT_MANIFEST
+    from capos_sched.manifest.commands import plan_or_exit
 
-    path = manifest if manifest is not None else DEFAULT_MANIFEST
-    try:
-        plan = load_plan(path)
-    except ManifestError as error:
-        click.echo(str(error), err=True)
-        sys.exit(1)
+    plan = plan_or_exit(manifest if manifest is not None else DEFAULT_MANIFEST)
     name = str(manifest) if manifest is not None else f"{DEFAULT_MANIFEST.name} (default)"
     return plan, name
 
@@ -59,7 +57,8 @@ def effective_policy(explicit: str | None, plan: Any) -> str:
 
 POLICY_HELP = (
     "Override the manifest's policy: wfq, fifo, eevdf, or a policy file PATH.py "
-    "(a module exposing POLICY; see docs/policies.md)."
+    f"(a module exposing POLICY; see docs/policies.md). {DISABLE_WFQ_ENV}=1 forces fifo.  "
+    "[default: the manifest's machine.policy]"
 )
 
 
@@ -72,25 +71,103 @@ def _has_finite(plan: Any) -> bool:
 manifest_argument = click.argument(
     "manifest", required=False, type=click.Path(dir_okay=True, path_type=Path)
 )
-
-
-@click.command()
-@manifest_argument
-@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds to run. Default: until every finite thread finished, or "
-    f"{DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+cpus_option = click.option(
+    "--cpus",
+    type=click.IntRange(1, MAX_CPUS),
+    help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
 )
-@click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
-@click.option(
+policy_option = click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON report on stdout (no table)."
+)
+
+trace_option = click.option(
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a Chrome/Perfetto trace (JSON trace events) to this file.",
+    help="Write a Chrome/Perfetto trace (JSON trace events) to this file when the run "
+    "ends; open it in ui.perfetto.dev.  [default: no trace]",
 )
+watchdog_option = click.option(
+    "--watchdog-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stall threshold of the watchdog: a runnable thread that waits this long is "
+    "reported; the FIFO bypass happens after three times as long.  [default: 250 slices]",
+)
+
+
+def trace_recorder(trace_path: Path | None, cpus: int) -> Any:
+    """A TraceRecorder when --trace was given, after checking that the file can be
+    written (a usage error now rather than a lost trace at the end)."""
+    from capos_sched.runtime.trace import TraceRecorder
+
+    if trace_path is None:
+        return None
+    try:
+        trace_path.open("a").close()
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot write {trace_path}: {error.strerror or error}", param_hint="--trace"
+        ) from None
+    return TraceRecorder(cpus)
+
+
+def write_trace(trace: Any, trace_path: Path | None, *, say: bool) -> None:
+    """Write the trace (if any); a failure is one error line and exit status 1."""
+    if trace is None or trace_path is None:
+        return
+    try:
+        trace.write(trace_path)
+    except OSError as error:
+        click.echo(
+            f"error: cannot write the trace to {trace_path}: {error.strerror or error}", err=True
+        )
+        sys.exit(1)
+    if say:
+        click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
+
+
+def watchdog_ns(watchdog_ms: float | None) -> int | None:
+    return None if watchdog_ms is None else int(watchdog_ms * 1e6)
+
+
+RUN_EPILOG = f"""\b
+Examples:
+  capos-sched run                                   # the embedded default manifest
+  capos-sched run manifests/system-thread-fairness.cue --cpus 2 --duration 3 --json
+  capos-sched run manifests/thread-fairness-interactive.cue --trace out.trace.json
+  {DISABLE_WFQ_ENV}=1 capos-sched run         # FIFO instead of WFQ
+
+\b
+Exit status: 0 when the run ended (--duration, or every finite thread done);
+1 on a manifest or runtime error; 2 on a usage error; 130 / 143 when stopped
+by SIGINT / SIGTERM (the report is still printed).
+"""
+
+SIMULATE_EPILOG = f"""\b
+Examples:
+  capos-sched simulate                              # the embedded default manifest
+  capos-sched simulate manifests/ipc-pairs.cue --seed 1 --json
+  capos-sched simulate manifests/thread-scale.cue --cpus 1 --jitter 0
+  {DISABLE_WFQ_ENV}=1 capos-sched simulate    # FIFO instead of WFQ
+
+\b
+Exit status: 0 on success; 1 on a manifest error; 2 on a usage error.
+"""
+
+
+@click.command(epilog=RUN_EPILOG)
+@manifest_argument
+@cpus_option
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to run.  [default: until every finite thread finished, or "
+    f"{DEFAULT_DURATION_S:g} s when no thread ends by itself]",
+)
+@policy_option
+@json_option
+@trace_option
 @click.option(
     "--nice",
     type=click.IntRange(-20, 19),
@@ -98,16 +175,12 @@ manifest_argument = click.argument(
     show_default=True,
     help="Niceness added to the worker processes (the daemon stays responsive).",
 )
-@click.option(
-    "--watchdog-ms",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Stall threshold of the watchdog (default: 250 slices); the FIFO bypass "
-    "happens after three times as long.",
-)
+@watchdog_option
 @click.option(
     "--no-wake-preemption",
     is_flag=True,
-    help="Do not cut running slices short for waking interactive threads.",
+    help="Do not cut running slices short for waking interactive threads "
+    "(wake-up preemption is on by default).",
 )
 def run(
     manifest: Path | None,
@@ -130,24 +203,16 @@ def run(
     import trio
 
     from capos_sched.runtime.runtime import Runtime, RuntimeConfig, RuntimeFailure
-    from capos_sched.runtime.trace import TraceRecorder
 
     plan, name = _load(manifest)
     chosen_policy = effective_policy(policy, plan)
     if duration is None and not _has_finite(plan):
         duration = DEFAULT_DURATION_S
-    if trace_path is not None:
-        try:
-            trace_path.open("a").close()
-        except OSError as error:
-            raise click.BadParameter(
-                f"cannot write {trace_path}: {error.strerror or error}", param_hint="--trace"
-            ) from None
-    trace = TraceRecorder(cpus or plan.machine.cpus) if trace_path is not None else None
+    trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     config = RuntimeConfig(
         nice=nice,
         wake_preemption=not no_wake_preemption,
-        watchdog_threshold_ns=None if watchdog_ms is None else int(watchdog_ms * 1e6),
+        watchdog_threshold_ns=watchdog_ns(watchdog_ms),
     )
     runtime = Runtime(plan, chosen_policy, cpus, config=config, trace=trace, manifest_name=name)
     live = not as_json and sys.stdout.isatty()
@@ -168,17 +233,15 @@ def run(
         click.echo(f"error: {'; '.join(str(e) for e in failures)}", err=True)
         sys.exit(1)
     report = runtime.report()
-    if trace is not None and trace_path is not None:
-        trace.write(trace_path)
     if as_json:
         click.echo(json.dumps(report))
     else:
         from capos_sched.runtime.view import console, report_view
 
         out = console()
-        out.print(report_view(report, out.width))
-        if trace_path is not None:
-            click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
+        out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))
+    # The report is out first: a trace that cannot be written loses only itself.
+    write_trace(trace, trace_path, say=not as_json)
     if received:
         sys.exit(EXIT_ON_SIGNAL.get(signal.Signals(received[0]), 1))
 
@@ -197,7 +260,7 @@ async def _signals(runtime: Any, received: list[int]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             received.append(signum)
-            log.warning("stopping", signal=signal.Signals(signum).name)
+            log.info("stopping", signal=signal.Signals(signum).name)
             runtime.request_stop(signal.Signals(signum).name)
 
 
@@ -212,19 +275,18 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
     with Live(console=console, auto_refresh=False, transient=True) as live:
         while True:
             if runtime.running:
-                live.update(
-                    live_table(runtime.share_rows(), runtime.elapsed_ns(), duration), refresh=True
-                )
+                rows, elapsed = runtime.share_rows(), runtime.elapsed_ns()
+                live.update(live_table(rows, elapsed, duration, console.width), refresh=True)
             await trio.sleep(0.25)
 
 
-@click.command()
+@click.command(epilog=SIMULATE_EPILOG)
 @manifest_argument
 @click.option(
     "--duration",
     type=click.FloatRange(min=0, min_open=True),
-    help="Virtual seconds. Default: until every finite thread finished (at most one "
-    f"virtual hour), or {DEFAULT_DURATION_S:g} s when no thread ends by itself.",
+    help="Virtual seconds.  [default: until every finite thread finished (at most one "
+    f"virtual hour), or {DEFAULT_DURATION_S:g} s when no thread ends by itself]",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the run-length jitter."
@@ -233,11 +295,11 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
     "--jitter",
     type=click.FloatRange(0, 0.5),
     default=None,
-    help="Relative jitter of modelled run lengths (default 0.02; 0 = exact model).",
+    help="Relative jitter of modelled run lengths (0 = the exact model).  [default: 0.02]",
 )
-@click.option("--cpus", type=click.IntRange(1, 256), help="Override the manifest's CPU count.")
-@click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
+@cpus_option
+@policy_option
+@json_option
 def simulate(
     manifest: Path | None,
     duration: float | None,
@@ -272,4 +334,4 @@ def simulate(
     from capos_sched.runtime.view import console, report_view
 
     out = console()
-    out.print(report_view(report, out.width))
+    out.print(report_view(report, out.width, ascii_only=out.options.ascii_only))

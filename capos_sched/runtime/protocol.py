@@ -8,8 +8,9 @@ message, and a closed peer reads as an empty record (EOF).
 
 Requests (daemon -> worker), ``REQUEST``: ``op, tid, limit_ns, a1, a2, a3, acc``
 
-- ``OP_SPIN``: compute for ``limit_ns`` of wall-clock time (or until the
-  preempt flag is raised).
+- ``OP_SPIN``: compute for ``limit_ns`` of the worker's CPU time (or until
+  the preempt flag is raised, or ``2 * limit_ns`` + 50 ms of wall time
+  has passed).
 - ``OP_HASH``: hash blocks of the shared data ``a1`` from global block index
   ``a2`` up to ``a3`` (exclusive; block ``g`` is data block ``g % blocks``),
   folding each digest into ``acc``, for at most ``limit_ns`` (checked after
@@ -21,8 +22,10 @@ Requests (daemon -> worker), ``REQUEST``: ``op, tid, limit_ns, a1, a2, a3, acc``
 
 Replies (worker -> daemon), ``REPLY``: ``status, tid, elapsed_ns, position, acc``
 
-- ``elapsed_ns`` is measured by the worker with ``time.perf_counter_ns()``
-  around the kernel alone: it is what the core is charged.
+- ``elapsed_ns`` is the CPU time the worker's thread used in the kernel
+  (``time.thread_time_ns()``): what the core is charged, and what the
+  thread's workload is credited. Time it was descheduled or stopped is in
+  neither.
 - ``status``: ``ST_LIMIT`` (ran to ``limit_ns``), ``ST_PREEMPTED`` (stopped
   early by the flag), ``ST_COMPLETE`` (hash reached ``a3``), ``ST_ERROR``
   (unknown data id or op; nothing ran), ``ST_READY`` (sent once at start-up,

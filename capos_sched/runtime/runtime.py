@@ -98,6 +98,9 @@ WATCHDOG_SLICES = 250
 beside weight-1024 ones legitimately waits about 1024 slices per turn, so the
 threshold is generous and the bypass needs a stall three times longer."""
 STOP_GRACE_S = 3.0
+MAX_WORKER_CRASHES = 3
+"""A thread whose worker dies under it this many slices in a row fails; fewer
+cost it only the slice in progress (it is re-queued, nothing charged)."""
 MAX_HASH_BYTES = 256 * 1024 * 1024
 
 
@@ -175,6 +178,9 @@ class RtThread:
     oversleep: Samples = attrs.Factory(Samples)
     round_trips: Samples = attrs.Factory(Samples)
     dispatches: int = 0
+    crashes_in_a_row: int = 0
+    """Slices in a row whose worker died under this thread (reset by a slice that ends)."""
+    worker_crashes: int = 0
 
     @property
     def cpu_bound(self) -> bool:
@@ -385,6 +391,7 @@ class Runtime(PlanHost):
                     "class": row.pop("class"),
                     "workload": getattr(rt.workload, "kind", type(rt.workload).__name__),
                     **row,
+                    "worker_crashes": rt.worker_crashes,
                 }
             )
         return {
@@ -626,6 +633,7 @@ class Runtime(PlanHost):
                     return
                 t1 = self._clock()
                 self._overhead.add(max(0, t1 - t0 - elapsed))
+                rt.crashes_in_a_row = 0
                 break
             if rt.hash is not None and status != ST_ERROR:
                 rt.hash.position, rt.hash.acc = position, acc
@@ -638,8 +646,10 @@ class Runtime(PlanHost):
             stop = Stop.FINISHED if status == ST_COMPLETE else Stop.EXPIRED
         else:
             assert rt.program is not None
-            done = limit if status == ST_LIMIT else min(elapsed, limit)
-            _, stop = rt.program.run(done)
+            # Credited exactly what the core is charged: the CPU time the
+            # worker used (a slice cut short by the wall cap or a preempt
+            # credits, and is charged, less than its limit).
+            _, stop = rt.program.run(elapsed)
         end = self.now_ns()
         if self.trace is not None:
             self.trace.dispatch(
@@ -757,11 +767,33 @@ class Runtime(PlanHost):
         self._check_finished()
 
     async def _worker_crashed(self, k: int, rt: RtThread, exc: WorkerDied) -> None:
+        """The worker died mid-slice: the slice is lost, nothing else.
+
+        Nothing was measured, so nothing is charged, and the thread's progress
+        (its program, its hash position) only ever moves on a reply, so it is
+        intact: the thread goes back to its queue, live, its handles valid. A
+        thread under which ``MAX_WORKER_CRASHES`` workers died in a row fails.
+        """
         worker = self._workers[k]
         await worker.reap(1.0)
         reason = f"worker {worker.pid} of CPU {k} {worker.exit_status()} while running it ({exc})"
-        # Nothing was measured by the worker, so nothing is charged.
-        self._fail_running(k, rt, reason, 0)
+        rt.worker_crashes += 1
+        rt.crashes_in_a_row += 1
+        if rt.crashes_in_a_row >= MAX_WORKER_CRASHES:
+            self._fail_running(k, rt, f"{rt.crashes_in_a_row} worker crashes in a row: {reason}", 0)
+        else:
+            self.scheduler.preempt_current(k, self.now_ns(), 0)
+            if not self.scheduler.is_live(rt.ref):
+                self._release_data(rt)  # removed by a plan change while it ran
+            self._kick_idle_if_work()
+            log.warning(
+                "worker crashed: thread re-queued, its slice lost",
+                thread=rt.name,
+                cpu=k,
+                crashes_in_a_row=rt.crashes_in_a_row,
+                limit=MAX_WORKER_CRASHES,
+                reason=reason,
+            )
         await self._restart_worker(k, reason)
 
     async def _restart_worker(self, k: int, reason: str) -> None:

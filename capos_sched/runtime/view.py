@@ -1,9 +1,16 @@
 """Tables for people: the live view during ``run`` and the final table.
 
-Shares are in CPUs (runtime / elapsed). The ideal is the water-filled share
-(``core.ideal_shares``) among the CPU-bound threads still running (spin,
-hash), which is what a weighted-fair scheduler owes always-runnable threads;
-threads that block (sleepers, IPC) have no ideal and show latencies instead.
+Shares are in CPUs (runtime / elapsed: 1.000 is one whole CPU). The ideal is
+the water-filled share (``core.ideal_shares``) among the CPU-bound threads
+still running (spin, hash), which is what a weighted-fair scheduler owes
+always-runnable threads; threads that block (sleepers, IPC) have no ideal and
+show latencies instead.
+
+The error compares a thread's share with its fair part of the CPU time the
+CPU-bound threads actually received (their ideals scaled down to it), so the
+time nobody could run (start-up, dispatch overhead between slices, the CPU time
+of sleepers and IPC threads) does not count as unfairness: one thread alone
+shows 0%, whatever the overhead. ``fair_error`` computes it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,41 @@ def ideal_by_name(report: dict[str, Any]) -> dict[str, float]:
     return {t["name"]: s for t, s in zip(bound, shares, strict=True)}
 
 
+def fair_error(report: dict[str, Any]) -> dict[str, float]:
+    """Relative error of each CPU-bound thread's runtime against its fair part of
+    the runtime the CPU-bound threads received together (see the module doc)."""
+    ideals = ideal_by_name(report)
+    runtimes = {t["name"]: t["runtime_ns"] for t in report["threads"] if t["name"] in ideals}
+    received, owed = sum(runtimes.values()), sum(ideals.values())
+    if received <= 0 or owed <= 0:
+        return {}
+    return {
+        name: (runtime / received) / (ideals[name] / owed) - 1.0
+        for name, runtime in runtimes.items()
+        if ideals[name] > 0
+    }
+
+
+def cpu_bound_cpus(report: dict[str, Any]) -> float:
+    """The CPUs the CPU-bound threads with an ideal received together."""
+    ideals = ideal_by_name(report)
+    runtime = sum(t["runtime_ns"] for t in report["threads"] if t["name"] in ideals)
+    return runtime / max(1, report["elapsed_ns"])
+
+
+def legend(report: dict[str, Any], *, full: bool) -> str:
+    """What the share, ideal and error columns mean (the table's caption)."""
+    text = "share: CPUs used (runtime / elapsed; 1.000 = one CPU). ideal: the weighted-fair share"
+    text += f" of the {report['cpus']} CPU{'s' if report['cpus'] != 1 else ''}."
+    if full and ideal_by_name(report):
+        text += (
+            " error: share against its fair part of the"
+            f" {cpu_bound_cpus(report):.3f} CPUs the CPU-bound threads received"
+            " (start-up and dispatch overhead are not unfairness)."
+        )
+    return text
+
+
 FULL_WIDTH = 150
 """Consoles at least this wide get every column; narrower ones a compact table."""
 
@@ -53,10 +95,13 @@ def report_table(
     """The final per-thread table of a run (or simulation) report."""
     elapsed = max(1, report["elapsed_ns"])
     ideals = ideal_by_name(report)
+    errors = fair_error(report)
     full = width >= FULL_WIDTH
     table = Table(
         title=title,
         title_justify="left",
+        caption=legend(report, full=full),
+        caption_justify="left",
         header_style="bold",
         box=box.HEAVY_HEAD if full else box.SIMPLE_HEAD,
         pad_edge=full,
@@ -78,7 +123,7 @@ def report_table(
     for t in report["threads"]:
         share = t["runtime_ns"] / elapsed
         ideal = ideals.get(t["name"])
-        error = "-" if not ideal else f"{(share - ideal) / ideal * 100:+.1f}%"
+        error = "-" if t["name"] not in errors else f"{errors[t['name']] * 100:+.1f}%"
         wake, rtt = t.get("wake_latency_ns"), t.get("ipc_round_trip_ns")
         if t.get("failed"):
             end = Text("failed", style="red")
@@ -101,7 +146,7 @@ def report_table(
     return table
 
 
-def report_header(report: dict[str, Any]) -> Text:
+def report_header(report: dict[str, Any], *, ascii_only: bool = False) -> Text:
     overhead = report.get("dispatch_overhead_ns") or {}
     parts = [
         f"{report['manifest']}",
@@ -121,7 +166,7 @@ def report_header(report: dict[str, Any]) -> Text:
         )
     if report.get("virtual_time"):
         parts.append("virtual time")
-    return Text(" · ".join(parts), style="bold")
+    return Text((" | " if ascii_only else " · ").join(parts), style="bold")
 
 
 def console() -> Console:
@@ -131,8 +176,12 @@ def console() -> Console:
     return Console(width=160, soft_wrap=False)
 
 
-def report_view(report: dict[str, Any], width: int = FULL_WIDTH) -> Group:
-    items: list[Any] = [report_header(report), report_table(report, width=width)]
+def report_view(
+    report: dict[str, Any], width: int = FULL_WIDTH, *, ascii_only: bool = False
+) -> Group:
+    """Header, table and notes; ``ascii_only`` for terminals that cannot show more."""
+    header = report_header(report, ascii_only=ascii_only)
+    items: list[Any] = [header, report_table(report, width=width)]
     for t in report["threads"]:
         if t.get("failed"):
             items.append(Text(f"{t['name']} failed: {t['failed']}", style="red"))
@@ -148,27 +197,61 @@ def report_view(report: dict[str, Any], width: int = FULL_WIDTH) -> Group:
     return Group(*items)
 
 
-def live_table(rows: list[dict[str, Any]], elapsed_ns: int, duration_s: float | None) -> Group:
-    """The live view: progress and per-thread share against the ideal."""
+LIVE_FULL_WIDTH = 100
+"""Live views at least this wide show the class and runtime columns."""
+
+
+def live_table(
+    rows: list[dict[str, Any]],
+    elapsed_ns: int,
+    duration_s: float | None,
+    width: int = LIVE_FULL_WIDTH,
+) -> Group:
+    """The live view: progress and per-thread share against the ideal.
+
+    Every thread takes one row: names are never cut, and the bar gets the
+    width the other columns leave (narrow terminals drop class and runtime).
+    """
     progress = f"{elapsed_ns / 1e9:.1f} s" + (f" / {duration_s:g} s" if duration_s else "")
-    table = Table(header_style="bold")
-    for column in ("thread", "class", "weight", "state", "runtime ms", "share", "ideal", "bar"):
-        table.add_column(
-            column, justify="left" if column in ("thread", "state", "bar") else "right"
-        )
-    for row in rows:
-        ideal = row["ideal"]
-        bar = ["#" if i < round(min(1.0, row["share"]) * 30) else " " for i in range(30)]
-        if ideal is not None:
-            bar[min(29, round(min(1.0, ideal) * 30))] = "|"
-        table.add_row(
+    full = width >= LIVE_FULL_WIDTH
+    columns = ["thread", *(["class"] if full else []), "weight", "state"]
+    columns += [*(["runtime ms"] if full else []), "share", "ideal"]
+    cells = [
+        [
             row["name"],
-            row["class"],
+            *([row["class"]] if full else []),
             str(row["weight"]),
             row["state"],
-            _ms(row["runtime_ns"]),
+            *([_ms(row["runtime_ns"])] if full else []),
             f"{row['share']:.3f}",
-            "-" if ideal is None else f"{ideal:.3f}",
-            Text("".join(bar).rstrip(), style="green"),
-        )
+            "-" if row["ideal"] is None else f"{row['ideal']:.3f}",
+        ]
+        for row in rows
+    ]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    # per column one space of padding each side and a one-character rule between
+    # columns; the compact box has neither outer edges nor outer padding
+    n = len(columns) + 1  # with the bar
+    separators = 3 * n + 1 if full else 3 * n - 3
+    bar_width = max(5, min(30, width - sum(widths) - separators))
+    table = Table(
+        header_style="bold",
+        box=box.HEAVY_HEAD if full else box.SIMPLE_HEAD,
+        pad_edge=full,
+        show_edge=full,
+    )
+    for column, column_width in zip(columns, widths, strict=True):
+        justify = "left" if column in ("thread", "class", "state") else "right"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=column_width)  # type: ignore[arg-type]
+    table.add_column("bar", justify="left", no_wrap=True, width=bar_width)
+    for row, row_cells in zip(rows, cells, strict=True):
+        table.add_row(*row_cells, Text(_bar(row["share"], row["ideal"], bar_width), style="green"))
     return Group(Text(f"running {progress}", style="bold"), table)
+
+
+def _bar(share: float, ideal: float | None, width: int) -> str:
+    """``#`` for the share of one CPU, ``|`` where the ideal is."""
+    bar = ["#" if i < round(min(1.0, share) * width) else " " for i in range(width)]
+    if ideal is not None:
+        bar[min(width - 1, round(min(1.0, ideal) * width))] = "|"
+    return "".join(bar).rstrip()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import ctypes
 import hashlib
 import mmap
 import os
@@ -31,6 +30,7 @@ import socket
 import sys
 import time
 
+from capos_sched.procguard import set_parent_death_signal
 from capos_sched.runtime.protocol import (
     FLAG_BYTES,
     OP_ATTACH,
@@ -48,33 +48,50 @@ from capos_sched.runtime.protocol import (
     U64_MASK,
 )
 
-PR_SET_PDEATHSIG = 1
+WALL_SLACK_NS = 50_000_000
+"""A slice ends after ``2 * limit + WALL_SLACK_NS`` of wall time even if it got
+less CPU, so a long-starved or stopped worker gives its simulated CPU back; the
+slack keeps ordinary scheduling hiccups from splitting short bursts."""
 
 
-def _set_parent_death_signal(parent: int) -> None:
-    """Ask the kernel to SIGKILL us when the daemon dies; exit if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            print(f"capos-sched worker: prctl failed: errno {ctypes.get_errno()}", file=sys.stderr)
-    except OSError as exc:  # pragma: no cover - non-Linux
-        print(f"capos-sched worker: no prctl: {exc}", file=sys.stderr)
-    if os.getppid() != parent:
-        os._exit(0)
+class SliceClock:
+    """What a slice is measured in: the worker's own CPU time (thread CPU clock).
+
+    Time the worker was descheduled or stopped (SIGSTOP) is not CPU time, so it
+    is neither charged nor credited. The CPU clock (a system call) is read only
+    once the cheap wall clock says the budget may be used up: CPU time never
+    exceeds wall time.
+    """
+
+    __slots__ = ("cpu0", "limit", "wall_cap", "wall_end")
+
+    def __init__(self, limit_ns: int) -> None:
+        wall = time.perf_counter_ns()
+        self.cpu0 = time.thread_time_ns()
+        self.limit = limit_ns
+        self.wall_end = wall + limit_ns
+        self.wall_cap = wall + 2 * limit_ns + WALL_SLACK_NS
+
+    def expired(self) -> bool:
+        wall = time.perf_counter_ns()
+        if wall < self.wall_end:
+            return False
+        return wall >= self.wall_cap or self.used() >= self.limit
+
+    def used(self) -> int:
+        return time.thread_time_ns() - self.cpu0
 
 
 def spin(limit_ns: int, flag: mmap.mmap) -> tuple[int, int]:
-    """Compute until ``limit_ns`` has passed or the flag is raised: (status, elapsed)."""
-    clock = time.perf_counter_ns
-    start = clock()
-    deadline = start + limit_ns
+    """Compute until ``limit_ns`` of CPU time is used or the flag is raised:
+    (status, CPU time used)."""
+    clock = SliceClock(limit_ns)
     x = 0
     while True:
-        now = clock()
-        if now >= deadline:
-            return ST_LIMIT, now - start
+        if clock.expired():
+            return ST_LIMIT, clock.used()
         if flag[0]:
-            return ST_PREEMPTED, now - start
+            return ST_PREEMPTED, clock.used()
         for i in range(32):  # a little arithmetic between clock reads
             x = (x + i * i) & 0xFFFF
 
@@ -89,29 +106,26 @@ def hash_blocks(
     acc: int,
     flag: mmap.mmap,
 ) -> tuple[int, int, int, int]:
-    """Hash blocks ``position..end`` for at most ``limit_ns``: (status, elapsed, position, acc).
+    """Hash blocks ``position..end`` for at most ``limit_ns`` of CPU time:
+    (status, CPU time used, position, acc).
 
-    The time limit and the flag are checked after every block, so a slice
+    The limit and the flag are checked after every block, so a slice
     overruns by at most one block's hashing time.
     """
-    clock = time.perf_counter_ns
     blake2b = hashlib.blake2b
-    start = clock()
-    deadline = start + limit_ns
-    now = start
+    clock = SliceClock(limit_ns)
     while position < end:
         offset = (position % blocks) * block_size
         digest = blake2b(data[offset : offset + block_size], digest_size=8).digest()
         acc = ((acc * 31) ^ int.from_bytes(digest, "little")) & U64_MASK
         position += 1
-        now = clock()
         if position >= end:
-            return ST_COMPLETE, now - start, position, acc
-        if now >= deadline:
-            return ST_LIMIT, now - start, position, acc
+            return ST_COMPLETE, clock.used(), position, acc
+        if clock.expired():
+            return ST_LIMIT, clock.used(), position, acc
         if flag[0]:
-            return ST_PREEMPTED, now - start, position, acc
-    return ST_COMPLETE, now - start, position, acc
+            return ST_PREEMPTED, clock.used(), position, acc
+    return ST_COMPLETE, clock.used(), position, acc
 
 
 def serve(sock: socket.socket, flag: mmap.mmap) -> None:
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--core", type=int, default=-1)
     parser.add_argument("--sched-idle", action="store_true")
     args = parser.parse_args(argv)
-    _set_parent_death_signal(args.parent)
+    set_parent_death_signal(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.nice:
         try:

@@ -17,6 +17,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from typing import IO
 
 import attrs
 import structlog
@@ -62,6 +64,31 @@ def pinned_cores(cpus: int) -> list[int] | None:
     if len(allowed) < cpus:
         return None
     return allowed[:cpus]
+
+
+WORKER_PREFIX = "capos-sched worker: "
+
+
+def relay_stderr(pipe: IO[bytes], cpu: int, pid: int) -> threading.Thread:
+    """Forward a worker's stderr (its set-up warnings, a dying traceback) to the
+    structured log, one ``worker stderr`` warning per line, until EOF.
+
+    A thread, not a trio task: the pipe must drain whoever owns the worker, and
+    the thread ends by itself when the process exits (EOF).
+    """
+
+    def pump() -> None:
+        with pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    log.warning(
+                        "worker stderr", cpu=cpu, pid=pid, line=line.removeprefix(WORKER_PREFIX)
+                    )
+
+    thread = threading.Thread(target=pump, name=f"capos-sched-worker-stderr-{cpu}", daemon=True)
+    thread.start()
+    return thread
 
 
 @attrs.define(eq=False)
@@ -124,7 +151,10 @@ class Worker:
                 cmd,
                 pass_fds=(child_end.fileno(), self.flag_fd),
                 stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # into the structured log, not raw on ours
             )
+            assert self.process.stderr is not None
+            relay_stderr(self.process.stderr, self.cpu, self.process.pid)
         except OSError as exc:  # out of processes or descriptors (EAGAIN, EMFILE)
             parent_end.close()
             raise WorkerDied(f"cannot start the worker for CPU {self.cpu}: {exc}") from exc

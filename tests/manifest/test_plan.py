@@ -27,8 +27,8 @@ from capos_sched.manifest import (
     parse_duration,
 )
 from capos_sched.manifest.evaluator import Evaluator
+from capos_sched.manifest.lattice import Atom, force
 from capos_sched.manifest.loader import schema_file
-from capos_sched.manifest.values import Atom
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin
 
 TWO_PROCESSES = """
@@ -219,7 +219,7 @@ def test_concurrent_loads_do_not_interfere():
 def test_schema_constants_mirror_the_core(definition, constant):
     schema = schema_file()
     reference_pos = schema.decls[0].pos
-    evaluated = Evaluator([schema]).reference(definition, reference_pos)
+    evaluated = force(Evaluator([schema]).reference(definition, reference_pos))
     assert isinstance(evaluated, Atom) and evaluated.value == constant
 
 

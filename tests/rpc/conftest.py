@@ -112,7 +112,10 @@ class Daemon:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         listen: str | None = None,
+        program: list[str] | None = None,
     ) -> None:
+        """``program`` replaces ``capos-sched serve`` (it gets MANIFEST LISTEN
+        ADMIN GRANTS_DIR and then ``args`` as positional arguments)."""
         self.dir = workdir
         if isinstance(manifest, Path):
             self.manifest = manifest
@@ -127,23 +130,26 @@ class Daemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = dict(os.environ)
         full_env.update(env or {})
+        argv = [
+            sys.executable,
+            "-c",
+            "from capos_sched.cli import main; main()",
+            "--log-level",
+            "info",
+            "serve",
+            str(self.manifest),
+            "--listen",
+            self.listen,
+            "--admin",
+            self.admin,
+            "--grants-dir",
+            str(self.grants),
+            *args,
+        ]
+        if program is not None:
+            argv = [*program, str(self.manifest), self.listen, self.admin, str(self.grants), *args]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from capos_sched.cli import main; main()",
-                "--log-level",
-                "info",
-                "serve",
-                str(self.manifest),
-                "--listen",
-                self.listen,
-                "--admin",
-                self.admin,
-                "--grants-dir",
-                str(self.grants),
-                *args,
-            ],
+            argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -225,6 +231,7 @@ class InProcess:
             parse_address(self.admin),
             self.grants,
             max_calls=max_calls,
+            refuse_descendants=False,  # the test process starts its own clients
         )
         self.state: Any = None
         self._token: trio.lowlevel.TrioToken | None = None

@@ -1,14 +1,21 @@
-"""docker-compose.yml parses, and every command it runs exists and accepts its
-arguments (Docker itself cannot run on these machines).
+"""docker-compose.yml and the Dockerfile, checked statically (Docker itself
+cannot run on these machines): the compose file parses, builds the image the
+Dockerfile describes, and every command it runs exists in that image and
+accepts its arguments; the Dockerfile copies only what exists and what
+.dockerignore lets through, and installs offline from its own wheels.
 
-The file is YAML restricted to its JSON-compatible subset: dropping the lines
-whose first non-blank character is ``#`` leaves plain JSON (see its header).
+The compose file is YAML restricted to its JSON-compatible subset: dropping
+the lines whose first non-blank character is ``#`` leaves plain JSON (see its
+header).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +27,13 @@ from .conftest import REPO
 from .test_tuner import TUNER
 
 COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 
 def load_compose(path: Path = COMPOSE) -> dict[str, Any]:
     lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
     return json.loads("\n".join(lines))
-
-
-def _commands(service: dict[str, Any]) -> list[list[str]]:
-    """The programs a service runs: its `sh -c` script split at `&&`."""
-    command = service["command"]
-    assert command[:2] == ["sh", "-c"], command
-    out = []
-    for part in command[2].split("&&"):
-        argv = shlex.split(part)
-        if argv and argv[0] == "exec":
-            argv = argv[1:]
-        out.append(argv)
-    return out
 
 
 def _check_cli(argv: list[str]) -> click.Context:
@@ -53,9 +49,67 @@ def _check_cli(argv: list[str]) -> click.Context:
     return sub.make_context(args[i], args[i + 1 :], parent=ctx)
 
 
-def _in_repo(path: str) -> Path:
-    assert path.startswith("/app/"), path
-    return REPO / path.removeprefix("/app/")
+def dockerfile(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        word, _, rest = pending.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return out
+
+
+def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last:]
+
+
+def image_files(stage: list[tuple[str, str]]) -> dict[str, Path]:
+    """Where the final image's files under WORKDIR come from: image path -> checkout path."""
+    files: dict[str, Path] = {}
+    workdir = "/"
+    for word, args in stage:
+        if word == "WORKDIR":
+            workdir = args
+        elif word == "COPY" and not args.startswith("--from"):
+            *sources, dest = shlex.split(args)
+            for source in sources:
+                target = dest if dest.startswith("/") else f"{workdir.rstrip('/')}/{dest}"
+                files[target.rstrip("/")] = REPO / source
+    return files
+
+
+def in_image(path: str) -> Path:
+    """The checkout file that the image holds at ``path`` (fails if it holds none)."""
+    for prefix, source in image_files(final_stage(dockerfile())).items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return source / path.removeprefix(prefix).lstrip("/")
+    raise AssertionError(f"the image has no {path} (no COPY puts it there)")
+
+
+def ignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps ``relative`` (or a folder holding it) out of the context."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            if fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix.split("/")[-1], bare):
+                return True
+    return False
+
+
+def dockerignore() -> list[str]:
+    lines = DOCKERIGNORE.read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def test_compose_file_parses_and_its_commands_exist() -> None:
@@ -63,12 +117,19 @@ def test_compose_file_parses_and_its_commands_exist() -> None:
     services = doc["services"]
     assert set(services) == {"daemon", "tuner"}
     assert set(doc["volumes"]) >= {"grants"}
+    for name, service in services.items():
+        # the image is built, not assembled at each start from a mounted checkout
+        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}, name
+        assert service["image"] == services["daemon"]["image"], name
+        for volume in service["volumes"]:
+            assert not volume.startswith((".", "/", "~")), f"{name} mounts a host path: {volume}"
+        command = service["command"]
+        assert command[0] != "sh" and "pip" not in command, f"{name} installs at start"
 
-    daemon_cmds = _commands(services["daemon"])
-    assert daemon_cmds[0][:2] == ["cp", "-r"] and daemon_cmds[1][:2] == ["pip", "install"]
-    serve = _check_cli(daemon_cmds[-1])
+    serve = _check_cli(services["daemon"]["command"])
     assert serve.info_name == "serve"
-    assert _in_repo(str(serve.params["manifest"])).is_file()
+    assert serve.parent is not None and serve.parent.params["log_format"] == "json"
+    assert in_image(str(serve.params["manifest"])).is_file()
     listen = serve.params["listen"]
     assert (listen.kind, listen.host, listen.port) == ("tcp", "0.0.0.0", 7070)
     assert serve.params["admin"].kind == "unix"
@@ -81,8 +142,8 @@ def test_compose_file_parses_and_its_commands_exist() -> None:
     assert grants.info_name == "grants"
     assert str(grants.params["admin_addr"]) == str(serve.params["admin"])
 
-    tuner_cmd = _commands(services["tuner"])[-1]
-    assert tuner_cmd[0] == "python" and _in_repo(tuner_cmd[1]) == TUNER
+    tuner_cmd = services["tuner"]["command"]
+    assert tuner_cmd[0] == "python" and in_image(tuner_cmd[1]) == TUNER
     assert (TUNER / "__main__.py").is_file()
     tuner_main = _load_tuner_main()
     ctx = tuner_main.make_context("tuner", tuner_cmd[2:])
@@ -90,6 +151,57 @@ def test_compose_file_parses_and_its_commands_exist() -> None:
     assert ctx.params["token_file"] == "/grants/tuner.token"
     assert services["tuner"]["depends_on"]["daemon"]["condition"] == "service_healthy"
     assert "grants:/grants:ro" in services["tuner"]["volumes"]
+
+
+def test_the_dockerfile_builds_from_what_the_context_holds() -> None:
+    instructions = dockerfile()
+    patterns = dockerignore()
+    for needed in (".git", ".venv", "**/__pycache__", "build", "dist"):
+        assert needed in patterns, f".dockerignore must exclude {needed}"
+    # every COPY from the context names something that exists and is not ignored
+    for word, args in instructions:
+        if word == "COPY" and not args.startswith("--from"):
+            *sources, _ = shlex.split(args)
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: no such file"
+                assert not ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
+    # the package's own sources (and the links in capos_sched/_data) reach the build
+    for source in ("capos_sched/_data/schema", "schema/capos.capnp", "manifests/default.cue"):
+        assert not ignored(source, patterns), source
+
+    bases = [args.split()[0] for word, args in instructions if word == "FROM"]
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    minimum = tuple(int(n) for n in re.fullmatch(r">=(\d+)\.(\d+)", required).groups())
+    for base in bases:
+        match = re.fullmatch(r"python:(\d+)\.(\d+)(-slim)?", base)
+        assert match, f"unexpected base image {base}"
+        assert tuple(int(n) for n in match.groups()[:2]) >= minimum, base
+
+    stage = final_stage(instructions)
+    runs = " ".join(args for word, args in stage if word == "RUN")
+    assert "pip install" in runs and "--no-index" in runs, "the image installs offline"
+    assert "-e " not in runs and "--editable" not in runs
+    users = [args for word, args in stage if word == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the services run unprivileged"
+    assert any(word == "CMD" for word, _ in stage)
+
+
+def test_the_static_checks_can_fail(tmp_path: Path) -> None:
+    assert ignored(".venv/bin/python", dockerignore())
+    assert ignored("capos_sched/__pycache__/cli.cpython-311.pyc", dockerignore())
+    try:
+        in_image("/app/nowhere/at-all.cue")
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("in_image must refuse a path no COPY provides")
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:3.11-slim\nRUN true \\\n")
+    try:
+        dockerfile(broken)
+    except AssertionError:
+        return
+    raise AssertionError("a Dockerfile ending inside a continued line must not parse")
 
 
 def test_the_parser_rejects_what_is_not_json_compatible(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def test_repeated_restore_and_get_on_one_connection_does_not_grow_its_state(
     daemon keep one more capability (and registry entry) per iteration."""
 
     def registry_sizes() -> list[int]:
-        return [len(ctx.registry) for ctx, _, _ in list(inproc.state.service._conns.values())]
+        return [c["handles"] for c in inproc.state.service.report()]
 
     async def go() -> list[int]:
         async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
