@@ -39,14 +39,11 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import capnp
 
-from capos_sched.core import MAX_WEIGHT, MIN_WEIGHT, LatencyClass, ThreadState
-from capos_sched.rpc.addr import Address, parse_address
-from capos_sched.rpc.errors import parse_remote
-from capos_sched.rpc.schema import capos
+from capos_sched.core import LatencyClass, ThreadState  # the enums only (schema ordinals)
+from capos_sched.wire import FD_ENV, Address, capos, latch_kind, parse_address, parse_remote
 
 T = TypeVar("T")
 
-FD_ENV = "CAPOS_SCHED_FD"
 DEFAULT_TIMEOUT_S = 30.0
 
 
@@ -109,14 +106,11 @@ _BY_CODE: dict[str, type[CapOSError]] = {
 
 
 def error_from_text(description: str, kj_type: str | None = None) -> CapOSError:
-    """The typed error for a remote error description (see rpc/errors.py)."""
+    """The typed error for a remote error description (see capos_sched.wire)."""
     parsed = parse_remote(description, kj_type)
     cls = _BY_CODE.get(parsed.code, Failed)
     if cls is Disconnected:
-        if parsed.message.startswith("revoked"):
-            cls = Revoked
-        elif parsed.message.startswith("stale"):
-            cls = Stale
+        cls = {"revoked": Revoked, "stale": Stale}.get(latch_kind(parsed.message) or "", cls)
     return cls(parsed.message)
 
 
@@ -228,7 +222,8 @@ def _wire_weight(weight: object) -> int:
     if isinstance(weight, bool) or not isinstance(weight, int):
         raise InvalidArgument(f"weight {weight!r} is not an integer")
     if not 0 <= weight <= 0xFFFF:  # cannot even be encoded; the daemon checks the domain
-        raise InvalidArgument(f"weight {weight} outside [{MIN_WEIGHT}, {MAX_WEIGHT}]")
+        s = capos()
+        raise InvalidArgument(f"weight {weight} outside [{s.minWeight}, {s.maxWeight}]")
     return weight
 
 

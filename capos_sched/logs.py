@@ -32,16 +32,20 @@ def configure_logging(
     out = file if file is not None else sys.stderr
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: structlog.typing.Processor
+    tail: list[structlog.typing.Processor]
     if console:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        tail = [renderer]
     else:
         renderer = structlog.processors.JSONRenderer()
+        # exc_info becomes an "exception" field with the text (not `"exc_info": true`)
+        tail = [structlog.processors.format_exc_info, renderer]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -82,6 +82,14 @@ interface ThreadHandle {
   isLive @1 () -> (live :Bool);
   # Never fails on a stale handle: answers false instead, so a client can
   # tell a live handle from a stale one without provoking an error.
+
+  prove @2 (nonce :Data) -> (mac :Data);
+  # Appended. HMAC-SHA256 of `nonce` under the secret of the grant this handle
+  # was obtained through. The secret never leaves the daemon, so only the
+  # daemon's own handles can answer; it is how the daemon recognises one of
+  # its handles relayed through another connection (see docs/capabilities.md).
+  # Never fails, on a stale or revoked handle either (it proves identity,
+  # not authority).
 }
 
 interface SchedulingPolicyCap {

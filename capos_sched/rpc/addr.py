@@ -10,80 +10,36 @@ import stat
 import tempfile
 from pathlib import Path
 
-import attrs
-
 from capos_sched.safedir import NOT_WRITABLE_BY_OTHERS, check_private_dir
+from capos_sched.wire import (
+    Address,
+    AddressError,
+    default_admin,
+    default_listen,
+    parse_address,
+    run_dir,
+)
+
+__all__ = [
+    "ADMIN_SOCKET_MODE",
+    "LISTEN_SOCKET_MODE",
+    "Address",
+    "AddressError",
+    "bind_unix",
+    "check_unix_free",
+    "checked_run_dir",
+    "default_admin",
+    "default_listen",
+    "ensure_private_dir",
+    "parse_address",
+    "run_dir",
+]
 
 ADMIN_SOCKET_MODE = 0o600
 """Whoever can open the admin socket is the operator."""
 
 LISTEN_SOCKET_MODE = 0o666
 """The Restorer needs a token, so the listen socket itself grants nothing."""
-
-
-class AddressError(ValueError):
-    """An address that does not parse; the message says what was expected."""
-
-
-@attrs.frozen
-class Address:
-    """A parsed address. Invariant: ``kind == "unix"`` iff ``path`` is set."""
-
-    kind: str
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    """``unix:PATH`` or ``tcp:HOST:PORT`` (IPv6 hosts in brackets)."""
-    kind, sep, rest = text.partition(":")
-    if not sep or kind not in ("unix", "tcp"):
-        raise AddressError(f"address {text!r}: expected unix:PATH or tcp:HOST:PORT")
-    if kind == "unix":
-        if not rest:
-            raise AddressError(f"address {text!r}: empty socket path")
-        if "\x00" in rest:
-            raise AddressError(f"address {text!r}: NUL in socket path")
-        return Address("unix", path=rest)
-    host, sep, port_text = rest.rpartition(":")
-    if not sep or not host:
-        raise AddressError(f"address {text!r}: expected tcp:HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise AddressError(f"address {text!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise AddressError(f"address {text!r}: port {port} outside [0, 65535]")
-    return Address("tcp", host=host, port=port)
-
-
-def run_dir() -> Path:
-    """Where the default sockets live: ``$CAPOS_SCHED_RUN_DIR``, else
-    ``$XDG_RUNTIME_DIR/capos-sched``, else ``/tmp/capos-sched-<uid>``."""
-    explicit = os.environ.get("CAPOS_SCHED_RUN_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "capos-sched"
-    return Path(tempfile.gettempdir()) / f"capos-sched-{os.getuid()}"
-
-
-def default_listen() -> str:
-    return f"unix:{run_dir() / 'listen.sock'}"
-
-
-def default_admin() -> str:
-    return f"unix:{run_dir() / 'admin.sock'}"
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -95,6 +51,28 @@ def ensure_private_dir(path: Path) -> None:
 def checked_run_dir() -> Path:
     """``run_dir()`` for a client using a default address: refused unless ours."""
     return check_private_dir(run_dir(), allowed=NOT_WRITABLE_BY_OTHERS)
+
+
+def check_unix_free(path: str) -> None:
+    """Refuse (AddressError) when a live process serves on the Unix socket ``path``.
+
+    A daemon calls this for its sockets before it touches anything else (token
+    files, the grants directory), so a second ``serve`` on the same sockets
+    leaves the running daemon's files alone. ``bind_unix`` checks again.
+    """
+    target = Path(path)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not stat.S_ISSOCK(target.lstat().st_mode):
+        raise AddressError(f"{target} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(target))
+    except OSError:
+        return  # stale: bind_unix replaces it
+    finally:
+        probe.close()
+    raise AddressError(f"{target}: another process is already serving there")
 
 
 def bind_unix(path: str, mode: int) -> socket.socket:

@@ -27,6 +27,7 @@ import structlog
 from capos_sched.interpreter import python_module_argv
 from capos_sched.procguard import is_child_subreaper
 from capos_sched.proctree import adopted_zombies, foreign_children
+from capos_sched.wire import FD_ENV, PROCESS_ENV
 
 from .errors import wire_error
 from .grants import ProcessGrants
@@ -34,8 +35,6 @@ from .servers import CapSetServer, ConnContext
 
 log = structlog.get_logger("capos_sched.rpc")
 
-FD_ENV = "CAPOS_SCHED_FD"
-PROCESS_ENV = "CAPOS_SCHED_PROCESS"
 
 EXEC_ENV_ALLOWED = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR"}

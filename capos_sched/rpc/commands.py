@@ -32,6 +32,7 @@ from capos_sched.runtime.commands import (
     watchdog_option,
     write_trace,
 )
+from capos_sched.wire import FD_ENV
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
@@ -232,7 +233,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 @click.option(
     "--max-answers",
     type=click.IntRange(1, 1_000_000),
-    default=1024,
+    default=4096,
     show_default=True,
     help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
     "reading its connection.",
@@ -590,8 +591,8 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _client_peer(connect_addr: Address | None, token_file: Path | None) -> str:
     """Where a client command connects, as its messages name it."""
-    if token_file is None and os.environ.get("CAPOS_SCHED_FD"):
-        return f"the inherited socket (fd {os.environ['CAPOS_SCHED_FD']})"
+    if token_file is None and os.environ.get(FD_ENV):
+        return f"the inherited socket (fd {os.environ[FD_ENV]})"
     return str(connect_addr or parse_address(default_listen()))
 
 
@@ -599,7 +600,7 @@ async def _session(connect_addr: Address | None, token_file: Path | None) -> Any
     from capos_sched.client import connect, connect_inherited, read_token
 
     if token_file is None:
-        if os.environ.get("CAPOS_SCHED_FD"):
+        if os.environ.get(FD_ENV):
             return await connect_inherited()
         from capos_sched.client import InvalidArgument
 

@@ -32,7 +32,7 @@ import trio
 from capos_sched import procguard
 
 from . import grantsdir
-from .addr import Address
+from .addr import Address, AddressError, check_unix_free
 from .bridge import Bridge
 from .children import check_exec
 from .gate import GateLimits
@@ -66,7 +66,7 @@ class DaemonConfig:
     """Connections the listen socket accepts (the admin socket has its own 16)."""
     max_per_uid: int | None = 32
     idle_timeout_s: float | None = 10.0
-    max_answers: int = 1024
+    max_answers: int = 4096
     stall_timeout_s: float = 10.0
     exec_user: str | None = None
     refuse_descendants: bool = True
@@ -115,6 +115,13 @@ async def serve_async(
     *,
     handle_signals: bool = True,
 ) -> int:
+    for address in (config.listen, config.admin):
+        if address is not None and address.kind == "unix":
+            try:
+                check_unix_free(str(address.path))
+            except AddressError as exc:  # before any file is touched
+                log.error("cannot serve", error=str(exc))
+                return 1
     for proc in plan.processes:
         argv = getattr(proc, "exec", None)
         if argv:

@@ -23,29 +23,15 @@ import secrets
 import traceback
 from typing import ClassVar
 
-import attrs
 import structlog
 
 from capos_sched.core import CoreError
+from capos_sched.wire import CODES, RemoteError, latch_text, parse_remote
+
+__all__ = ["CODES", "RemoteError", "WireError", "parse_remote", "wire_error"]
 
 log = structlog.get_logger("capos_sched.rpc")
 
-CODES: tuple[str, ...] = (
-    "failed",
-    "overloaded",
-    "disconnected",
-    "unimplemented",
-    "invalidArgument",
-)
-"""The schema's ExceptionType enumerants, in ordinal order."""
-
-_KJ_TYPES = {
-    "FAILED": "failed",
-    "OVERLOADED": "overloaded",
-    "DISCONNECTED": "disconnected",
-    "UNIMPLEMENTED": "unimplemented",
-}
-_TRANSPORT_PREFIXES = ("remote exception: ", "message = ")
 MAX_MESSAGE = 4000
 """Messages are cut to this many characters (manifest diagnostics can be long)."""
 
@@ -113,11 +99,11 @@ def wire_error(code: str, message: str) -> WireError:
 
 
 def revoked(what: str) -> WireError:
-    return wire_error("disconnected", f"revoked: {what}")
+    return wire_error("disconnected", latch_text("revoked", what))
 
 
 def stale(what: str) -> WireError:
-    return wire_error("disconnected", f"stale: {what}")
+    return wire_error("disconnected", latch_text("stale", what))
 
 
 def from_core(exc: CoreError) -> WireError:
@@ -173,32 +159,3 @@ def new_ref() -> str:
 
 def internal_error(ref: str | None = None) -> WireError:
     return wire_error("failed", f"internal error (ref {ref or new_ref()})")
-
-
-@attrs.frozen
-class RemoteError:
-    """A parsed remote error: its code and the message after the code."""
-
-    code: str
-    message: str
-
-
-def parse_remote(description: str, kj_type: str | None = None) -> RemoteError:
-    """Parse a KJ exception description as received by a client.
-
-    The code is the text before the first colon once KJ's prefixes are gone,
-    when it is one of CODES; otherwise the KJ type decides and the whole text
-    is the message.
-    """
-    text = description.strip()
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _TRANSPORT_PREFIXES:
-            if text.startswith(prefix):
-                text = text[len(prefix) :]
-                changed = True
-    head, sep, rest = text.partition(":")
-    if sep and head in ERROR_CLASSES:
-        return RemoteError(head, rest.strip())
-    return RemoteError(_KJ_TYPES.get(kj_type or "", "failed"), text)

@@ -59,7 +59,7 @@ _U16 = struct.Struct("<H")
 class GateLimits:
     """Bounds for one connection."""
 
-    max_answers: int = 1024
+    max_answers: int = 4096
     """Calls received and not yet finished by the peer before reading stops."""
     stall_timeout_s: float = 10.0
     """How long a peer may stay at ``max_answers`` before it is disconnected."""

@@ -11,9 +11,12 @@ Lifecycle of a grant (see docs/capabilities.md):
     granted --its thread exits--------> stale (the core's generation check)
     granted --load removes its thread-> stale (latched like a revocation)
 
-Revocations are sticky: a load that still lists a revoked grant does not
-revive it, and a process revoked as a whole keeps a dead token while it stays
-in the plan. Grants are matched across loads by (process, name, kind, target);
+Operator revocations are sticky by name for the daemon's lifetime: a load
+that still lists a revoked grant does not revive it, a process revoked as a
+whole keeps a dead token, and a load that drops the process (or grant) and a
+later load that adds it back bring back nothing (``operator_revoked``). Grants
+a load dropped are not remembered: a later load may grant them afresh.
+Grants are matched across loads by (process, name, kind, target);
 anything else is a new grant with a new latch, so capabilities handed out
 before can never reach it.
 """
@@ -21,6 +24,7 @@ before can never reach it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import os
 import re
@@ -33,12 +37,15 @@ import attrs
 import structlog
 
 from capos_sched.core import ThreadRef
+from capos_sched.wire import LATCH_KINDS, latch_text
 
 from .errors import WireError, revoked, stale, wire_error
 
 TOKEN_BYTES = 32
 """Random bytes per token: 256 bits, written as URL-safe base64 text (43 chars)."""
 
+SECRET_BYTES = 32
+NONCE_BYTES = 16
 KINDS = ("schedulingPolicy", "thread")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -55,13 +62,33 @@ def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
+@attrs.frozen
+class Latch:
+    """Why a grant closed: ``kind`` is one of ``wire.LATCH_KINDS``, ``reason`` says why.
+    ``text`` is the one place the wire message is written."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(LATCH_KINDS))
+    reason: str
+
+    @property
+    def text(self) -> str:
+        return latch_text(self.kind, self.reason)
+
+
+def revoked_latch(reason: str) -> Latch:
+    return Latch("revoked", reason)
+
+
+def stale_latch(reason: str) -> Latch:
+    return Latch("stale", reason)
+
+
 @attrs.define(eq=False)
 class Grant:
     """One named capability the manifest grants to one process.
 
-    Invariants: ``closed`` goes from None to an error text once and never
-    back, written only by the owner thread; it starts with ``revoked:`` or
-    ``stale:``. ``ref`` is set iff ``kind == "thread"`` and is the target
+    Invariants: ``closed`` goes from None to a Latch once and never back,
+    written only by the owner thread. ``ref`` is set iff ``kind == "thread"`` and is the target
     thread as it was when the grant was made: a grant never retargets, it
     goes stale instead.
     """
@@ -71,7 +98,14 @@ class Grant:
     kind: str
     target: str | None
     ref: ThreadRef | None
-    closed: str | None = None
+    closed: Latch | None = None
+    secret: bytes = attrs.field(factory=lambda: secrets.token_bytes(SECRET_BYTES), repr=False)
+    """Never leaves the daemon: a handle of this grant proves itself with
+    ``prove_mac`` (HMAC over a fresh nonce), so a handle cannot be forged by
+    naming a thread, and a handle of another daemon proves nothing here."""
+
+    def prove_mac(self, nonce: bytes) -> bytes:
+        return hmac.new(self.secret, nonce, hashlib.sha256).digest()
 
     @property
     def key(self) -> str:
@@ -81,14 +115,14 @@ class Grant:
     def signature(self) -> tuple[str, str, str | None]:
         return (self.name, self.kind, self.target)
 
-    def close(self, text: str) -> None:
+    def close(self, latch: Latch) -> None:
         if self.closed is None:
-            self.closed = text
+            self.closed = latch
 
     def check(self) -> None:
         """Fail closed if the latch is set (owner thread, at apply time)."""
         if self.closed is not None:
-            raise wire_error("disconnected", self.closed)
+            raise wire_error("disconnected", self.closed.text)
 
 
 @attrs.define(eq=False)
@@ -130,6 +164,42 @@ class GrantRow:
 
 
 @attrs.frozen
+class TokenFiles:
+    """Token-file changes a load implies, as plain data: written to disk by
+    ``apply`` *off* the owner thread (2000 fsync'd files took 3.6 s, during
+    which the owner answered nothing)."""
+
+    directory: Path | None
+    write: tuple[tuple[str, str], ...] = ()
+    """``(process, token)`` to write as ``<directory>/<process>.token``."""
+    remove: tuple[str, ...] = ()
+
+    def apply(self) -> list[Path]:
+        """Write and remove the files (any thread). A failure is logged, not raised:
+        the plan is in force already, in memory."""
+        if self.directory is None:
+            return []
+        written = []
+        try:
+            if self.write:
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name, token in self.write:
+                path = self.directory / f"{name}.token"
+                _write_private(path, token + "\n")
+                written.append(path)
+            for name in self.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / f"{name}.token").unlink()
+        except OSError as exc:
+            structlog.get_logger("capos_sched.rpc").error(
+                "token files not updated after load",
+                grants_dir=str(self.directory),
+                error=str(exc),
+            )
+        return written
+
+
+@attrs.frozen
 class PlanDiff:
     """What a load changes in the grant table (computed before anything changes)."""
 
@@ -137,6 +207,8 @@ class PlanDiff:
     added_processes: tuple[str, ...]
     removed_processes: tuple[str, ...]
     restarted_processes: tuple[str, ...]
+    token_files: TokenFiles = TokenFiles(None)
+    """Set by ``apply_plan``: the disk side of the load, for the caller to apply."""
 
 
 class GrantTable:
@@ -144,6 +216,11 @@ class GrantTable:
 
     def __init__(self, grants_dir: Path | None = None) -> None:
         self.processes: dict[str, ProcessGrants] = {}
+        self.operator_revoked: set[tuple[str, str | None]] = set()
+        """Operator revocations by name, sticky for the daemon's lifetime:
+        ``(process, None)`` for a whole process, ``(process, grant)`` for one
+        grant. A load that drops the process or grant and a later load that
+        adds it back does not revive it."""
         self.grants_dir = grants_dir
 
     # ------------------------------------------------------------- building
@@ -159,10 +236,20 @@ class GrantTable:
     def _new_process(self, proc: Any, host: HostLike) -> ProcessGrants:
         pg = ProcessGrants(proc.name, _exec_of(proc))
         for gp in proc.grants:
-            pg.grants[gp.name] = _new_grant(proc.name, gp, host)
+            pg.grants[gp.name] = self._new_grant(proc.name, gp, host)
         if pg.grants:
             pg.token = new_token()
+        if (proc.name, None) in self.operator_revoked:
+            pg.revoked = True  # sticky: its token restores nothing
         return pg
+
+    def _new_grant(self, process: str, gp: Any, host: HostLike) -> Grant:
+        grant = _new_grant(process, gp, host)
+        if (process, None) in self.operator_revoked:
+            grant.close(revoked_latch(f"{grant.key} was revoked by the operator (whole process)"))
+        elif (process, gp.name) in self.operator_revoked:
+            grant.close(revoked_latch(f"{grant.key} was revoked by the operator"))
+        return grant
 
     # --------------------------------------------------------------- tokens
 
@@ -235,10 +322,9 @@ class GrantTable:
             for g in pg.grants.values():
                 state, reason = "granted", ""
                 if g.closed is not None:
-                    state = g.closed.split(":", 1)[0]
-                    reason = g.closed
+                    state, reason = g.closed.kind, g.closed.text
                 elif g.ref is not None and not host.scheduler.is_live(g.ref):
-                    state, reason = "stale", f"stale: thread {g.target} exited"
+                    state, reason = "stale", latch_text("stale", f"thread {g.target} exited")
                 out.append(
                     GrantRow(pg.name, g.name, g.kind, g.target or "", state, pg.sessions, reason)
                 )
@@ -258,13 +344,15 @@ class GrantTable:
             if g is None:
                 raise wire_error("invalidArgument", f"process {process} holds no grant {grant!r}")
             changed = [g.key] if g.closed is None else []
-            g.close(f"revoked: {g.key} was revoked by the operator")
+            g.close(revoked_latch(f"{g.key} was revoked by the operator"))
+            self.operator_revoked.add((process, grant))
             if not pg.live_grants():
                 self._kill_token(pg)
             return changed
         changed = [g.key for g in pg.grants.values() if g.closed is None]
+        self.operator_revoked.add((process, None))
         for g in pg.grants.values():
-            g.close(f"revoked: {g.key} was revoked by the operator (whole process)")
+            g.close(revoked_latch(f"{g.key} was revoked by the operator (whole process)"))
         self._kill_token(pg)
         return changed
 
@@ -323,29 +411,33 @@ class GrantTable:
                 del pg.grants[gname]
             for gname, gp in wanted.items():
                 if gname not in pg.grants:
-                    pg.grants[gname] = _new_grant(name, gp, host)
+                    pg.grants[gname] = self._new_grant(name, gp, host)
             if pg.grants and pg.token is None:
                 pg.token = new_token()
-        # The plan is applied by now (in memory, all of it); token files are a
-        # side effect on disk, so a failure to write them is reported, not raised
-        # half-way through (which would leave host and grants disagreeing).
-        try:
-            self.write_token_files(n for n in new if n not in diff.removed_processes)
-            for name in diff.removed_processes:
+        # The plan is applied by now (in memory, all of it). Token files are a
+        # side effect on disk: returned as data, written by the caller off the
+        # owner thread (and a failure is reported, never raised half-way).
+        writes = tuple(
+            (n, pg.token)
+            for n, pg in self.processes.items()
+            if pg.token is not None and pg.restorable and n not in diff.removed_processes
+        )
+        files = TokenFiles(self.grants_dir, writes, diff.removed_processes)
+        return attrs.evolve(diff, token_files=files)
+
+    def prune_token_files(self, names: Iterable[str]) -> None:
+        """Remove the files of ``names`` no longer restorable (a revoke that ran
+        while a load's files were being written off the owner thread)."""
+        for name in names:
+            pg = self.processes.get(name)
+            if pg is None or not pg.restorable:
                 self.remove_token_file(name)
-        except OSError as exc:
-            structlog.get_logger("capos_sched.rpc").error(
-                "token files not updated after load",
-                grants_dir=str(self.grants_dir),
-                error=str(exc),
-            )
-        return diff
 
 
-def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> str:
+def _drop_reason(g: Grant, gone_threads: set[str], why: str) -> Latch:
     if g.kind == "thread" and g.target in gone_threads:
-        return f"stale: thread {g.target} was removed by load"
-    return f"revoked: {g.key} was revoked because {why}"
+        return stale_latch(f"thread {g.target} was removed by load")
+    return revoked_latch(f"{g.key} was revoked because {why}")
 
 
 def check_session(pg: ProcessGrants) -> None:

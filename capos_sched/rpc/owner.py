@@ -9,6 +9,7 @@ revocation applied earlier in the same thread is always seen.
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -22,15 +23,15 @@ from .grants import Grant, GrantRow, GrantTable, HostLike, PlanDiff, ProcessGran
 
 @attrs.frozen
 class Claim:
-    """A thread identity a ThreadHandle *said* it has (via ``describe``).
+    """What a ThreadHandle we could not recognise directly answered to
+    ``prove(nonce)``: it identifies a grant only if the MAC is that grant's.
 
-    Used when the handle's server object cannot be found directly (a promise
-    or a capability hosted elsewhere): it is trusted only as far as the policy
-    grant's own process holds a live thread grant for exactly this identity.
+    Used when the handle's server object cannot be found directly (a promise,
+    a handle relayed through another connection, a client-hosted one).
     """
 
-    tid: int
-    generation: int
+    nonce: bytes
+    mac: bytes
 
 
 ThreadArg = Grant | Claim
@@ -87,7 +88,7 @@ class Owner:
 
     def is_live(self, grant: Grant) -> bool:
         """False for a stale handle (never an error); revoked still fails."""
-        if grant.closed is not None and grant.closed.startswith("stale"):
+        if grant.closed is not None and grant.closed.kind == "stale":
             return False
         grant.check()
         assert grant.ref is not None
@@ -109,20 +110,20 @@ class Owner:
         return thread.ref
 
     def _claimed(self, policy: Grant, claim: Claim) -> Grant:
+        """The thread grant of the policy's own process whose secret made the
+        MAC. Every candidate is compared in constant time, with no early exit."""
         pg = self.grants.processes.get(policy.process)
-        ref = ThreadRef(claim.tid, claim.generation)
-        matches = (
-            []
-            if pg is None
-            else [g for g in pg.grants.values() if g.kind == "thread" and g.ref == ref]
-        )
-        if not matches:
+        candidates = [] if pg is None else [g for g in pg.grants.values() if g.kind == "thread"]
+        found: Grant | None = None
+        for g in candidates:
+            if hmac.compare_digest(g.prove_mac(claim.nonce), claim.mac) and found is None:
+                found = g
+        if found is None:
             raise wire_error(
                 "invalidArgument",
-                f"the thread handle does not name a thread granted to process {policy.process}",
+                f"the thread handle is not one granted to process {policy.process}",
             )
-        live = [g for g in matches if g.closed is None]
-        return (live or matches)[0]
+        return found
 
     def set_weight(self, policy: Grant, thread: ThreadArg, weight: int) -> None:
         ref = self._thread(policy, thread)
@@ -165,6 +166,9 @@ class Owner:
             diff,
             start,
         )
+
+    def prune_token_files(self, names: tuple[str, ...]) -> None:
+        self.grants.prune_token_files(names)
 
     def thread_stats(self) -> list[ThreadSnapshot]:
         out = []

@@ -1,24 +1,5 @@
-"""The compiled ``schema/capos.capnp`` (loaded once, shared by server, client and bench)."""
+"""The compiled ``schema/capos.capnp``: defined in ``capos_sched.wire`` (shared with the client)."""
 
-from __future__ import annotations
+from capos_sched.wire import capos, schema_path
 
-import functools
-from pathlib import Path
-from typing import Any
-
-import capnp
-
-from capos_sched.paths import CAPOS_SCHEMA
-
-
-def schema_path() -> Path:
-    """Where ``capos.capnp`` lives (the repository's ``schema/``)."""
-    if not CAPOS_SCHEMA.is_file():
-        raise FileNotFoundError(f"capos.capnp not found at {CAPOS_SCHEMA}")
-    return CAPOS_SCHEMA
-
-
-@functools.cache
-def capos() -> Any:
-    """The loaded schema module (``capos().SchedulingPolicyCap`` ...)."""
-    return capnp.load(str(schema_path()))
+__all__ = ["capos", "schema_path"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import secrets
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ import capnp
 import structlog
 
 from capos_sched.core import CoreError
+from capos_sched.wire import latch_kind
 
 from .bridge import Bridge, Op, OrderedSubmitter, Refusal
 from .errors import (
@@ -38,7 +40,7 @@ from .errors import (
     scrub,
     wire_error,
 )
-from .grants import Grant, ProcessGrants
+from .grants import NONCE_BYTES, Grant, ProcessGrants
 from .owner import Claim, Owner, ThreadArg
 from .schema import capos
 from .unwrap import HookRegistry
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("capos_sched.rpc")
 
 CLAIM_TIMEOUT_S = 5.0
-"""How long a handle we cannot recognise directly may take to describe itself."""
+"""How long a handle we cannot recognise directly may take to prove itself."""
 MAX_TOKEN_BYTES = 1024
 MAX_NAME_CHARS = 256
 
@@ -118,7 +120,7 @@ class ConnContext:
 Method = Callable[[Any, Any], Awaitable[None]]
 
 
-def rpc_method(fn: Method) -> Method:
+def rpc_method(fn: Method, *, bounded: bool = True) -> Method:
     """Bound, type and log one server method (see the module docstring).
 
     Whatever the method raised is turned into plain data (a Refusal) and its
@@ -131,7 +133,7 @@ def rpc_method(fn: Method) -> Method:
     @functools.wraps(fn)
     async def wrapper(self: Any, context: Any) -> None:
         ctx: ConnContext = self._ctx
-        if ctx.inflight >= ctx.max_calls:
+        if bounded and ctx.inflight >= ctx.max_calls:
             ctx.counters.overloaded += 1
             raise wire_error(
                 "overloaded", f"{ctx.max_calls} calls already in flight on this connection"
@@ -197,7 +199,12 @@ def _kj_to_wire(exc: capnp.KjException, method: str) -> WireError:
     return internal_error(ref)
 
 
-def _text(value: Any, what: str, limit: int = MAX_NAME_CHARS) -> str:
+def _text(params: Any, field: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A Text parameter, checked: UTF-8 (pycapnp decodes on access), bounded."""
+    try:
+        value = getattr(params, field)
+    except UnicodeDecodeError:
+        raise wire_error("invalidArgument", f"{what} is not valid UTF-8") from None
     if not isinstance(value, str):
         raise wire_error("invalidArgument", f"{what} must be text")
     if len(value) > limit:
@@ -234,7 +241,7 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
 
     @rpc_method
     async def get_context(self, context: Any) -> None:
-        name = _text(context.params.name, "grant name")
+        name = _text(context.params, "name", "grant name")
         grant: Grant = await self._ctx.bridge.submit(
             functools.partial(Owner.capset_get, pg=self._pg, name=name)
         )
@@ -276,6 +283,16 @@ class ThreadHandleServer(capos().ThreadHandle.Server):  # type: ignore[misc,name
         r.generation = snap.generation
         r.state = snap.state.name.lower()
 
+    # Not under --max-calls: it never waits (so it is never in flight), and a
+    # connection at its bound may be exactly the one whose held calls wait
+    # for their handles to prove themselves through it.
+    @functools.partial(rpc_method, bounded=False)
+    async def prove_context(self, context: Any) -> None:
+        nonce = bytes(context.params.nonce)
+        if len(nonce) > 1024:
+            raise wire_error("invalidArgument", "nonce longer than 1024 bytes")
+        context.results.mac = self.grant.prove_mac(nonce)  # immutable: no owner needed
+
     @rpc_method
     async def isLive_context(self, context: Any) -> None:
         context.results.live = await self._ctx.bridge.submit(
@@ -296,7 +313,7 @@ class PolicyServer(capos().SchedulingPolicyCap.Server):  # type: ignore[misc,nam
         self._seq = OrderedSubmitter(ctx.bridge)
 
     def _apply(self, thread_cap: Any, make_op: Callable[[ThreadArg], Op]) -> Awaitable[Any]:
-        """Submit now when the handle is one of ours; else ticket, describe, submit."""
+        """Submit now when the handle is one of ours; else ticket, prove, submit."""
         handle = self._ctx.registry.lookup(thread_cap)
         if handle is not None:
             return self._seq.submit(make_op(handle.grant))
@@ -354,26 +371,27 @@ def _enum_ordinal(value: Any) -> int:
 
 
 async def _claim(thread_cap: Any) -> Claim:
-    """Ask a handle we do not recognise who it is (trusted only as a claim)."""
+    """Ask a handle we do not recognise to prove which grant it is (a fresh nonce)."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
     try:
-        answer = await asyncio.wait_for(_describe(thread_cap), CLAIM_TIMEOUT_S)
+        answer = await asyncio.wait_for(_prove(thread_cap, nonce), CLAIM_TIMEOUT_S)
     except TimeoutError:
         raise wire_error(
             "invalidArgument",
-            f"the thread handle did not describe itself within {CLAIM_TIMEOUT_S} s",
+            f"the thread handle did not prove itself within {CLAIM_TIMEOUT_S} s",
         ) from None
     except capnp.KjException as exc:
         err = parse_remote(getattr(exc, "description", "") or "", getattr(exc, "type", None))
-        if err.code == "disconnected":
+        if err.code == "disconnected" and latch_kind(err.message) is None:
             raise wire_error("disconnected", err.message[:300]) from None
         raise wire_error(
-            "invalidArgument", f"the thread handle failed to describe itself ({err.code})"
+            "invalidArgument", f"the thread handle failed to prove itself ({err.code})"
         ) from None
-    return Claim(int(answer.threadId), int(answer.generation))
+    return Claim(nonce, bytes(answer.mac)[:64])
 
 
-async def _describe(thread_cap: Any) -> Any:
-    return await thread_cap.describe()
+async def _prove(thread_cap: Any, nonce: bytes) -> Any:
+    return await thread_cap.prove(nonce)
 
 
 class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
@@ -385,8 +403,8 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
     @rpc_method
     async def load_context(self, context: Any) -> None:
         params = context.params
-        source = _text(params.source, "manifest source", limit=8 * 1024 * 1024)
-        name = _text(params.name, "manifest name", limit=4096)
+        source = _text(params, "source", "manifest source", limit=8 * 1024 * 1024)
+        name = _text(params, "name", "manifest name", limit=4096)
         result = await self._ctx.service.load(source, name)
         r = context.results
         r.added = list(result.added)
@@ -397,8 +415,8 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
     @rpc_method
     async def revoke_context(self, context: Any) -> None:
         params = context.params
-        process = _text(params.process, "process")
-        grant = _text(params.grant, "grant") or None
+        process = _text(params, "process", "process")
+        grant = _text(params, "grant", "grant") or None
         changed = await self._ctx.bridge.submit(
             functools.partial(Owner.revoke, process=process, grant=grant)
         )

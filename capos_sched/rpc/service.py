@@ -386,6 +386,11 @@ class RpcService:
             except WireError as exc:
                 _log_refused(name, str(exc))
                 raise
+            files = result.diff.token_files
+            await asyncio.to_thread(files.apply)  # fsync'd writes: never in the owner
+            await self.bridge.submit(
+                functools.partial(Owner.prune_token_files, names=tuple(n for n, _ in files.write))
+            )
             log.info(
                 "plan loaded",
                 manifest=name,

@@ -63,10 +63,15 @@ class Raw:
 
 
 class GatedHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
-    """A client-hosted ThreadHandle that claims (tid, generation) once ``gate`` opens."""
+    """A client-hosted ThreadHandle that answers once ``gate`` opens.
 
-    def __init__(self, tid: int, generation: int, gate: asyncio.Event) -> None:
-        self.tid, self.generation, self.gate = tid, generation, gate
+    With ``real`` (a handle the daemon gave us) it relays ``prove`` to it, as a
+    proxy would; without, it is a forgery: it claims (tid, generation) but
+    cannot prove anything.
+    """
+
+    def __init__(self, tid: int, generation: int, gate: asyncio.Event, real: Any = None) -> None:
+        self.tid, self.generation, self.gate, self.real = tid, generation, gate, real
         self.asked = 0
 
     async def describe(self, **_: Any) -> Any:
@@ -77,12 +82,19 @@ class GatedHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
     async def isLive(self, **_: Any) -> bool:
         return True
 
+    async def prove(self, nonce: bytes, **_: Any) -> bytes:
+        self.asked += 1
+        await self.gate.wait()
+        if self.real is None:
+            return bytes(32)  # a guess: the secret never left the daemon
+        return bytes((await self.real.prove(nonce)).mac)
+
 
 class DelayedHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
-    """A client-hosted ThreadHandle that claims (tid, generation) after 0-20 ms."""
+    """A client-hosted proxy of a real handle that answers after 0-20 ms."""
 
-    def __init__(self, tid: int, generation: int) -> None:
-        self.tid, self.generation = tid, generation
+    def __init__(self, tid: int, generation: int, real: Any) -> None:
+        self.tid, self.generation, self.real = tid, generation, real
         self.rng = random.Random(7)
 
     async def describe(self, **_: Any) -> Any:
@@ -91,6 +103,10 @@ class DelayedHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
 
     async def isLive(self, **_: Any) -> bool:
         return True
+
+    async def prove(self, nonce: bytes, **_: Any) -> bytes:
+        await asyncio.sleep(self.rng.random() * 0.02)
+        return bytes((await self.real.prove(nonce)).mac)
 
 
 async def weight_of(admin_addr: str, thread: str) -> int:
@@ -219,16 +235,18 @@ def test_handles_of_another_process_or_forged_reach_nothing(daemon: Daemon) -> N
             gate.set()
             forged = S.ThreadHandle._new_client(GatedHandle(info.thread_id, info.generation, gate))
             err = await expect(InvalidArgument, other_policy.cap.setWeight(forged, 5))
-            assert "does not name a thread granted to process other" in err.message
-            # a forged handle claiming other's own thread b is only as good as other's grant
+            assert "not one granted to process other" in err.message
+            # a forged handle naming other's own thread b is refused too: naming a
+            # thread is not holding a handle to it
             b = await other.thread("b")
             binfo = await b.describe()
             forged_b = S.ThreadHandle._new_client(
                 GatedHandle(binfo.thread_id, binfo.generation, gate)
             )
-            await other_policy.cap.setWeight(forged_b, 77)
+            err = await expect(InvalidArgument, other_policy.cap.setWeight(forged_b, 77))
+            assert "not one granted to process other" in err.message
         assert await weight_of(daemon.admin, "fairness/a") == 2048
-        assert await weight_of(daemon.admin, "fairness/b") == 77
+        assert await weight_of(daemon.admin, "fairness/b") == 1024
 
     arun(go)
 
@@ -252,7 +270,9 @@ def test_calls_take_effect_in_send_order_pipelining_included(workdir: Path, unwr
                 caps = raw.restorer.restore(d.token("tuner")).caps
                 policy = caps.get("policy").cap.cast_as(S.SchedulingPolicyCap)
                 handle = caps.get("a").cap.cast_as(S.ThreadHandle)
-                slow = S.ThreadHandle._new_client(DelayedHandle(info.thread_id, info.generation))
+                slow = S.ThreadHandle._new_client(
+                    DelayedHandle(info.thread_id, info.generation, handle)
+                )
                 sent: list[tuple[str, int, Any]] = []
                 for i in range(300):
                     weight = 1 + (i * 37) % 9999
@@ -286,7 +306,9 @@ def test_revocation_fails_closed_with_1000_calls_in_flight(daemon: Daemon) -> No
             policy, a = await s.policy(), await s.thread("a")
             info = await a.describe()
             gate = asyncio.Event()
-            slow = S.ThreadHandle._new_client(GatedHandle(info.thread_id, info.generation, gate))
+            slow = S.ThreadHandle._new_client(
+                GatedHandle(info.thread_id, info.generation, gate, a.cap)
+            )
             weights = [1 + (i * 13) % 9999 for i in range(1000)]
             calls = [
                 asyncio.ensure_future(_settle(policy.cap.setWeight(a.cap if i < 300 else slow, w)))
@@ -490,7 +512,7 @@ def test_overload_refuses_calls_past_the_bound_without_queueing(workdir: Path) -
                 info = await a.describe()
                 gate = asyncio.Event()
                 slow = S.ThreadHandle._new_client(
-                    GatedHandle(info.thread_id, info.generation, gate)
+                    GatedHandle(info.thread_id, info.generation, gate, a.cap)
                 )
                 held = [
                     asyncio.ensure_future(_settle(policy.cap.setWeight(slow, 100 + i)))

@@ -89,6 +89,9 @@ def test_internal_faults_reach_clients_as_failed_with_a_ref_and_no_traceback(
     logged = {entry.get("ref"): entry for entry in logs if entry.get("ref")}
     assert set(refs) <= set(logged)
     assert all(logged[r]["log_level"] == "error" for r in refs)
+    # the log (never the client) has the exception text under each ref
+    details = sorted(logged[r]["error"] for r in refs)
+    assert details == ["KeyError: 'rpc secret detail'", "RuntimeError: owner secret detail"]
 
 
 def test_repeated_restore_and_get_on_one_connection_does_not_grow_its_state(
@@ -167,3 +170,69 @@ def test_admin_load_evaluates_the_manifest_outside_the_daemon_interpreter(
     assert_no_traceback(str(bad))
     weights = inproc.call(lambda o: {t.name: t.weight for t in o.host.scheduler.threads()})
     assert weights["fairness/a"] == 512
+
+
+def test_invalid_utf8_in_text_parameters_is_invalid_argument(inproc: InProcess) -> None:
+    async def go() -> list[str]:
+        texts = []
+        async with await connect(inproc.listen, token=inproc.token("tuner")) as s:
+            texts.append(str(await expect(InvalidArgument, s.caps.get(b"\xff\xfe"))))
+            assert await s.list() == ["a", "b", "policy"]  # the session carries on
+        async with await connect_admin(inproc.admin) as admin:
+            texts.append(str(await expect(InvalidArgument, admin.admin.revoke(b"\xc3", b""))))
+            texts.append(str(await expect(InvalidArgument, admin.admin.revoke("tuner", b"\xff"))))
+            texts.append(str(await expect(InvalidArgument, admin.admin.load("x", b"\xff.cue"))))
+            texts.append(str(await expect(InvalidArgument, admin.admin.load(b"\xff", "m.cue"))))
+            assert {g.state for g in await admin.grants()} == {"granted"}  # nothing changed
+        return texts
+
+    texts = arun(go)
+    assert all(t.startswith("invalidArgument: ") and "not valid UTF-8" in t for t in texts), texts
+
+
+def test_json_logs_carry_the_exception_text_not_just_a_flag() -> None:
+    import io
+    import json
+
+    from capos_sched.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("info", "json", file=out)
+    try:
+        raise RuntimeError("the detail an operator needs")
+    except RuntimeError as exc:
+        structlog.get_logger("t").error("internal error", ref="abc", exc_info=exc)
+    finally:
+        structlog.reset_defaults()
+    entry = json.loads(out.getvalue().splitlines()[-1])
+    assert "the detail an operator needs" in entry["exception"]
+    assert entry.get("exc_info") in (None, False)
+
+
+def test_load_writes_token_files_off_the_owner_thread(
+    inproc: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync'd token writes in the owner stalled every other call (2000 files:
+    3.8 s of no answers); they happen in a worker thread now."""
+    import threading
+
+    from capos_sched.rpc import grants
+
+    real = grants._write_private
+    writers: list[int] = []
+
+    def spy(path: object, text: str) -> None:
+        writers.append(threading.get_ident())
+        real(path, text)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(grants, "_write_private", spy)
+    owner_thread = inproc.call(lambda _owner: threading.get_ident())
+
+    async def go() -> None:
+        async with await connect_admin(inproc.admin) as admin:
+            await admin.load(BASE_MANIFEST.replace("weight: 2048", "weight: 600"), "m")
+
+    arun(go)
+    assert writers, "the load wrote no token file"
+    assert owner_thread not in writers
+    assert (inproc.grants / "tuner.token").read_bytes().strip() == inproc.token("tuner")

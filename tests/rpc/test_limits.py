@@ -85,3 +85,28 @@ async def asyncio_sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+def test_a_second_serve_on_live_sockets_touches_nothing(daemon: Daemon) -> None:
+    before = {p.name: p.read_bytes() for p in daemon.grants.iterdir()}
+    other = daemon.dir / "grants-2"
+    out = cli(
+        "serve",
+        str(daemon.manifest),
+        "--listen",
+        daemon.listen,
+        "--admin",
+        daemon.admin,
+        "--grants-dir",
+        str(other),
+    )
+    assert out.returncode == 1
+    assert "another process is already serving" in out.stderr
+    assert not other.exists()  # nothing written, not even the directory
+    assert {p.name: p.read_bytes() for p in daemon.grants.iterdir()} == before
+
+    async def still_works() -> None:
+        async with await connect(daemon.listen, token=daemon.token("tuner")) as s:
+            assert await s.list() == ["a", "b", "policy"]
+
+    arun(still_works)

@@ -32,6 +32,9 @@ class FailingHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
     async def describe(self, **_: Any) -> Any:
         raise ValueError("no identity here")
 
+    async def prove(self, **_: Any) -> Any:
+        raise ValueError("no identity here")
+
     async def isLive(self, **_: Any) -> bool:
         return True
 
@@ -48,7 +51,7 @@ def _claim_traffic(d: Daemon, rounds: int = 4) -> None:
             opened.set()
             for r in range(rounds):
                 claimed = S.ThreadHandle._new_client(
-                    GatedHandle(info.thread_id, info.generation, opened)
+                    GatedHandle(info.thread_id, info.generation, opened, a.cap)
                 )
                 forged = S.ThreadHandle._new_client(GatedHandle(9999, 1, opened))
                 failing = S.ThreadHandle._new_client(FailingHandle())
@@ -70,7 +73,9 @@ def _revoke_with_claims_in_flight(d: Daemon) -> None:
             policy, b = await s.policy(), await s.thread("b")
             info = await b.describe()
             gate = asyncio.Event()
-            held = S.ThreadHandle._new_client(GatedHandle(info.thread_id, info.generation, gate))
+            held = S.ThreadHandle._new_client(
+                GatedHandle(info.thread_id, info.generation, gate, b.cap)
+            )
             calls = [
                 asyncio.ensure_future(_settle(policy.cap.setWeight(held, 7))) for _ in range(300)
             ]
@@ -96,7 +101,7 @@ def _vanish_mid_call(d: Daemon) -> None:
             handle = caps.get("a").cap.cast_as(S.ThreadHandle)
             info = await handle.describe()
             held = S.ThreadHandle._new_client(
-                GatedHandle(info.threadId, info.generation, asyncio.Event())
+                GatedHandle(info.threadId, info.generation, asyncio.Event(), handle)
             )
             pending = [policy.setWeight(held, 7) for _ in range(100)]
             pending += [policy.setWeight(handle, 1 + i) for i in range(200)]
