@@ -367,7 +367,7 @@ class Scheduler:
         if queue is None:
             raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}")
         owner = thread.owner
-        if (owner is not None and owner.kind != QUEUED) or thread.state is not ThreadState.RUNNABLE:
+        if (owner is not None and owner.kind != QUEUED) or thread.state is not RUNNABLE_STATE:
             raise PolicyViolation(
                 f"insert of {thread.name}: thread is {thread.state.name}"
                 + ("" if owner is None else f" and owned by {owner.kind} of CPU {owner.cpu}")
@@ -376,12 +376,13 @@ class Scheduler:
             raise PolicyViolation(f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r}")
         if owner is not None and owner is not queue:
             owner.discard(thread)
-        if queue.cpu is not None and thread.last_cpu != queue.cpu:
-            self._assign_cpu(thread, queue.cpu)
+        local_cpu = queue.cpu
+        if local_cpu is not None and thread.last_cpu != local_cpu:
+            self._assign_cpu(thread, local_cpu)
             thread.dispatch_source = "queue"
         thread.slice_ns = slice_ns
-        self._enqueue_seq += 1
-        queue.push(thread, key or 0, self._enqueue_seq)
+        seq = self._enqueue_seq = self._enqueue_seq + 1
+        queue.push(thread, key or 0, seq)
         thread.owner = queue
 
     def move_to_local(
@@ -398,6 +399,17 @@ class Scheduler:
             thread = queue.pop()
             if thread is None:
                 return False
+            if cpu == self._dispatching and self._handoff is None:
+                # The one thread the dispatching CPU runs next, handed over
+                # without a round trip through its (empty) local DSQ.
+                local = self.cpus[cpu].local
+                if not local._entries:
+                    if thread.last_cpu != cpu:
+                        self._assign_cpu(thread, cpu)
+                    thread.dispatch_source = source
+                    thread.owner = local
+                    self._handoff = thread
+                    return True
         elif thread.owner is queue:
             queue.discard(thread)
         else:
