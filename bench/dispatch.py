@@ -182,7 +182,8 @@ Examples:
 @click.option(
     "--compare-core",
     type=click.Path(file_okay=False, exists=True),
-    help="Also time the core package in this directory, interleaved with ours.",
+    help="Also time the core package in this directory, interleaved with ours. "
+    "[default: none (ours only)]",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def dispatch(threads: int, cpus: int, cycles: int, compare_core: str | None, as_json: bool) -> None:
