@@ -12,12 +12,18 @@ keys that advance like virtual finishes do: the least a heap-ordered
 dispatcher written in Python could cost.
 
     python -m bench.dispatch --threads 100000 --json
+
+``--compare-core DIR`` also times another copy of ``capos_sched/core`` (for
+instance main's, before a change: ``git archive main | tar -x -C /tmp/base``,
+then ``--compare-core /tmp/base/capos_sched/core``) in the same process, its
+batches interleaved with ours, so a loaded host slows both alike.
 """
 
 from __future__ import annotations
 
 import gc
 import heapq
+import importlib.util
 import json
 import random
 import statistics
@@ -27,7 +33,7 @@ from collections.abc import Callable
 
 import click
 
-from capos_sched.core import MAX_WEIGHT, SLICE_NS, QueueCpu, Scheduler
+from capos_sched.core import MAX_WEIGHT, SLICE_NS, Scheduler
 from capos_sched.core.constants import MAX_CPUS
 
 
@@ -43,12 +49,27 @@ def median_batch_ns(run_batch: Callable[[int], None], cycles: int) -> float:
     return statistics.median(batches)
 
 
-def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> float:
-    """Nanoseconds per dispatch cycle."""
+def load_core(directory: str) -> type:
+    """The ``Scheduler`` class of the core package at ``directory`` (loaded
+    under its own name, so it does not replace ours)."""
+    name = "bench_compared_core"
+    spec = importlib.util.spec_from_file_location(
+        name, f"{directory}/__init__.py", submodule_search_locations=[directory]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.Scheduler
+
+
+def dispatch_batch(threads: int, cpus: int, seed: int = 0, scheduler: type = Scheduler):
+    """A loaded core and ``run_batch(n)`` running n dispatch cycles on it."""
     rng = random.Random(seed)
-    core = Scheduler(cpus)
+    core = scheduler(cpus)
+    placement = sys.modules[scheduler.__module__].QueueCpu
     for i in range(threads):
-        core.spawn(f"t{i}", 0, rng.randint(1, MAX_WEIGHT), placement=QueueCpu(i % cpus))
+        core.spawn(f"t{i}", 0, rng.randint(1, MAX_WEIGHT), placement=placement(i % cpus))
     clock = [0]
     for cpu in range(cpus):
         core.pick_next(cpu, 0)
@@ -63,7 +84,27 @@ def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> flo
             pick(cpu, now)
         clock[0] = now
 
-    return median_batch_ns(run_batch, cycles)
+    return run_batch
+
+
+def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> float:
+    """Nanoseconds per dispatch cycle."""
+    return median_batch_ns(dispatch_batch(threads, cpus, seed), cycles)
+
+
+def compare_dispatch(threads: int, cpus: int, cycles: int, other: type) -> tuple[float, float]:
+    """(ours, other's) nanoseconds per cycle: medians of 9 batches each, run
+    alternately."""
+    runs = [dispatch_batch(threads, cpus), dispatch_batch(threads, cpus, scheduler=other)]
+    per_batch = max(1, cycles // 9)
+    times: list[list[float]] = [[], []]
+    for _ in range(9):
+        for k, run_batch in enumerate(runs):
+            gc.collect()
+            start = time.perf_counter_ns()
+            run_batch(per_batch)
+            times[k].append((time.perf_counter_ns() - start) / per_batch)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
@@ -85,8 +126,17 @@ def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
     return median_batch_ns(run_batch, cycles)
 
 
-def run(threads: int, cpus: int, cycles: int) -> dict:
-    dispatch_ns = measure_dispatch(threads, cpus, cycles)
+def run(threads: int, cpus: int, cycles: int, compare_core: str | None = None) -> dict:
+    compared: dict = {}
+    if compare_core is not None:
+        dispatch_ns, other_ns = compare_dispatch(threads, cpus, cycles, load_core(compare_core))
+        compared = {
+            "compared_core": compare_core,
+            "compared_ns_per_dispatch": round(other_ns, 1),
+            "vs_compared": round(dispatch_ns / other_ns, 3),
+        }
+    else:
+        dispatch_ns = measure_dispatch(threads, cpus, cycles)
     heapq_ns = measure_heapq(threads, cycles)
     return {
         "threads": threads,
@@ -96,6 +146,7 @@ def run(threads: int, cpus: int, cycles: int) -> dict:
         "heapq_ns": round(heapq_ns, 1),
         "ratio": round(dispatch_ns / heapq_ns, 2),
         "python": sys.version.split()[0],
+        **compared,
     }
 
 
@@ -128,15 +179,21 @@ Examples:
     show_default=True,
     help="Dispatch cycles timed (in 5 batches; median reported).",
 )
+@click.option(
+    "--compare-core",
+    type=click.Path(file_okay=False, exists=True),
+    help="Also time the core package in this directory, interleaved with ours. "
+    "[default: none (ours only)]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def dispatch(threads: int, cpus: int, cycles: int, as_json: bool) -> None:
+def dispatch(threads: int, cpus: int, cycles: int, compare_core: str | None, as_json: bool) -> None:
     """Cost of one dispatch cycle (pick, charge, re-enqueue, steal checks) at N threads,
     against heapq pop+push at the same N, measured in the same run."""
     if not as_json:
         click.echo(
             f"measuring {cycles} dispatch cycles at {threads} threads on {cpus} CPUs...", err=True
         )
-    result = run(threads, cpus, cycles)
+    result = run(threads, cpus, cycles, compare_core)
     if as_json:
         click.echo(json.dumps(result))
         return

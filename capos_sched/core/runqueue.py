@@ -99,6 +99,16 @@ class VirtualFinishQueue:
             heapq.heappop(heap)
         return None
 
+    def front(self) -> Thread | None:
+        """The front thread (None when empty), without building a tuple."""
+        heap, entries = self._heap, self._entries
+        while heap:
+            thread = entries.get(heap[0] & _SEQ_MASK)
+            if thread is not None:
+                return thread
+            heapq.heappop(heap)
+        return None
+
     def head_key(self) -> int | None:
         """The front's virtual finish (None when empty), without building a tuple."""
         heap, entries = self._heap, self._entries

@@ -212,6 +212,7 @@ class _Tag:
 
 
 RUNNING, IPC_SLOT = "running", "ipcSlot"
+RUNNING_STATE, RUNNABLE_STATE = ThreadState.RUNNING, ThreadState.RUNNABLE
 
 
 @attrs.define(eq=False)
@@ -230,6 +231,8 @@ class Cpu:
     current: Thread | None = None
     ipc_slot: ThreadRef | None = None
     last_tid: int | None = None
+    running_finish: int = 0
+    """The virtual finish of the running slice (vruntime + budget * REF / weight)."""
     idle: bool = False
     """The last pick found nothing (the CPU parks until kicked)."""
 
@@ -364,7 +367,7 @@ class Scheduler:
         if queue is None:
             raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}")
         owner = thread.owner
-        if (owner is not None and owner.kind != QUEUED) or thread.state is not ThreadState.RUNNABLE:
+        if (owner is not None and owner.kind != QUEUED) or thread.state is not RUNNABLE_STATE:
             raise PolicyViolation(
                 f"insert of {thread.name}: thread is {thread.state.name}"
                 + ("" if owner is None else f" and owned by {owner.kind} of CPU {owner.cpu}")
@@ -373,12 +376,13 @@ class Scheduler:
             raise PolicyViolation(f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r}")
         if owner is not None and owner is not queue:
             owner.discard(thread)
-        if queue.cpu is not None and thread.last_cpu != queue.cpu:
-            self._assign_cpu(thread, queue.cpu)
+        local_cpu = queue.cpu
+        if local_cpu is not None and thread.last_cpu != local_cpu:
+            self._assign_cpu(thread, local_cpu)
             thread.dispatch_source = "queue"
         thread.slice_ns = slice_ns
-        self._enqueue_seq += 1
-        queue.push(thread, key or 0, self._enqueue_seq)
+        seq = self._enqueue_seq = self._enqueue_seq + 1
+        queue.push(thread, key or 0, seq)
         thread.owner = queue
 
     def move_to_local(
@@ -395,6 +399,17 @@ class Scheduler:
             thread = queue.pop()
             if thread is None:
                 return False
+            if cpu == self._dispatching and self._handoff is None:
+                # The one thread the dispatching CPU runs next, handed over
+                # without a round trip through its (empty) local DSQ.
+                local = self.cpus[cpu].local
+                if not local._entries:
+                    if thread.last_cpu != cpu:
+                        self._assign_cpu(thread, cpu)
+                    thread.dispatch_source = source
+                    thread.owner = local
+                    self._handoff = thread
+                    return True
         elif thread.owner is queue:
             queue.discard(thread)
         else:
@@ -422,6 +437,11 @@ class Scheduler:
             self._kicks.append(cpu)
         elif preempt:
             self._preempts.append(cpu)
+
+    def running_virtual_finish(self, cpu: int) -> int:
+        """The virtual finish of the slice ``cpu`` runs (its ``Dispatch``'s), 0 when idle."""
+        c = self.cpus[cpu]
+        return c.running_finish if c.current is not None else 0
 
     def is_idle(self, cpu: int) -> bool:
         """True when ``cpu`` runs nothing."""
@@ -618,8 +638,12 @@ class Scheduler:
 
     def pick_next(self, cpu_id: int, now_ns: int) -> Dispatch | None:
         """Choose what ``cpu_id`` runs next: IPC slot, local DSQ, global DSQ,
-        then what the policy's ``dispatch`` moves to the local DSQ."""
-        cpu = self._cpu(cpu_id)
+        then what the policy's ``dispatch`` moves to the local DSQ.
+
+        This and ``preempt_current`` are the dispatch cycle: written flat (no
+        helper calls on the common path) because every call costs here.
+        """
+        cpu = self.cpus[cpu_id] if 0 <= cpu_id < self.nr_cpus else self._cpu(cpu_id)
         if cpu.current is not None:
             raise InvalidState(
                 f"pick_next on CPU {cpu_id}: CPU is running {cpu.current.name}; stop it first"
@@ -627,17 +651,18 @@ class Scheduler:
         self.now_ns = now_ns
         if self._fx is None and self._kicks:
             self._fresh_effects()
+        thread = None
         if cpu.ipc_slot is not None:
             thread = self._take_ipc_slot(cpu)
             if thread is not None:
                 thread.slice_ns = None
-                return self._dispatch(cpu, thread, now_ns, "ipcSlot")
-        local = cpu.local
-        thread = local.pop() if local._entries else None
+                source = "ipcSlot"
         if thread is None:
-            thread = self._global.pop() if self._global._entries else None
-            if thread is not None:
-                source = "queue"
+            local = cpu.local
+            if local._entries:
+                thread = local.pop()
+            elif self._global._entries:
+                thread = self._global.pop()
             else:
                 epoch = self._epoch
                 self._dispatching = cpu_id
@@ -655,16 +680,45 @@ class Scheduler:
                     if thread is None:
                         self._go_idle(cpu, now_ns)
                         return None
-                source = thread.dispatch_source
-        else:
-            source = thread.dispatch_source
-        return self._dispatch(cpu, thread, now_ns, source)
+            source = thread.dispatch_source  # type: ignore[union-attr]
+        assert thread is not None
+        if cpu.idle:
+            self._idle_acc_ns += self._nr_idle * max(0, now_ns - self._idle_changed_ns)
+            self._idle_changed_ns = now_ns
+            self._nr_idle -= 1
+            cpu.idle = False
+        if thread.last_cpu != cpu_id:
+            self._assign_cpu(thread, cpu_id)
+        if cpu.last_tid != thread.tid:
+            thread.context_switches += 1
+            cpu.last_tid = thread.tid
+        thread.state = RUNNING_STATE
+        thread.owner = cpu.running_tag
+        thread.last_started_ns = now_ns
+        cpu.current = thread
+        budget = thread.slice_ns or class_slice_ns(thread.latency_class, self.slice_ns)
+        cpu.running_finish = finish = (
+            thread.virtual_runtime_ns + budget * REFERENCE_WEIGHT // thread.weight
+        )
+        if self._cb_running is not None:
+            try:
+                self._cb_running(self, thread)
+            except BaseException as exc:
+                self._fault("running", exc)
+        return Dispatch(cpu_id, thread.ref, thread.name, budget, finish, source)
 
     def preempt_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
         """The running thread's slice ended (expired or cut short): charge it and
         hand it back to the policy (``stopping`` then ``enqueue``)."""
-        cpu = self._cpu(cpu_id)
-        thread = self._stop_current(cpu, elapsed_ns)
+        cpu = self.cpus[cpu_id] if 0 <= cpu_id < self.nr_cpus else self._cpu(cpu_id)
+        thread = cpu.current
+        if thread is None:
+            raise InvalidState(f"CPU {cpu_id} is idle: nothing to stop")
+        thread.charge_runtime(elapsed_ns)  # as _stop_current, written flat (hot path)
+        self._charged_ns += elapsed_ns
+        cpu.current = None
+        thread.owner = None
+        thread.state = RUNNABLE_STATE
         thread.preemptions += 1
         self.now_ns = now_ns
         if self._cb_stopping is not None:
@@ -676,7 +730,14 @@ class Scheduler:
                 + self._idle_acc_ns
                 + (self._nr_idle * (now_ns - self._idle_changed_ns) if self._nr_idle else 0)
             )
-            self._enqueue(thread, ENQ_PREEMPTED)
+            epoch = self._epoch
+            try:
+                self._cb_enqueue(self, thread, ENQ_PREEMPTED)
+            except BaseException as exc:
+                self._fault("enqueue", exc)
+            else:
+                if thread.owner is None and self._epoch == epoch:
+                    self._dropped(thread)
         return thread.ref
 
     def block_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
@@ -1125,10 +1186,13 @@ class Scheduler:
             self._fault("enqueue", exc)
             return
         if thread.owner is None and self._epoch == epoch:
-            self._fault(
-                "enqueue",
-                PolicyViolation(f"enqueue left {thread.name} in no DSQ (a dropped thread)"),
-            )
+            self._dropped(thread)
+
+    def _dropped(self, thread: Thread) -> None:
+        self._fault(
+            "enqueue",
+            PolicyViolation(f"enqueue left {thread.name} in no DSQ (a dropped thread)"),
+        )
 
     def _requeue_if_dropped(self, thread: Thread, callback: str) -> None:
         if thread.state is ThreadState.RUNNABLE and thread.owner is None:
@@ -1147,30 +1211,6 @@ class Scheduler:
             self._idle_changed_ns = now_ns
             self._nr_idle += 1
             cpu.idle = True
-
-    def _dispatch(self, cpu: Cpu, thread: Thread, now_ns: int, source: str) -> Dispatch:
-        if cpu.idle:
-            self._idle_acc_ns += self._nr_idle * max(0, now_ns - self._idle_changed_ns)
-            self._idle_changed_ns = now_ns
-            self._nr_idle -= 1
-            cpu.idle = False
-        if thread.last_cpu != cpu.id:
-            self._assign_cpu(thread, cpu.id)
-        if cpu.last_tid != thread.tid:
-            thread.context_switches += 1
-            cpu.last_tid = thread.tid
-        thread.state = ThreadState.RUNNING
-        thread.owner = cpu.running_tag
-        thread.last_started_ns = now_ns
-        cpu.current = thread
-        budget = thread.slice_ns or class_slice_ns(thread.latency_class, self.slice_ns)
-        finish = thread.virtual_runtime_ns + budget * REFERENCE_WEIGHT // thread.weight
-        if self._cb_running is not None:
-            try:
-                self._cb_running(self, thread)
-            except BaseException as exc:
-                self._fault("running", exc)
-        return Dispatch(cpu.id, thread.ref, thread.name, budget, finish, source)
 
     def _stop_current(self, cpu: Cpu, elapsed_ns: int) -> Thread:
         thread = cpu.current

@@ -75,6 +75,7 @@ async def test_a_broken_user_policy_is_ejected_on_the_runtime(how, callback, kin
 async def test_hot_swap_on_the_runtime_conserves_accounting() -> None:
     runtime = Runtime(machine(), "wfq", guard=AlarmGuard())
     switches = ["eevdf", resolve_policy(SIMPLE).create(), "fifo", "wfq"]
+    phases = []
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
         for policy in switches:
@@ -86,13 +87,14 @@ async def test_hot_swap_on_the_runtime_conserves_accounting() -> None:
             after = {
                 t.name: (t.runtime_ns, t.virtual_runtime_ns) for t in runtime.scheduler.threads()
             }
-            assert after == before
+            assert after == before  # a switch changes no thread's accounting
             runtime.scheduler.check_invariants()
+            phases.append(after)
         await trio.sleep(0.15)
         runtime.request_stop("test")
     report = runtime.report()
     assert report["policy_final"] == "wfq" and report["policy_exits"] == []
-    threads = by_name(report)
-    assert all(t["runtime_ns"] > 0 for t in threads.values())
-    busy = threads["h/a"]["runtime_ns"] + threads["h/b"]["runtime_ns"]
-    assert busy >= 0.6 * report["elapsed_ns"]  # the hogs kept both CPUs mostly busy
+    phases.append({t["name"]: (t["runtime_ns"],) for t in report["threads"]})
+    for name in ("h/a", "h/b"):  # every hog ran under every policy: none was lost
+        runtimes = [phase[name][0] for phase in phases]
+        assert runtimes == sorted(set(runtimes)), (name, runtimes)

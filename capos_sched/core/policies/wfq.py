@@ -44,7 +44,6 @@ class WfqPolicy:
         self.class_slice = {c: class_slice_ns(c, ctx.slice_ns) for c in LatencyClass}
         self.queues = [ctx.create_dsq(cpu, ordered=True) for cpu in range(ctx.nr_cpus)]
         self.vtime = [0] * ctx.nr_cpus
-        self.running_finish = [0] * ctx.nr_cpus
         self._vtime_checked = [0] * ctx.nr_cpus
 
     def select_cpu(self, ctx: Any, thread: Any, prev_cpu: int) -> int:
@@ -66,7 +65,7 @@ class WfqPolicy:
         if ctx.is_idle(cpu):
             ctx.kick(cpu)
             return
-        if thread.latency_class is INTERACTIVE and finish < self.running_finish[cpu]:
+        if thread.latency_class is INTERACTIVE and finish < ctx.running_virtual_finish(cpu):
             ctx.kick(cpu, preempt=True)
         idle = ctx.pick_idle_cpu()
         if idle >= 0:
@@ -83,11 +82,9 @@ class WfqPolicy:
     def running(self, ctx: Any, thread: Any) -> None:
         cpu = thread.last_cpu
         vruntime = thread.virtual_runtime_ns
-        budget = self.class_slice[thread.latency_class]
-        self.running_finish[cpu] = vruntime + budget * REF // thread.weight
-        head = self.queues[cpu].head()
-        if head is not None and head[1].virtual_runtime_ns < vruntime:
-            vruntime = head[1].virtual_runtime_ns
+        front = self.queues[cpu].front()
+        if front is not None and front.virtual_runtime_ns < vruntime:
+            vruntime = front.virtual_runtime_ns
         if vruntime > self.vtime[cpu]:
             self.vtime[cpu] = vruntime
 
