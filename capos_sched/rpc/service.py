@@ -298,7 +298,10 @@ class RpcService:
 
     def _new_ctx(self, kind: str) -> ConnContext:
         self._next_conn += 1
-        return ConnContext(self, self.bridge, self._next_conn, kind, self.config.max_calls)
+        load = self.load if kind == "admin" else None  # only the operator loads plans
+        return ConnContext(
+            self.bridge, self.counters, load, self._next_conn, kind, self.config.max_calls
+        )
 
     async def _serve_gated(self, conn: Conn, bootstrap: Any, words: int) -> None:
         assert conn.gate is not None
