@@ -37,8 +37,9 @@ from .bridge import Bridge
 from .children import check_exec
 from .gate import GateLimits
 from .grants import GrantTable, HostLike
+from .loads import PlanLoader
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService, ServeError, SocketLimits
+from .service import RpcConfig, RpcService, ServeError, SocketLimits
 
 log = structlog.get_logger("capos_sched.rpc")
 
