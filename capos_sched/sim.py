@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -64,8 +65,13 @@ class Simulator:
         seed: int = 0,
         jitter: float = 0.0,
         guard: CallbackGuard | None = None,
+        watchdog_ns: int | None = None,
     ) -> None:
         self.core = Scheduler(cpus, policy, slice_ns, guard=guard)
+        self.watchdog_ns = watchdog_ns
+        """Stall threshold: a judged wait longer than this ejects the policy
+        (checked every quarter of it; None: no watchdog)."""
+        self._calls: list[Callable[[], None]] = []
         self._initial_policy = self.core.policy_name
         self.now_ns = 0
         self._rng = random.Random(seed)
@@ -96,6 +102,8 @@ class Simulator:
         """Simulate until ``duration_ns`` or until every finite thread finished."""
         for cpu in sorted(self._idle):
             self._schedule(self.now_ns, "kick", cpu)
+        if self.watchdog_ns is not None:
+            self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
         end = self.now_ns + duration_ns
         while self._events and not self._all_finite_done():
             at, seq, kind, arg = self._events[0]
@@ -110,6 +118,10 @@ class Simulator:
                 self._on_timer(arg)
             elif kind == "kick" and arg in self._idle:
                 self._try_dispatch(arg)
+            elif kind == "call":
+                self._calls[arg]()
+            elif kind == "watchdog":
+                self._watchdog()
         self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
         return self.report()
 
@@ -134,6 +146,23 @@ class Simulator:
             "policy_final": self.core.policy_name,
             "policy_exits": [record.as_dict() for record in self.core.exits],
         }
+
+    def at(self, time_ns: int, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` at virtual time ``time_ns`` during ``run`` (an operator's act)."""
+        self._calls.append(fn)
+        self._schedule(time_ns, "call", len(self._calls) - 1)
+
+    def _watchdog(self) -> None:
+        assert self.watchdog_ns is not None
+        stalls = self.core.stalls(self.now_ns, self.watchdog_ns)
+        if stalls:
+            worst = stalls[0]
+            self.core.eject(
+                "stall", f"{worst.name} waited {worst.judged_ns / 1e6:.1f} ms", self.now_ns
+            )
+            for cpu in sorted(self._idle):
+                self._schedule(self.now_ns, "kick", cpu)
+        self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
 
     def set_policy(self, policy: Any) -> None:
         """Switch policies at the current virtual time (atomic, see the core)."""

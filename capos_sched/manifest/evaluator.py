@@ -249,6 +249,56 @@ class Evaluator:
         return Field(value, all(d.optional for d in decls), decls[0].pos)
 
     def _eval_ref(self, ref: syntax.Ref, scopes: tuple[syntax.StructLit, ...]) -> Value:
+        unresolved = self._unresolved(ref, scopes)
+        if unresolved is not None:
+            return unresolved
+        if ref.name in self._package_idents:
+            return self.reference(ref.name, ref.pos)
+        kinds, low, high = _TYPES[ref.name]
+        return Constraint(kinds, ref.pos, low, high)
+
+    def check_references(self, diagnostics: Diagnostics) -> None:
+        """Report every reference of the manifest files that does not resolve
+        or is not supported, wherever it stands (in a pattern constraint, an
+        optional field, a list's tail ...): in CUE an unresolved reference is
+        an error of the file, evaluated or not."""
+        for file in self.files:
+            if file.has_references and not file.source.is_schema:
+                for decl in file.decls:
+                    self._check_decl(decl, (), diagnostics)
+
+    def _check_decl(
+        self, decl: syntax.Decl, scopes: tuple[syntax.StructLit, ...], diagnostics: Diagnostics
+    ) -> None:
+        if isinstance(decl, syntax.PatternField):
+            self._check_expr(decl.pattern, scopes, diagnostics)
+        self._check_expr(decl.value, scopes, diagnostics)
+
+    def _check_expr(
+        self, expr: syntax.Expr, scopes: tuple[syntax.StructLit, ...], diagnostics: Diagnostics
+    ) -> None:
+        if isinstance(expr, syntax.Ref):
+            unresolved = self._unresolved(expr, scopes)
+            for found in unresolved.problems if unresolved is not None else ():
+                diagnostics.error(found.pos, found.message())
+        elif isinstance(expr, syntax.StructLit):
+            inner = (expr, *scopes)
+            for decl in expr.decls:
+                self._check_decl(decl, inner, diagnostics)
+        elif isinstance(expr, syntax.Conj | syntax.Disj):
+            for term in expr.terms:
+                self._check_expr(term, scopes, diagnostics)
+        elif isinstance(expr, syntax.ListLit):
+            for item in expr.items:
+                self._check_expr(item, scopes, diagnostics)
+            if expr.tail is not None:
+                self._check_expr(expr.tail, scopes, diagnostics)
+        elif isinstance(expr, syntax.Selector | syntax.Bound):
+            self._check_expr(expr.operand, scopes, diagnostics)
+
+    def _unresolved(self, ref: syntax.Ref, scopes: tuple[syntax.StructLit, ...]) -> Bottom | None:
+        """Why ``ref`` cannot be evaluated, or None when it resolves to a
+        top-level name or a predeclared type."""
         name = ref.name
         for lit in scopes:
             if name in lit.idents:
@@ -258,11 +308,8 @@ class Evaluator:
                     f"reference `{name}` to a field of an enclosing struct is {UNSUPPORTED}; "
                     "only top-level fields and definitions can be referenced",
                 )
-        if name in self._package_idents:
-            return self.reference(name, ref.pos)
-        if name in _TYPES:
-            kinds, low, high = _TYPES[name]
-            return Constraint(kinds, ref.pos, low, high)
+        if name in self._package_idents or name in _TYPES:
+            return None
         if name in _UNSUPPORTED_PREDECLARED:
             return problem(Code.UNSUPPORTED, ref.pos, f"the predeclared `{name}` is {UNSUPPORTED}")
         candidates = sorted(self._package_idents | set(_TYPES))

@@ -423,9 +423,14 @@ def same_value(a: Value, b: Value) -> bool:
     """Whether two values are the same CUE value (positions aside): a
     disjunction keeps one of two equal alternatives (CUE: ``{a: 1} | {a: 1}``
     is ``{a: 1}``)."""
-    a, b = force(a), force(b)
     if a is b:
         return True
+    if isinstance(a, Lazy) or isinstance(b, Lazy):
+        a, b = force(a), force(b)
+        if a is b:
+            return True
+    if type(a) is not type(b):
+        return False
     if isinstance(a, Atom) and isinstance(b, Atom):
         return a.same_as(b)
     if isinstance(a, Constraint) and isinstance(b, Constraint):

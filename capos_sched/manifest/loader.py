@@ -76,8 +76,11 @@ def evaluate(
     if parsed is None:
         return None
     if not with_schema:
-        return parsed, export(Evaluator([parsed]).root(), source, diagnostics, parsed.complete)
+        evaluator = Evaluator([parsed])
+        evaluator.check_references(diagnostics)
+        return parsed, export(evaluator.root(), source, diagnostics, parsed.complete)
     evaluator = Evaluator([schema_file(), parsed])
+    evaluator.check_references(diagnostics)
     root = close_root(evaluator.root(), evaluator.schema_labels())
     return parsed, export(root, source, diagnostics, parsed.complete)
 
@@ -194,4 +197,4 @@ def _file_error(filename: str, message: str) -> ManifestError:
 
 
 def _with_export(plan: Plan, exported: Exported) -> Plan:
-    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, 0))
+    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, None))

@@ -39,8 +39,6 @@ class Code(enum.Enum):
     """An explicit ``_|_``."""
     BOUND_ARG = "bound-arg"
     """A bound whose limit is not a concrete number."""
-    STRUCTURAL_CYCLE = "structural-cycle"
-    """A value that contains itself."""
     REFERENCE = "reference"
     """A reference to nothing."""
     UNSUPPORTED = "unsupported"
@@ -124,8 +122,6 @@ class Problem:
         if code is Code.CLOSED:
             hint = suggest(self.label or "", self.candidates) if self.label else ""
             return self.text + (f"; did you mean {show_name(hint)}?" if hint else "")
-        if code is Code.STRUCTURAL_CYCLE and self.label:
-            return f"structural cycle: {show_name(self.label)} contains itself"
         return self.text
 
 

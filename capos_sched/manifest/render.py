@@ -63,11 +63,15 @@ def decimal_text(value: decimal.Decimal) -> str:
     return str(value)
 
 
-def json_text(data: Any, indent: int = 2) -> str:
+def json_text(data: Any, indent: int | None = 2) -> str:
     """``data`` as JSON, with exact decimals printed as CUE prints them (where
-    ``json.dumps`` would go through a binary float: `0.1`, `Infinity`)."""
+    ``json.dumps`` would go through a binary float: `0.1`, `Infinity`);
+    compact (no spaces, one line) when ``indent`` is None."""
+    separators = (",", ":") if indent is None else None
     try:
-        return json.dumps(data, indent=indent, ensure_ascii=False, default=_no_decimals)
+        return json.dumps(
+            data, indent=indent, separators=separators, ensure_ascii=False, default=_no_decimals
+        )
     except _HasDecimals:
         return _json(data, indent, 0)  # the same layout, written out by hand
 
@@ -80,14 +84,15 @@ def _no_decimals(value: Any) -> Any:
     raise _HasDecimals if isinstance(value, decimal.Decimal) else TypeError(value)
 
 
-def _json(value: Any, indent: int, depth: int) -> str:
-    inner = "\n" + " " * (indent * (depth + 1))
-    outer = "\n" + " " * (indent * depth)
+def _json(value: Any, indent: int | None, depth: int) -> str:
+    inner = "" if indent is None else "\n" + " " * (indent * (depth + 1))
+    outer = "" if indent is None else "\n" + " " * (indent * depth)
+    colon = ":" if indent is None else ": "
     if isinstance(value, dict):
         if not value:
             return "{}"
         items = [
-            f"{json.dumps(k, ensure_ascii=False)}: {_json(v, indent, depth + 1)}"
+            f"{json.dumps(k, ensure_ascii=False)}{colon}{_json(v, indent, depth + 1)}"
             for k, v in value.items()
         ]
         return "{" + inner + ("," + inner).join(items) + outer + "}"

@@ -185,6 +185,9 @@ class File:
     """False when an unsupported construct that could declare fields
     (an embedding, a dynamic label ...) was dropped: then a missing field may
     just be in the dropped part, so missing-value errors are not reported."""
+    has_references: bool = False
+    """True when the file uses an identifier as a value (then the evaluator
+    checks that every reference resolves, wherever it stands)."""
 
 
 # --------------------------------------------------------------------------
@@ -264,15 +267,15 @@ def _forwarder() -> Transformer:
     """A Transformer whose method for each rule calls that rule's method on
     the current parse's :class:`_AstBuilder`."""
 
-    def forward(name: str) -> Any:
+    def forward(rule: Any) -> Any:
         def method(self: Transformer, children: list[Any]) -> Any:
-            return getattr(_BUILDER.get(), name)(children)
+            return rule(_BUILDER.get(), children)
 
-        method.__name__ = name
+        method.__name__ = rule.__name__
         return method
 
     rules = {
-        name: forward(name)
+        name: forward(member)
         for name, member in vars(_AstBuilder).items()
         if callable(member) and not name.startswith("_")
     }
@@ -590,6 +593,7 @@ class _AstBuilder:
         self.source = source
         self.diagnostics = diagnostics
         self.complete = True
+        self.has_references = False
         self.embeddings: set[tuple[int, int]] = set()
         """Where embeddings were reported (line, col)."""
 
@@ -644,7 +648,9 @@ class _AstBuilder:
             seen_declaration = True
             if isinstance(child, Field | PatternField):
                 decls.append(child)
-        return File(self.source, package, tuple(decls), _idents(decls), self.complete)
+        return File(
+            self.source, package, tuple(decls), _idents(decls), self.complete, self.has_references
+        )
 
     def preamble(self, children: list[Token]) -> Any:
         keyword, argument = children
@@ -844,6 +850,7 @@ class _AstBuilder:
         if name in _PREDECLARED_LITERALS:
             kind, value = _PREDECLARED_LITERALS[name]
             return Lit(pos, kind, value)
+        self.has_references = True
         return Ref(pos, name)
 
     def paren(self, children: list[Any]) -> Expr:

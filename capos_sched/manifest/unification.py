@@ -380,18 +380,29 @@ def unify_structs(structs: Sequence[Struct]) -> Struct:
     already satisfy them: the Struct invariant)."""
     if len(structs) == 1:
         return structs[0]
-    fields: dict[str, Field] = {}
-    declared_by: dict[str, int] = {}  # label -> bit mask of the structs declaring it
-    for index, struct in enumerate(structs):
-        bit = 1 << index
-        for label, field in struct.fields.items():
-            _merge_into(fields, label, field)
-            declared_by[label] = declared_by.get(label, 0) | bit
     constraining = [
         (1 << index, struct)
         for index, struct in enumerate(structs)
         if struct.patterns or struct.closed
     ]
+    fields: dict[str, Field] = {}
+    declared_by: dict[str, int] = {}  # label -> bit mask of the structs declaring it
+    for index, struct in enumerate(structs):
+        bit = 1 << index
+        for label, field in struct.fields.items():
+            previous = fields.get(label)
+            if previous is None:
+                fields[label] = field
+                if constraining:
+                    declared_by[label] = bit
+            else:
+                fields[label] = Field(
+                    unify(previous.value, field.value),
+                    previous.optional and field.optional,
+                    _prefer_manifest(previous.pos, field.pos),
+                )
+                if constraining:
+                    declared_by[label] |= bit
     for label, field in fields.items():
         value = field.value
         if constraining:
@@ -416,15 +427,16 @@ def unify_structs(structs: Sequence[Struct]) -> Struct:
             if isinstance(field.value, Bottom):
                 hidden[label] = Field(label_problems(field.value, label), field.optional, field.pos)
 
-    patterns: list[tuple[Value, Value]] = []
-    closed: list[Closedness] = []
-    pos: Pos | None = None
-    for struct in structs:
-        patterns.extend(p for p in struct.patterns if p not in patterns)
-        closed.extend(c for c in struct.closed if c not in closed)
+    first = structs[0]
+    patterns, closed, pos = first.patterns, first.closed, first.pos
+    for struct in structs[1:]:
+        if struct.patterns:
+            patterns = patterns + tuple(p for p in struct.patterns if p not in patterns)
+        if struct.closed:
+            closed = closed + tuple(c for c in struct.closed if c not in closed)
         if struct.pos is not None:
             pos = struct.pos if pos is None else _prefer_manifest(pos, struct.pos)
-    return make_struct(fields, hidden, tuple(patterns), tuple(closed), pos)
+    return make_struct(fields, hidden, patterns, closed, pos)
 
 
 def _unify_lists(a: List, b: List) -> Value:

@@ -228,6 +228,7 @@ class Runtime(PlanHost):
         self._bypassed: str | None = None
         """The built-in policy a stall bypass replaced, restored once stalls clear."""
         self._quiet_since_ns: int | None = None
+        self._bypasses = 0
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -323,7 +324,7 @@ class Runtime(PlanHost):
             log.info(
                 "runtime started",
                 cpus=self.cpus,
-                policy=self.scheduler.policy.value,
+                policy=self.scheduler.policy_name,
                 workers=[w.pid for w in self._workers],
                 pinned=cores,
                 nice=self.config.nice,
@@ -822,7 +823,7 @@ class Runtime(PlanHost):
         starved daemon (host contention) is not a policy stall. A stall longer
         than ``watchdog_bypass_ns`` ejects the policy to the fallback (a
         bypass); a bypass of a built-in policy ends by itself once no thread has
-        stalled for a whole threshold.
+        stalled for ``bypass_quiet_ns``.
         """
         core = self.scheduler
         stalls = core.stalls(now, self.watchdog_threshold_ns)
@@ -850,6 +851,7 @@ class Runtime(PlanHost):
             )
             record = core.eject("stall", message, now)
             if record is not None:
+                self._bypasses += 1
                 self._log_ejection(record)
                 self._bypassed = previous if previous in {p.value for p in Policy} else None
                 self._bypass = {
@@ -867,9 +869,15 @@ class Runtime(PlanHost):
                 self._quiet_since_ns = None
             elif self._quiet_since_ns is None:
                 self._quiet_since_ns = now
-            elif now - self._quiet_since_ns >= self.watchdog_threshold_ns:
+            elif now - self._quiet_since_ns >= self.bypass_quiet_ns():
                 self.set_policy(self._bypassed, reason="bypass ended: no stall for a threshold")
         return stalled_now
+
+    def bypass_quiet_ns(self) -> int:
+        """How long a bypass must see no stall before the replaced policy is
+        restored: 10 thresholds, doubled at every further bypass (a policy that
+        keeps stalling stays bypassed ever longer instead of flapping)."""
+        return 10 * self.watchdog_threshold_ns * 2 ** max(0, self._bypasses - 1)
 
     def set_policy(self, policy: Any, reason: str = "operator") -> None:
         """Switch the policy now (trio thread): atomic, accounting carried over.

@@ -63,6 +63,25 @@ def test_an_unresolved_reference_in_a_manifest_disjunction():
     error_at(text, "_nope", "reference `_nope` not found")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x: {[_nope]: int}\nx: a: 1\n",
+        "x: {[string]: {a: _nope}}\n",
+        "[_nope]: int\na: 1\n",
+        "x: [..._nope]\n",
+        "x: {a?: _nope}\n",
+    ],
+)
+def test_an_unresolved_reference_is_reported_where_nothing_evaluates_it(text):
+    assert located(text) == [(*at(text, "_nope"), "reference `_nope` not found")]
+
+
+def test_an_unsupported_reference_in_an_optional_field_is_reported():
+    text = "x: {a?: bytes}\n"
+    assert located(text) == [(*at(text, "bytes"), f"the predeclared `bytes` is {UNSUPPORTED}")]
+
+
 def test_an_ordinary_failing_alternative_is_still_dropped():
     assert cue('x: *(1 & 2) | "fifo"\n') == {"x": "fifo"}
 
