@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from capos_sched.rpc import offload
-from capos_sched.rpc.commands import plan_loader
 from capos_sched.runtime.runtime import Runtime
+from capos_sched.serve import plan_loader
 from capos_sched.workload import Spin
 
 from .runtime.helpers import plan, thread

@@ -105,55 +105,6 @@ def _wrong_socket(exc: BaseException, peer: Address | str | None) -> str | None:
     return f"invalidArgument: {peer} is the daemon's {this} socket, not its {other} socket"
 
 
-def host_plugin(
-    cpus: int | None,
-    execute: bool = True,
-    sched_idle: bool = True,
-    policy: str | None = None,
-    *,
-    trace: Any = None,
-    watchdog_threshold_ns: int | None = None,
-) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
-    """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
-
-    By default the trio runtime executes the plan's threads on worker
-    processes. With ``execute=False`` a bare PlanHost keeps the threads in the
-    core without running them (grants and state changes only).
-    """
-    from capos_sched.runtime.commands import effective_policy  # CAPOS_SCHED_DISABLE_WFQ
-    from capos_sched.runtime.host import PlanHost
-
-    from .daemon import idle_runner
-
-    if not execute:
-        return (lambda plan: PlanHost(plan, effective_policy(policy, plan), cpus=cpus)), idle_runner
-    from capos_sched.runtime.runtime import Runtime, RuntimeConfig
-
-    config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
-
-    async def run_runtime(host: Any, *, task_status: Any) -> None:
-        await host.run(stop_when_finished=False, task_status=task_status)
-
-    def make_runtime(plan: Any) -> Any:
-        return Runtime(
-            plan,
-            effective_policy(policy, plan),
-            cpus=cpus,
-            config=config,
-            trace=trace,
-            manifest_name=plan.source,
-        )
-
-    return make_runtime, run_runtime
-
-
-def plan_loader(source: str, name: str) -> Any:
-    """Admin.load's parser: the manifest text, diagnostics under ``name``."""
-    from capos_sched.manifest import load_plan_text
-
-    return load_plan_text(source, name)
-
-
 # -------------------------------------------------------------------- serve
 
 SOCKETS_HELP = """\b
@@ -340,6 +291,7 @@ def serve(
         exec_user=exec_user,
     )
     from capos_sched.runtime.commands import effective_policy
+    from capos_sched.serve import host_plugin, plan_loader  # the wiring lives outside rpc/
 
     effective_policy(policy, plan)  # a bad policy is a usage error before anything starts
     factory, runner = host_plugin(

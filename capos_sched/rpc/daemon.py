@@ -11,7 +11,7 @@ Threads:
 The host is pluggable: ``host_factory(plan)`` builds it and
 ``host_runner(host, task_status=...)`` runs it until the daemon stops (calling
 ``task_status.started()`` once it is running). ``serve`` picks them in
-``commands.host_plugin``: the trio ``Runtime`` run with
+``capos_sched.serve.host_plugin``: the trio ``Runtime`` run with
 ``stop_when_finished=False`` (threads execute on worker processes), or, with
 ``--no-execute``, a bare ``PlanHost`` with ``idle_runner`` (threads are held
 in the core; grants and state changes work, nothing runs).
@@ -37,12 +37,14 @@ from .bridge import Bridge
 from .children import check_exec
 from .gate import GateLimits
 from .grants import GrantTable, HostLike
+from .loads import PlanLoader
 from .owner import Owner
-from .service import PlanLoader, RpcConfig, RpcService, ServeError, SocketLimits
+from .service import RpcConfig, RpcService, ServeError, SocketLimits
 
 log = structlog.get_logger("capos_sched.rpc")
 
 HostFactory = Callable[[Any], HostLike]
+"""``factory(plan) -> Host`` (rpc/host.py); capos_sched/serve.py adapts the real hosts."""
 HostRunner = Callable[..., Awaitable[None]]
 
 

@@ -31,7 +31,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import structlog
@@ -40,6 +40,7 @@ from capos_sched.core import ThreadRef
 from capos_sched.wire import LATCH_KINDS, latch_text
 
 from .errors import WireError, revoked, stale, wire_error
+from .host import Host
 
 TOKEN_BYTES = 32
 """Random bytes per token: 256 bits, written as URL-safe base64 text (43 chars)."""
@@ -50,12 +51,8 @@ KINDS = ("schedulingPolicy", "thread")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
-class HostLike(Protocol):
-    """What the grant table needs from the scheduling host (PlanHost, Runtime)."""
-
-    scheduler: Any
-
-    def thread_ref(self, full_name: str) -> ThreadRef | None: ...
+HostLike = Host
+"""The grant table needs ``thread_ref`` and ``is_live`` of the host (rpc/host.py)."""
 
 
 def new_token() -> str:
@@ -323,7 +320,7 @@ class GrantTable:
                 state, reason = "granted", ""
                 if g.closed is not None:
                     state, reason = g.closed.kind, g.closed.text
-                elif g.ref is not None and not host.scheduler.is_live(g.ref):
+                elif g.ref is not None and not host.is_live(g.ref):
                     state, reason = "stale", latch_text("stale", f"thread {g.target} exited")
                 out.append(
                     GrantRow(pg.name, g.name, g.kind, g.target or "", state, pg.sessions, reason)

@@ -10,7 +10,6 @@ revocation applied earlier in the same thread is always seen.
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 import attrs
@@ -18,7 +17,8 @@ import attrs
 from capos_sched.core import CoreError, StaleThread, ThreadRef, ThreadSnapshot
 
 from .errors import wire_error
-from .grants import Grant, GrantRow, GrantTable, HostLike, PlanDiff, ProcessGrants
+from .grants import Grant, GrantRow, GrantTable, PlanDiff, ProcessGrants
+from .host import Host
 
 
 @attrs.frozen
@@ -57,7 +57,7 @@ class Owner:
     grant and of the thread grant were checked in the same operation.
     """
 
-    def __init__(self, host: HostLike, grants: GrantTable, plan_name: str) -> None:
+    def __init__(self, host: Host, grants: GrantTable, plan_name: str) -> None:
         self.host = host
         self.grants = grants
         self.plan_name = plan_name
@@ -65,8 +65,7 @@ class Owner:
         """Mutations applied through capabilities."""
 
     def now_ns(self) -> int:
-        clock = getattr(self.host, "now_ns", None)
-        return clock() if callable(clock) else time.monotonic_ns()
+        return self.host.now_ns()
 
     # --------------------------------------------------------- restore/caps
 
@@ -84,7 +83,7 @@ class Owner:
     def describe(self, grant: Grant) -> ThreadSnapshot:
         grant.check()
         assert grant.ref is not None
-        return self.host.scheduler.snapshot(grant.ref)
+        return self.host.snapshot(grant.ref)
 
     def is_live(self, grant: Grant) -> bool:
         """False for a stale handle (never an error); revoked still fails."""
@@ -92,7 +91,7 @@ class Owner:
             return False
         grant.check()
         assert grant.ref is not None
-        return bool(self.host.scheduler.is_live(grant.ref))
+        return bool(self.host.is_live(grant.ref))
 
     # ------------------------------------------------------- policy methods
 
@@ -127,17 +126,17 @@ class Owner:
 
     def set_weight(self, policy: Grant, thread: ThreadArg, weight: int) -> None:
         ref = self._thread(policy, thread)
-        self.host.scheduler.set_weight(ref, weight)
+        self.host.set_weight(ref, weight)
         self.applied += 1
 
     def set_latency_class(self, policy: Grant, thread: ThreadArg, latency_class: object) -> None:
         ref = self._thread(policy, thread)
-        self.host.scheduler.set_latency_class(ref, latency_class)
+        self.host.set_latency_class(ref, latency_class)
         self.applied += 1
 
     def snapshot(self, policy: Grant, thread: ThreadArg) -> ThreadSnapshot:
         ref = self._thread(policy, thread)
-        return self.host.scheduler.snapshot(ref)
+        return self.host.snapshot(ref)
 
     # ----------------------------------------------------------------- admin
 
@@ -174,7 +173,7 @@ class Owner:
         out = []
         for ref in self.host.thread_refs().values():
             try:
-                out.append(self.host.scheduler.snapshot_any(ref))
+                out.append(self.host.snapshot_any(ref))
             except StaleThread:
                 continue
         return out

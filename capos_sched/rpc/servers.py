@@ -46,7 +46,10 @@ from .schema import capos
 from .unwrap import HookRegistry
 
 if TYPE_CHECKING:
-    from .service import RpcService
+    from .owner import LoadResult
+
+LoadFn = Callable[[str, str], Awaitable["LoadResult"]]
+"""``load(source, name)``: Admin.load, injected into admin connections."""
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -81,24 +84,26 @@ class ConnContext:
         "id",
         "inflight",
         "kind",
+        "load",
         "max_calls",
         "registry",
         "restored",
-        "service",
         "sessions",
     )
 
     def __init__(
         self,
-        service: RpcService,
         bridge: Bridge[Owner],
+        counters: RpcCounters,
+        load: LoadFn | None,
         conn_id: int,
         kind: str,
         max_calls: int,
     ) -> None:
-        self.service = service
         self.bridge = bridge
-        self.counters = service.counters
+        self.counters = counters
+        self.load = load
+        """Admin.load's implementation (plan loads are the service's job), or None."""
         self.id = conn_id
         self.kind = kind
         self.max_calls = max_calls
@@ -405,7 +410,10 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
         params = context.params
         source = _text(params, "source", "manifest source", limit=8 * 1024 * 1024)
         name = _text(params, "name", "manifest name", limit=4096)
-        result = await self._ctx.service.load(source, name)
+        load = self._ctx.load
+        if load is None:
+            raise wire_error("unimplemented", "this connection cannot load manifests")
+        result = await load(source, name)
         r = context.results
         r.added = list(result.added)
         r.removed = list(result.removed)

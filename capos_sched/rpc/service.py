@@ -28,21 +28,18 @@ import attrs
 import capnp
 import structlog
 
-from . import offload, peers, unwrap
+from . import peers, unwrap
 from .addr import ADMIN_SOCKET_MODE, LISTEN_SOCKET_MODE, Address, bind_unix
 from .bridge import Bridge
-from .children import ChildSupervisor, base_dir, check_exec
-from .errors import WireError, scrub, wire_error
+from .children import ChildSupervisor
+from .errors import scrub
 from .gate import Gate, GateLimits
 from .grants import ProcessGrants
+from .loads import PlanLoader, PlanLoads
 from .owner import LoadResult, Owner
 from .servers import AdminServer, ConnContext, RestorerServer, RpcCounters
 
 log = structlog.get_logger("capos_sched.rpc")
-
-PlanLoader = Callable[[str, str], Any]
-"""``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics.
-A module-level function: it runs in a child interpreter (see offload.py)."""
 
 
 @attrs.define
@@ -132,8 +129,8 @@ class RpcService:
             stop_grace_s=config.stop_grace_s,
             exec_user=config.exec_user,
         )
+        self.loads = PlanLoads(bridge, loader, self.children, config.base_dir)
         self._next_conn = 0
-        self._load_lock: asyncio.Lock | None = None
         self.addresses: dict[str, str] = {}
         self.finished = threading.Event()
 
@@ -186,7 +183,6 @@ class RpcService:
             loop = asyncio.get_running_loop()
             self._loop = loop
             self._stop = asyncio.Event()
-            self._load_lock = asyncio.Lock()
             loop.set_exception_handler(_loop_exception)
             self.bridge.attach(loop)
             await unwrap.probe()
@@ -298,7 +294,10 @@ class RpcService:
 
     def _new_ctx(self, kind: str) -> ConnContext:
         self._next_conn += 1
-        return ConnContext(self, self.bridge, self._next_conn, kind, self.config.max_calls)
+        load = self.load if kind == "admin" else None  # only the operator loads plans
+        return ConnContext(
+            self.bridge, self.counters, load, self._next_conn, kind, self.config.max_calls
+        )
 
     async def _serve_gated(self, conn: Conn, bootstrap: Any, words: int) -> None:
         assert conn.gate is not None
@@ -363,47 +362,8 @@ class RpcService:
     # ------------------------------------------------------------------ load
 
     async def load(self, source: str, name: str) -> LoadResult:
-        """Admin.load: parse (in a child interpreter), check exec paths, apply in the owner, then
-        start/stop exec'd processes. Any error before the apply changes nothing."""
-        if self.loader is None:
-            raise wire_error("unimplemented", "this daemon was started without a manifest loader")
-        assert self._load_lock is not None
-        async with self._load_lock:
-            try:
-                plan = await offload.run_loader(self.loader, source, name)
-            except offload.OffloadError as exc:
-                _log_refused(name, str(exc))
-                raise wire_error("invalidArgument", str(exc)) from None
-            base = base_dir(name, self.config.base_dir)
-            try:
-                for proc in plan.processes:
-                    argv = getattr(proc, "exec", None)
-                    if argv:
-                        check_exec(proc.name, tuple(argv), base)
-                result: LoadResult = await self.bridge.submit(
-                    functools.partial(Owner.load, plan=plan, name=name)
-                )
-            except WireError as exc:
-                _log_refused(name, str(exc))
-                raise
-            files = result.diff.token_files
-            await asyncio.to_thread(files.apply)  # fsync'd writes: never in the owner
-            await self.bridge.submit(
-                functools.partial(Owner.prune_token_files, names=tuple(n for n, _ in files.write))
-            )
-            log.info(
-                "plan loaded",
-                manifest=name,
-                added=result.added,
-                removed=result.removed,
-                revoked=result.revoked,
-            )
-            stop = [*result.diff.removed_processes, *result.diff.restarted_processes]
-            await self.children.stop_many(stop)
-            self.config.base_dir = base
-            for pname, argv, pg in result.start:
-                await self.children.start(pname, argv, pg, base)
-            return result
+        """Admin.load (see loads.py); injected into admin connections."""
+        return await self.loads.load(source, name)
 
 
 def _close_quietly(server: Any, stream: Any) -> None:
@@ -437,15 +397,4 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
         "RPC loop error",
         message=context.get("message"),
         error=None if exc is None else _short(exc),
-    )
-
-
-def _log_refused(name: str, diagnostics: str) -> None:
-    """A refused Admin.load, with its first problem (the caller gets them all)."""
-    lines = diagnostics.splitlines()
-    log.warning(
-        "plan refused",
-        manifest=name,
-        error=lines[0] if lines else "",
-        problems=max(1, sum(1 for line in lines if line.startswith(f"{name}:"))),
     )

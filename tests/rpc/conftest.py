@@ -217,9 +217,8 @@ class InProcess:
 
     def __init__(self, workdir: Path, plan: Any, max_calls: int = 1024) -> None:
         from capos_sched.rpc.addr import parse_address
-        from capos_sched.rpc.commands import plan_loader
         from capos_sched.rpc.daemon import DaemonConfig, serve_async
-        from capos_sched.runtime.host import PlanHost
+        from capos_sched.serve import plan_host, plan_loader
 
         self.dir = workdir
         self.listen = f"unix:{workdir / 'l.sock'}"
@@ -249,7 +248,7 @@ class InProcess:
                             config,
                             plan,
                             plan_loader,
-                            lambda p: PlanHost(p),
+                            plan_host,
                             task_status=task_status,
                             handle_signals=False,
                         )

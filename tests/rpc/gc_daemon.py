@@ -17,9 +17,8 @@ import trio
 
 from capos_sched.manifest import load_plan
 from capos_sched.rpc.addr import parse_address
-from capos_sched.rpc.commands import plan_loader
 from capos_sched.rpc.daemon import DaemonConfig, serve_async
-from capos_sched.runtime.host import PlanHost
+from capos_sched.serve import plan_host, plan_loader
 
 
 async def collect_forever(interval: float) -> None:
@@ -40,7 +39,7 @@ async def main(argv: list[str]) -> int:
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(collect_forever, interval)
-        status = await serve_async(config, plan, plan_loader, PlanHost)
+        status = await serve_async(config, plan, plan_loader, plan_host)
         nursery.cancel_scope.cancel()
     return status
 

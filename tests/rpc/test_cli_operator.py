@@ -222,7 +222,7 @@ def test_serve_passes_trace_and_watchdog_to_the_runtime(
     built = []
 
     def fake_run_daemon(config: object, plan: object, **kwargs: Any) -> int:
-        built.append(kwargs["host_factory"](plan))
+        built.append(kwargs["host_factory"](plan).inner)  # the Runtime behind the Host adapter
         return 0
 
     monkeypatch.setattr(daemon_module, "run_daemon", fake_run_daemon)

@@ -31,7 +31,7 @@ def test_handles_go_stale_when_their_thread_exits_even_if_the_id_is_reused(
             await policy.set_weight(a, 3333)
 
             def exit_and_reuse(owner: Owner) -> tuple[int, int]:
-                sched = owner.host.scheduler
+                sched = owner.host.inner.scheduler
                 ref = owner.host.thread_ref("fairness/a")
                 sched.kill(ref, 0)
                 sched.reap(ref)
@@ -44,7 +44,7 @@ def test_handles_go_stale_when_their_thread_exits_even_if_the_id_is_reused(
                 err = await expect(Stale, call)
                 assert str(err).startswith("disconnected: stale")
             assert await a.is_live() is False
-            weights = inproc.call(lambda o: [t.weight for t in o.host.scheduler.threads()])
+            weights = inproc.call(lambda o: [t.weight for t in o.host.inner.scheduler.threads()])
             assert 5 not in weights  # the intruder was never reached
             rows = inproc.call(lambda o: o.grant_rows())
             states = {(r.process, r.name): r.state for r in rows}
@@ -168,7 +168,7 @@ def test_admin_load_evaluates_the_manifest_outside_the_daemon_interpreter(
     assert "fairness/a" in changed["kept"]
     assert str(bad).startswith("invalidArgument: bad.cue:1:")
     assert_no_traceback(str(bad))
-    weights = inproc.call(lambda o: {t.name: t.weight for t in o.host.scheduler.threads()})
+    weights = inproc.call(lambda o: {t.name: t.weight for t in o.host.inner.scheduler.threads()})
     assert weights["fairness/a"] == 512
 
 

@@ -73,7 +73,7 @@ def test_tuner_converges_a_simulated_fair_scheduler(workdir: Path) -> None:
     )
 
     def charge(owner: Any) -> dict[str, int]:
-        sched = owner.host.scheduler
+        sched = owner.host.inner.scheduler
         refs = owner.host.thread_refs()
         threads = {name: sched.resolve(ref) for name, ref in refs.items()}
         total = sum(t.weight for t in threads.values())

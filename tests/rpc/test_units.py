@@ -34,6 +34,7 @@ from capos_sched.rpc.commands import split_target
 from capos_sched.rpc.errors import CODES, WireError, from_core, parse_remote, wire_error
 from capos_sched.rpc.grants import GrantTable
 from capos_sched.runtime.host import PlanHost
+from capos_sched.serve import CoreHost
 
 from .conftest import BASE_MANIFEST, SLEEPER_B
 
@@ -277,9 +278,9 @@ def test_bridge_close_fails_new_and_queued_calls() -> None:
 # ------------------------------------------------------------- grant table
 
 
-def _table(tmp_path: Path | None = None) -> tuple[GrantTable, PlanHost, Any]:
+def _table(tmp_path: Path | None = None) -> tuple[GrantTable, CoreHost, Any]:
     plan = load_plan_text(BASE_MANIFEST, "base.cue")
-    host = PlanHost(plan)
+    host = CoreHost(PlanHost(plan))
     return GrantTable.from_plan(plan, host, tmp_path), host, plan
 
 
@@ -389,7 +390,7 @@ def test_load_with_an_unwritable_grants_dir_still_applies_the_whole_plan(tmp_pat
 @pytest.mark.parametrize("env", ["1", "0", None])
 def test_serve_honours_disable_wfq(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
     from capos_sched.core import Policy
-    from capos_sched.rpc.commands import host_plugin
+    from capos_sched.serve import host_plugin
 
     if env is None:
         monkeypatch.delenv("CAPOS_SCHED_DISABLE_WFQ", raising=False)
@@ -399,7 +400,7 @@ def test_serve_honours_disable_wfq(monkeypatch: pytest.MonkeyPatch, env: str | N
     assert plan.machine.policy == "wfq"
     factory, _runner = host_plugin(None, execute=False)
     expected = Policy.FIFO if env == "1" else Policy.WFQ
-    assert factory(plan).scheduler.policy is expected
+    assert factory(plan).inner.scheduler.policy is expected
 
 
 def test_operator_revocations_are_sticky_by_name_across_drop_and_re_add() -> None:

@@ -1,0 +1,53 @@
+"""What the RPC layer needs from the scheduling host: this protocol, nothing more.
+
+The owner operations (owner.py) and the grant table (grants.py) call only
+these methods, in the trio thread. The wiring (``capos_sched/serve.py``)
+adapts a concrete host (the trio Runtime, or a bare PlanHost) to it, so the
+RPC layer never reaches through the host into the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from capos_sched.core import ThreadRef, ThreadSnapshot
+
+
+class PlanChangeLike(Protocol):
+    """What ``apply_plan`` reports: full thread names."""
+
+    added: Sequence[str]
+    removed: Sequence[str]
+    kept: Sequence[str]
+
+
+class Host(Protocol):
+    """A scheduling host as the RPC layer sees it (trio thread only).
+
+    Invariant of implementations: every method is synchronous and raises
+    CoreError (StaleThread for a dead ref) rather than anything else for bad
+    input, so the bridge can type the answer.
+    """
+
+    def now_ns(self) -> int: ...
+
+    def thread_ref(self, full_name: str) -> ThreadRef | None: ...
+
+    def thread_refs(self) -> Mapping[str, ThreadRef]: ...
+
+    def is_live(self, ref: ThreadRef) -> bool: ...
+
+    def snapshot(self, ref: ThreadRef) -> ThreadSnapshot:
+        """A live thread's snapshot (StaleThread otherwise)."""
+        ...
+
+    def snapshot_any(self, ref: ThreadRef) -> ThreadSnapshot:
+        """Any known thread's snapshot, exited included (stats)."""
+        ...
+
+    def set_weight(self, ref: ThreadRef, weight: int) -> None: ...
+
+    def set_latency_class(self, ref: ThreadRef, latency_class: object) -> None: ...
+
+    def apply_plan(self, plan: Any, now_ns: int) -> PlanChangeLike: ...

@@ -1,0 +1,112 @@
+"""The wiring of ``capos-sched serve``: joins the scheduling host (runtime/,
+core/) to the capability surface (rpc/), from outside both.
+
+``rpc`` depends only on its small ``Host`` protocol (``rpc/host.py``);
+``CoreHost`` adapts a PlanHost or a trio Runtime to it, which is the one
+place that reaches into the core's scheduler. ``host_plugin`` picks the host
+``serve`` runs and ``plan_loader`` is Admin.load's parser (it runs in a child
+interpreter, so it is a module-level function).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+
+from capos_sched.core import ThreadRef, ThreadSnapshot
+
+
+@attrs.define(eq=False)
+class CoreHost:
+    """``rpc.host.Host`` over a PlanHost or a Runtime (``inner``); trio thread only."""
+
+    inner: Any
+
+    def now_ns(self) -> int:
+        clock = getattr(self.inner, "now_ns", None)
+        return clock() if callable(clock) else time.monotonic_ns()
+
+    def thread_ref(self, full_name: str) -> ThreadRef | None:
+        return self.inner.thread_ref(full_name)  # type: ignore[no-any-return]
+
+    def thread_refs(self) -> Mapping[str, ThreadRef]:
+        return self.inner.thread_refs()  # type: ignore[no-any-return]
+
+    def is_live(self, ref: ThreadRef) -> bool:
+        return bool(self.inner.scheduler.is_live(ref))
+
+    def snapshot(self, ref: ThreadRef) -> ThreadSnapshot:
+        return self.inner.scheduler.snapshot(ref)  # type: ignore[no-any-return]
+
+    def snapshot_any(self, ref: ThreadRef) -> ThreadSnapshot:
+        return self.inner.scheduler.snapshot_any(ref)  # type: ignore[no-any-return]
+
+    def set_weight(self, ref: ThreadRef, weight: int) -> None:
+        self.inner.scheduler.set_weight(ref, weight)
+
+    def set_latency_class(self, ref: ThreadRef, latency_class: object) -> None:
+        self.inner.scheduler.set_latency_class(ref, latency_class)
+
+    def apply_plan(self, plan: Any, now_ns: int) -> Any:
+        return self.inner.apply_plan(plan, now_ns)
+
+
+def plan_host(plan: Any, *args: Any, **kwargs: Any) -> CoreHost:
+    """A bare PlanHost (threads held in the core, nothing executes) as a Host."""
+    from capos_sched.runtime.host import PlanHost
+
+    return CoreHost(PlanHost(plan, *args, **kwargs))
+
+
+def host_plugin(
+    cpus: int | None,
+    execute: bool = True,
+    sched_idle: bool = True,
+    policy: str | None = None,
+    *,
+    trace: Any = None,
+    watchdog_threshold_ns: int | None = None,
+) -> tuple[Callable[[Any], Any], Callable[..., Awaitable[None]]]:
+    """The scheduling host ``serve`` runs: (factory(plan) -> host, runner).
+
+    By default the trio runtime executes the plan's threads on worker
+    processes. With ``execute=False`` a bare PlanHost keeps the threads in the
+    core without running them (grants and state changes only).
+    """
+    from capos_sched.rpc.daemon import idle_runner
+    from capos_sched.runtime.commands import effective_policy  # CAPOS_SCHED_DISABLE_WFQ
+
+    if not execute:
+        return (
+            lambda plan: plan_host(plan, effective_policy(policy, plan), cpus=cpus)
+        ), idle_runner
+    from capos_sched.runtime.runtime import Runtime, RuntimeConfig
+
+    config = RuntimeConfig(sched_idle=sched_idle, watchdog_threshold_ns=watchdog_threshold_ns)
+
+    async def run_runtime(host: CoreHost, *, task_status: Any) -> None:
+        await host.inner.run(stop_when_finished=False, task_status=task_status)
+
+    def make_runtime(plan: Any) -> CoreHost:
+        return CoreHost(
+            Runtime(
+                plan,
+                effective_policy(policy, plan),
+                cpus=cpus,
+                config=config,
+                trace=trace,
+                manifest_name=plan.source,
+            )
+        )
+
+    return make_runtime, run_runtime
+
+
+def plan_loader(source: str, name: str) -> Any:
+    """Admin.load's parser: the manifest text, diagnostics under ``name``."""
+    from capos_sched.manifest import load_plan_text
+
+    return load_plan_text(source, name)
