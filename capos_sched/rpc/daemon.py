@@ -152,12 +152,15 @@ async def serve_async(
     status = 0
     # Signals are ours from here to the very end: a second SIGTERM/SIGINT during
     # the shutdown must not kill the process half-way (sockets and tokens left).
+    # Once stopped, the process is exiting: the receiver then restores SIG_IGN,
+    # not the default action, so a signal arriving after "stopped" cannot kill
+    # the exit half-way either (set first, so no window has the default action).
     stack = contextlib.ExitStack()
-    signals = (
-        stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
-        if handle_signals
-        else None
-    )
+    signals = None
+    if handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
     claimed = grantsdir.claim(config.grants_dir) if config.grants_dir is not None else None
     if claimed is not None and claimed.removed:
         log.info("stale token files removed", files=[str(p) for p in claimed.removed])
