@@ -63,7 +63,7 @@ class AddressType(click.ParamType):
 ADDRESS = AddressType()
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException | str) -> None:
     click.echo(str(exc), err=True)
     sys.exit(1)
 
@@ -256,7 +256,6 @@ def serve(
     """
     from capos_sched.manifest.commands import plan_or_exit
 
-    from .addr import ensure_private_dir, run_dir
     from .daemon import DaemonConfig, run_daemon
     from .grantsdir import GrantsDirError
 
@@ -268,10 +267,7 @@ def serve(
         _check_exec_user(exec_user)
     trace = trace_recorder(trace_path, cpus or plan.machine.cpus)
     if listen is None or admin is None:
-        try:
-            ensure_private_dir(run_dir())
-        except (OSError, ValueError) as exc:  # safedir.UnsafeDirError is a ValueError
-            _fail(f"failed: unsafe runtime directory: {exc}")
+        _check_run_dir(create=True)
     listen = listen or parse_address(default_listen())
     admin = admin or parse_address(default_admin())
     if admin.kind != "unix":
@@ -342,15 +338,17 @@ def _admin(addr: Address | None) -> Address:
     return addr or parse_address(default_admin())
 
 
-def _check_run_dir() -> None:
-    """A default address lives in the runtime directory: refuse it unless it is ours."""
-    from capos_sched.safedir import UnsafeDirError
-
-    from .addr import checked_run_dir
+def _check_run_dir(create: bool = False) -> None:
+    """A default address lives in the runtime directory: refuse it unless it is
+    ours (``serve`` creates it, mode 0700, when missing)."""
+    from .addr import checked_run_dir, ensure_private_dir, run_dir
 
     try:
-        checked_run_dir()
-    except UnsafeDirError as exc:
+        if create:
+            ensure_private_dir(run_dir())
+        else:
+            checked_run_dir()
+    except (OSError, ValueError) as exc:  # safedir.UnsafeDirError is a ValueError
         _fail(f"failed: unsafe runtime directory: {exc}")
 
 
