@@ -118,9 +118,7 @@ def test_clients_vanishing_mid_call(daemon: Daemon) -> None:
             handle = caps.get("a").cap.cast_as(S.ThreadHandle)
             info = await handle.describe()
             never = asyncio.Event()
-            held = S.ThreadHandle._new_client(
-                GatedHandle(info.threadId, info.generation, never, handle)
-            )
+            held = GatedHandle.client(info.threadId, info.generation, never, handle)
             pending: list[Any] = [policy.setWeight(held, 7) for _ in range(50)]
             pending += [policy.setWeight(handle, 1 + i) for i in range(500)]
             await asyncio.sleep(0.2)

@@ -74,6 +74,11 @@ class GatedHandle(S.ThreadHandle.Server):  # type: ignore[misc,name-defined]
         self.tid, self.generation, self.gate, self.real = tid, generation, gate, real
         self.asked = 0
 
+    @classmethod
+    def client(cls, tid: int, generation: int, gate: asyncio.Event, real: Any = None) -> Any:
+        """The capability a test passes to the daemon (served by a new GatedHandle)."""
+        return S.ThreadHandle._new_client(cls(tid, generation, gate, real))
+
     async def describe(self, **_: Any) -> Any:
         self.asked += 1
         await self.gate.wait()
@@ -233,16 +238,14 @@ def test_handles_of_another_process_or_forged_reach_nothing(daemon: Daemon) -> N
             # a forged handle claiming to be a
             gate = asyncio.Event()
             gate.set()
-            forged = S.ThreadHandle._new_client(GatedHandle(info.thread_id, info.generation, gate))
+            forged = GatedHandle.client(info.thread_id, info.generation, gate)
             err = await expect(InvalidArgument, other_policy.cap.setWeight(forged, 5))
             assert "not one granted to process other" in err.message
             # a forged handle naming other's own thread b is refused too: naming a
             # thread is not holding a handle to it
             b = await other.thread("b")
             binfo = await b.describe()
-            forged_b = S.ThreadHandle._new_client(
-                GatedHandle(binfo.thread_id, binfo.generation, gate)
-            )
+            forged_b = GatedHandle.client(binfo.thread_id, binfo.generation, gate)
             err = await expect(InvalidArgument, other_policy.cap.setWeight(forged_b, 77))
             assert "not one granted to process other" in err.message
         assert await weight_of(daemon.admin, "fairness/a") == 2048
@@ -306,9 +309,7 @@ def test_revocation_fails_closed_with_1000_calls_in_flight(daemon: Daemon) -> No
             policy, a = await s.policy(), await s.thread("a")
             info = await a.describe()
             gate = asyncio.Event()
-            slow = S.ThreadHandle._new_client(
-                GatedHandle(info.thread_id, info.generation, gate, a.cap)
-            )
+            slow = GatedHandle.client(info.thread_id, info.generation, gate, a.cap)
             weights = [1 + (i * 13) % 9999 for i in range(1000)]
             calls = [
                 asyncio.ensure_future(_settle(policy.cap.setWeight(a.cap if i < 300 else slow, w)))
@@ -511,9 +512,7 @@ def test_overload_refuses_calls_past_the_bound_without_queueing(workdir: Path) -
                 policy, a = await s.policy(), await s.thread("a")
                 info = await a.describe()
                 gate = asyncio.Event()
-                slow = S.ThreadHandle._new_client(
-                    GatedHandle(info.thread_id, info.generation, gate, a.cap)
-                )
+                slow = GatedHandle.client(info.thread_id, info.generation, gate, a.cap)
                 held = [
                     asyncio.ensure_future(_settle(policy.cap.setWeight(slow, 100 + i)))
                     for i in range(8)

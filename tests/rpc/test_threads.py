@@ -50,10 +50,8 @@ def _claim_traffic(d: Daemon, rounds: int = 4) -> None:
             opened = asyncio.Event()
             opened.set()
             for r in range(rounds):
-                claimed = S.ThreadHandle._new_client(
-                    GatedHandle(info.thread_id, info.generation, opened, a.cap)
-                )
-                forged = S.ThreadHandle._new_client(GatedHandle(9999, 1, opened))
+                claimed = GatedHandle.client(info.thread_id, info.generation, opened, a.cap)
+                forged = GatedHandle.client(9999, 1, opened)
                 failing = S.ThreadHandle._new_client(FailingHandle())
                 calls = [policy.cap.setWeight(claimed, 1 + (i % 9000)) for i in range(150)]
                 calls += [policy.cap.setWeight(claimed, 0) for _ in range(50)]  # invalidArgument
@@ -73,9 +71,7 @@ def _revoke_with_claims_in_flight(d: Daemon) -> None:
             policy, b = await s.policy(), await s.thread("b")
             info = await b.describe()
             gate = asyncio.Event()
-            held = S.ThreadHandle._new_client(
-                GatedHandle(info.thread_id, info.generation, gate, b.cap)
-            )
+            held = GatedHandle.client(info.thread_id, info.generation, gate, b.cap)
             calls = [
                 asyncio.ensure_future(_settle(policy.cap.setWeight(held, 7))) for _ in range(300)
             ]
