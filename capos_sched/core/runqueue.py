@@ -274,9 +274,7 @@ def pure_balance_victim(
 
 
 def _load_accelerator():  # type: ignore[no-untyped-def]
-    """The C extension module, or None (not built, or CAPOS_SCHED_PURE set)."""
-    if os.environ.get("CAPOS_SCHED_PURE", "") not in ("", "0"):
-        return None
+    """The C extension module, or None where it was not built."""
     try:
         from . import _accel  # type: ignore[attr-defined]
     except ImportError:
@@ -284,11 +282,17 @@ def _load_accelerator():  # type: ignore[no-untyped-def]
     return _accel
 
 
-_accel = _load_accelerator()
+def pure_requested() -> bool:
+    """CAPOS_SCHED_PURE set (not empty, not 0): use the reference even where
+    the accelerator was built."""
+    return os.environ.get("CAPOS_SCHED_PURE", "") not in ("", "0")
 
+
+_accel = _load_accelerator()
+AcceleratedVirtualFinishQueue: type | None = None
 if _accel is not None:
 
-    class AcceleratedVirtualFinishQueue(_accel.HeapQueue):  # type: ignore[misc,name-defined]
+    class _AcceleratedVirtualFinishQueue(_accel.HeapQueue):  # type: ignore[misc,name-defined]
         """PureVirtualFinishQueue with its heap in C (``_accel.HeapQueue``):
         same order, same lazy deletion, same bound ``heap <= 2 * live + 1``.
         ``push``, ``pop``, ``head``, ``front``, ``head_key``, ``discard`` and
@@ -328,6 +332,10 @@ if _accel is not None:
             self.discard(thread)
             return thread
 
+    AcceleratedVirtualFinishQueue = _AcceleratedVirtualFinishQueue
+
+
+if AcceleratedVirtualFinishQueue is not None and not pure_requested():
     VirtualFinishQueue: type = AcceleratedVirtualFinishQueue
     balance_victim = _accel.balance_victim
     IMPLEMENTATION = "c"
