@@ -42,14 +42,22 @@ def accelerated_class() -> type:
     return runqueue.AcceleratedVirtualFinishQueue
 
 
-keys = st.one_of(st.integers(-3, 3), st.integers(0, 10**12), st.sampled_from([KEY_MIN, KEY_MAX, 0]))
+# Mostly small keys and thresholds, so ties (between siblings' fronts, and at
+# exactly the pull threshold) are common.
+keys = st.one_of(
+    st.integers(0, 3),
+    st.integers(-3, 3),
+    st.integers(0, 10**12),
+    st.sampled_from([KEY_MIN, KEY_MAX]),
+)
+thresholds = st.one_of(st.integers(0, 3), st.integers(0, 10**12))
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(0, 2), st.integers(0, 7), keys),
         st.tuples(st.just("pop"), st.integers(0, 2)),
         st.tuples(st.just("discard"), st.integers(0, 2), st.integers(0, 7)),
         st.tuples(st.just("peek"), st.integers(0, 2)),
-        st.tuples(st.just("walk"), st.integers(0, 2), st.integers(0, 10**12)),
+        st.tuples(st.just("walk"), st.integers(0, 2), thresholds),
     ),
     max_size=80,
 )
@@ -211,3 +219,16 @@ def test_pure_env_var_selects_the_reference() -> None:
         text=True,
     )
     assert (default.stdout.strip(), pure.stdout.strip()) == ("c", "python")
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+def test_walk_pulls_at_exactly_the_threshold_and_ties_go_to_the_first(impl: str) -> None:
+    cls = PureVirtualFinishQueue if impl == "python" else accelerated_class()
+    walk = pure_victim if impl == "python" else accel.balance_victim
+    queues = [cls(k, k) for k in range(3)]
+    for seq, (q, key) in enumerate([(0, 10), (1, 6), (2, 6)], start=1):
+        queues[q].push(FakeThread(f"t{seq}"), key, seq)
+    assert walk(queues, queues[0], 4) == (10, queues[1])  # 6 <= 10 - 4; tie: the first
+    assert walk(queues, queues[0], 5) == (10, None)  # 6 > 10 - 5: no pull
+    queues[0].pop()
+    assert walk(queues, queues[0], 10**9) == (None, queues[1])  # empty: steal
