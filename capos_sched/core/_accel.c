@@ -83,16 +83,20 @@ heap_pop_front(HeapQueue *q)
     return seqobj;
 }
 
-/* Drop dead entries at the front. Returns the live front or NULL (empty). */
+/* Drop dead entries at the front. Returns the live front or NULL (empty);
+ * *thread (if given) gets its thread, a borrowed reference. One dict lookup
+ * per entry looked at. */
 static Entry *
-live_front(HeapQueue *q)
+live_front(HeapQueue *q, PyObject **thread)
 {
     while (q->size > 0) {
-        int live = PyDict_Contains(q->entries, q->heap[0].seqobj);
-        if (live > 0)
+        PyObject *held = PyDict_GetItemWithError(q->entries, q->heap[0].seqobj);
+        if (held != NULL) {
+            if (thread != NULL)
+                *thread = held;
             return &q->heap[0];
-        if (live < 0)
-            PyErr_Clear(); /* int keys: cannot fail */
+        }
+        PyErr_Clear(); /* int keys: lookups cannot fail */
         Py_DECREF(heap_pop_front(q));
     }
     return NULL;
@@ -247,6 +251,8 @@ HeapQueue_pop(HeapQueue *q, PyObject *unused)
                 Py_DECREF(thread);
                 return NULL;
             }
+            if (q->size > 2 * PyDict_GET_SIZE(q->entries) + 1)
+                compact(q); /* dead entries left behind by discards */
             return thread;
         }
         Py_DECREF(seqobj);
@@ -259,7 +265,7 @@ HeapQueue_pop(HeapQueue *q, PyObject *unused)
 static PyObject *
 HeapQueue_head_key(HeapQueue *q, PyObject *unused)
 {
-    Entry *e = live_front(q);
+    Entry *e = live_front(q, NULL);
     if (e == NULL)
         Py_RETURN_NONE;
     return PyLong_FromLongLong(e->key);
@@ -268,24 +274,19 @@ HeapQueue_head_key(HeapQueue *q, PyObject *unused)
 static PyObject *
 HeapQueue_front(HeapQueue *q, PyObject *unused)
 {
-    Entry *e = live_front(q);
-    if (e == NULL)
+    PyObject *thread;
+    if (live_front(q, &thread) == NULL)
         Py_RETURN_NONE;
-    PyObject *thread = PyDict_GetItemWithError(q->entries, e->seqobj);
-    if (thread == NULL)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     return Py_NewRef(thread);
 }
 
 static PyObject *
 HeapQueue_head(HeapQueue *q, PyObject *unused)
 {
-    Entry *e = live_front(q);
+    PyObject *thread;
+    Entry *e = live_front(q, &thread);
     if (e == NULL)
         Py_RETURN_NONE;
-    PyObject *thread = PyDict_GetItemWithError(q->entries, e->seqobj);
-    if (thread == NULL)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     return Py_BuildValue("(LO)", e->key, thread);
 }
 
@@ -326,7 +327,7 @@ static int
 front_key(PyObject *queue, long long *key)
 {
     if (PyObject_TypeCheck(queue, &HeapQueueType)) {
-        Entry *e = live_front((HeapQueue *)queue);
+        Entry *e = live_front((HeapQueue *)queue, NULL);
         if (e == NULL)
             return 0;
         *key = e->key;
@@ -443,7 +444,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef accel_module = {
     PyModuleDef_HEAD_INIT, "capos_sched.core._accel",
     "Optional C accelerator for the ordered DSQ (the reference is runqueue.py).", -1,
-    module_methods,
+    module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC

@@ -7,8 +7,9 @@ DSQ holding it.
 Why a binary heap with lazy deletion: enqueue and pick are O(log n) with the C
 ``heapq`` primitives, and the rare removals of a queued thread (exit, a weight
 change that re-keys it) only mark its entry dead instead of an O(n) search.
-Dead entries are skipped at the front and the heap is compacted whenever they
-outnumber the live ones, so its size stays below ``2 * live + 1``: a queue is
+Dead entries are skipped at the front and the heap is compacted (by a discard
+or a pop) whenever they outnumber the live ones, so its size stays below
+``2 * live + 1``: a queue is
 bounded by the live thread count however many changes are made.
 
 Ties on the key break by ``enqueue_seq``, a scheduler-wide counter, so
@@ -103,8 +104,15 @@ class PureVirtualFinishQueue:
         while heap:
             thread = entries.pop(heapq.heappop(heap) & _SEQ_MASK, None)
             if thread is not None:
+                if len(heap) > 2 * len(entries) + 1:
+                    self._compact()  # dead entries left behind by discards
                 return thread
         return None
+
+    def _compact(self) -> None:
+        entries = self._entries
+        self._heap = [e for e in self._heap if (e & _SEQ_MASK) in entries]
+        heapq.heapify(self._heap)
 
     def head(self) -> tuple[int, Thread] | None:
         heap, entries = self._heap, self._entries
@@ -140,8 +148,7 @@ class PureVirtualFinishQueue:
             return
         del entries[thread.queue_seq]
         if len(self._heap) > 2 * len(entries) + 1:
-            self._heap = [e for e in self._heap if (e & _SEQ_MASK) in entries]
-            heapq.heapify(self._heap)
+            self._compact()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -13,7 +13,7 @@ import sys
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from capos_sched.core import MAX_WEIGHT, QueueCpu, Scheduler, runqueue
 from capos_sched.core.policies import wfq
@@ -94,12 +94,17 @@ def run_queue_ops(cls: type, victim_walk, sequence) -> list:  # type: ignore[no-
             own_key, victim = victim_walk(queues, queue, args[0])
             seen.append((own_key, None if victim is None else victim.id))
         seen.append([[t.name for t in x] for x in queues])  # the lazy iterator, in key order
-        seen.append([len(x._heap) <= 2 * len(x) + 1 for x in queues])
+        heaps = [len(x._heap) for x in queues]  # the same compactions, at the same points
+        assert all(size <= 2 * len(x) + 1 for size, x in zip(heaps, queues, strict=True))
+        seen.append(heaps)
     return seen
 
 
 @settings(max_examples=300, deadline=None)
 @given(ops)
+# found by hypothesis: a pop that leaves the dead entries of discards behind
+# broke the bound heap <= 2 * live + 1 in both (pop compacts now)
+@example([("push", 1, 0, 0), ("push", 1, 1, 0), ("push", 1, 1, 0), ("push", 0, 1, 0), ("pop", 1)])
 def test_queue_operations_match_the_reference(sequence) -> None:
     expected = run_queue_ops(PureVirtualFinishQueue, pure_victim, sequence)
     assert run_queue_ops(accelerated_class(), accel.balance_victim, sequence) == expected
