@@ -6,7 +6,8 @@ slot check, steal/pull walk over the siblings, pop the front, dispatch). The
 CPUs take turns, so every cycle sees ``threads`` runnable threads spread over
 ``cpus`` queues, with steal checks on every pick.
 
-The baseline, measured in the same process right after, is Python's ``heapq``
+The baseline, measured in the same process with its batches interleaved with
+the dispatch batches, is Python's ``heapq``
 doing one ``heappop`` + ``heappush`` on a heap of ``threads`` floats, pushing
 keys that advance like virtual finishes do: the least a heap-ordered
 dispatcher written in Python could cost.
@@ -148,23 +149,31 @@ def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> flo
     return median_batch_ns(dispatch_batch(threads, cpus, seed), cycles)
 
 
-def compare_dispatch(threads: int, cpus: int, cycles: int, other: type) -> tuple[float, float]:
-    """(ours, other's) nanoseconds per cycle: medians of 9 batches each, run
-    alternately."""
-    runs = [dispatch_batch(threads, cpus), dispatch_batch(threads, cpus, scheduler=other)]
+def interleaved_medians(runs: list[Callable[[int], None]], cycles: int) -> list[float]:
+    """Median nanoseconds per iteration of each runner: 9 batches each, the
+    runners taking turns batch by batch, so a loaded host slows all alike."""
     per_batch = max(1, cycles // 9)
-    times: list[list[float]] = [[], []]
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(9):
         for k, run_batch in enumerate(runs):
             gc.collect()
             start = time.perf_counter_ns()
             run_batch(per_batch)
             times[k].append((time.perf_counter_ns() - start) / per_batch)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
 
 
-def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
-    """Nanoseconds per heappop + heappush on a heap of ``threads`` floats.
+def compare_dispatch(threads: int, cpus: int, cycles: int, other: type) -> tuple[float, float]:
+    """(ours, other's) nanoseconds per cycle: medians of 9 batches each, run
+    alternately."""
+    ours, theirs = interleaved_medians(
+        [dispatch_batch(threads, cpus), dispatch_batch(threads, cpus, scheduler=other)], cycles
+    )
+    return ours, theirs
+
+
+def heapq_batch(threads: int, seed: int = 0) -> Callable[[int], None]:
+    """``run_batch(n)``: n heappop + heappush on a heap of ``threads`` floats.
 
     Each pushed key is the popped key plus one slice scaled by a random weight,
     the same key distribution the dispatcher's virtual finishes follow.
@@ -179,7 +188,12 @@ def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
         for i in range(n):
             push(heap, pop(heap) + steps[i & 4095])
 
-    return median_batch_ns(run_batch, cycles)
+    return run_batch
+
+
+def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
+    """Nanoseconds per heappop + heappush on a heap of ``threads`` floats."""
+    return median_batch_ns(heapq_batch(threads, seed), cycles)
 
 
 def run(
@@ -192,24 +206,28 @@ def run(
 ) -> dict:
     compared: dict = {}
     implementation = runqueue.IMPLEMENTATION
-    if compare_core is None and reference and implementation != "python":
+    # Ours, the other core if any, and the heapq baseline, batches interleaved.
+    runs = [dispatch_batch(threads, cpus)]
+    if compare_core is not None:
+        runs.append(dispatch_batch(threads, cpus, scheduler=load_core(compare_core)))
+    elif reference and implementation != "python":
         pure = load_core(CORE_DIR, "bench_reference_core", pure=True)
         assert implementation_of(pure) == "python"
-        dispatch_ns, pure_ns = compare_dispatch(threads, cpus, cycles, pure)
-        compared = {
-            "reference_ns_per_dispatch": round(pure_ns, 1),
-            "vs_reference": round(dispatch_ns / pure_ns, 3),
-        }
-    elif compare_core is not None:
-        dispatch_ns, other_ns = compare_dispatch(threads, cpus, cycles, load_core(compare_core))
+        runs.append(dispatch_batch(threads, cpus, scheduler=pure))
+    runs.append(heapq_batch(threads))
+    dispatch_ns, *other, heapq_ns = interleaved_medians(runs, cycles)
+    if compare_core is not None:
         compared = {
             "compared_core": compare_core,
-            "compared_ns_per_dispatch": round(other_ns, 1),
-            "vs_compared": round(dispatch_ns / other_ns, 3),
+            "compared_ns_per_dispatch": round(other[0], 1),
+            "vs_compared": round(dispatch_ns / other[0], 3),
         }
-    else:
-        dispatch_ns = measure_dispatch(threads, cpus, cycles)
-    heapq_ns = measure_heapq(threads, cycles)
+    elif other:
+        compared = {
+            "reference_ns_per_dispatch": round(other[0], 1),
+            "vs_reference": round(dispatch_ns / other[0], 3),
+            "reference_ratio": round(other[0] / heapq_ns, 2),
+        }
     ratio = dispatch_ns / heapq_ns
     memory_report: dict = {}
     if memory:
@@ -261,7 +279,7 @@ Examples:
     type=click.IntRange(5, 100_000_000),
     default=200_000,
     show_default=True,
-    help="Dispatch cycles timed (in 5 batches; median reported).",
+    help="Dispatch cycles timed (in 9 batches, interleaved with the baselines; median reported).",
 )
 @click.option(
     "--compare-core",

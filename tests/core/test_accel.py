@@ -7,6 +7,7 @@ tests/core both ways, the second time with CAPOS_SCHED_PURE=1)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -224,6 +225,16 @@ def test_pure_env_var_selects_the_reference() -> None:
         text=True,
     )
     assert (default.stdout.strip(), pure.stdout.strip()) == ("c", "python")
+
+
+@pytest.mark.parametrize(("pure", "implementation"), [("1", "python"), ("", "c")])
+def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implementation: str) -> None:
+    argv = [sys.executable, "-m", "bench.dispatch", "--threads", "40", "--cycles", "90", "--json"]
+    env = {**os.environ, "CAPOS_SCHED_PURE": pure}
+    report = json.loads(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
+    assert report["implementation"] == implementation
+    assert ("reference_ns_per_dispatch" in report) == (implementation == "c")
+    assert 0 < report["bytes_per_thread"] <= 1024 and report["memory_goal_met"]
 
 
 @pytest.mark.parametrize("impl", ["python", "c"])
