@@ -1,7 +1,7 @@
 """The C accelerator of the ordered DSQ (core/_accel.c) against the pure-Python
 reference (runqueue.PureVirtualFinishQueue, pure_balance_victim): the same
 operation sequences give the same results, queue by queue and through the whole
-scheduler. Skipped where the extension was not built (no compiler); the rest of
+scheduler. The C cases skip where the extension was not built (no compiler); the rest of
 the suite runs against whichever implementation is selected (``make test`` runs
 tests/core both ways, the second time with CAPOS_SCHED_PURE=1)."""
 
@@ -21,7 +21,9 @@ from capos_sched.core.policies import wfq
 from capos_sched.core.runqueue import KEY_MAX, KEY_MIN, PureVirtualFinishQueue
 from capos_sched.core.runqueue import pure_balance_victim as pure_victim
 
-accel = pytest.importorskip("capos_sched.core._accel", reason="C accelerator not built")
+accel = runqueue._accel
+needs_accel = pytest.mark.skipif(accel is None, reason="C accelerator not built (no compiler)")
+IMPLS = [pytest.param("python"), pytest.param("c", marks=needs_accel)]
 
 
 class FakeThread:
@@ -101,6 +103,7 @@ def run_queue_ops(cls: type, victim_walk, sequence) -> list:  # type: ignore[no-
     return seen
 
 
+@needs_accel
 @settings(max_examples=300, deadline=None)
 @given(ops)
 # found by hypothesis: a pop that leaves the dead entries of discards behind
@@ -111,9 +114,10 @@ def test_queue_operations_match_the_reference(sequence) -> None:
     assert run_queue_ops(accelerated_class(), accel.balance_victim, sequence) == expected
 
 
-def test_heap_stays_bounded_and_ordered_under_churn() -> None:
-    """Re-keying the same threads 200 times compacts the C heap like the reference."""
-    for cls in (PureVirtualFinishQueue, accelerated_class()):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_heap_stays_bounded_and_ordered_under_churn(impl: str) -> None:
+    """Re-keying the same threads 200 times keeps the heap compacted, in both."""
+    for cls in [PureVirtualFinishQueue if impl == "python" else accelerated_class()]:
         queue = cls()
         threads = [FakeThread(f"t{i}") for i in range(50)]
         seq = 0
@@ -129,6 +133,7 @@ def test_heap_stays_bounded_and_ordered_under_churn() -> None:
         assert queue.pop() is None and len(queue) == 0
 
 
+@needs_accel
 def test_accelerated_queue_refuses_keys_beyond_64_bits() -> None:
     queue = accelerated_class()()
     with pytest.raises(OverflowError):
@@ -196,6 +201,7 @@ def scheduler_trace(pure: bool, cpus: int, weights: list[int], steps: list[tuple
         mp.undo()
 
 
+@needs_accel
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(1, 4),
@@ -214,6 +220,7 @@ def test_scheduler_dispatches_match_the_reference(cpus, weights, steps) -> None:
     assert scheduler_trace(False, cpus, weights, steps) == expected
 
 
+@needs_accel
 def test_pure_env_var_selects_the_reference() -> None:
     code = "from capos_sched.core import runqueue as r; print(r.IMPLEMENTATION)"
     env = {k: v for k, v in os.environ.items() if k != "CAPOS_SCHED_PURE"}
@@ -227,7 +234,9 @@ def test_pure_env_var_selects_the_reference() -> None:
     assert (default.stdout.strip(), pure.stdout.strip()) == ("c", "python")
 
 
-@pytest.mark.parametrize(("pure", "implementation"), [("1", "python"), ("", "c")])
+@pytest.mark.parametrize(
+    ("pure", "implementation"), [("1", "python"), pytest.param("", "c", marks=needs_accel)]
+)
 def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implementation: str) -> None:
     argv = [sys.executable, "-m", "bench.dispatch", "--threads", "40", "--cycles", "90", "--json"]
     env = {**os.environ, "CAPOS_SCHED_PURE": pure}
@@ -237,7 +246,7 @@ def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implement
     assert 0 < report["bytes_per_thread"] <= 1024 and report["memory_goal_met"]
 
 
-@pytest.mark.parametrize("impl", ["python", "c"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_walk_pulls_at_exactly_the_threshold_and_ties_go_to_the_first(impl: str) -> None:
     cls = PureVirtualFinishQueue if impl == "python" else accelerated_class()
     walk = pure_victim if impl == "python" else accel.balance_victim
