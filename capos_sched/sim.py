@@ -83,6 +83,9 @@ class Simulator:
         self._stop_seq: dict[int, int] = {}
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
+        self._finite = 0
+        self._finite_left = 0
+        """Finite threads added / not finished yet: the run's end test is O(1)."""
 
     def add_thread(
         self,
@@ -96,6 +99,9 @@ class Simulator:
         self._threads[wake.thread.tid] = SimThread(
             name, wake.thread, Program.start(workload), is_finite(workload)
         )
+        if is_finite(workload):
+            self._finite += 1
+            self._finite_left += 1
         return wake.thread
 
     def run(self, duration_ns: int) -> dict:
@@ -177,8 +183,7 @@ class Simulator:
             self._stop_seq[arg] = self._seq
 
     def _all_finite_done(self) -> bool:
-        finite = [s for s in self._threads.values() if s.finite]
-        return bool(finite) and all(s.finished_ns is not None for s in finite)
+        return self._finite > 0 and self._finite_left == 0
 
     def _try_dispatch(self, cpu: int) -> None:
         dispatch = self.core.pick_next(cpu, self.now_ns)
@@ -206,6 +211,8 @@ class Simulator:
             sim.call_started_ns = now
         effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
         if stop is Stop.FINISHED:
+            if sim.finite and sim.finished_ns is None:
+                self._finite_left -= 1
             sim.finished_ns = now
         elif stop is Stop.SLEEP and not effects.exited:
             self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
