@@ -232,7 +232,7 @@ class Simulator:
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
-        if self.core.snapshot_any(sim.ref).state is not ThreadState.BLOCKED:
+        if self.core.state_of(sim.ref) is not ThreadState.BLOCKED:
             return
         sim.program.resume()
         wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)
