@@ -38,6 +38,11 @@ from capos_sched.drive import step, thread_row
 from capos_sched.runtime.stats import Samples
 from capos_sched.workload import Program, Stop, Workload, is_finite
 
+Progress = Callable[[int, int, int], None]
+"""``progress(now_ns, end_ns, events)``: how far a run is (see ``Simulator.run``)."""
+PROGRESS_EVERY = 8192
+"""Events between two progress calls: rare enough to cost nothing per event."""
+
 
 @attrs.define
 class SimThread:
@@ -83,6 +88,8 @@ class Simulator:
         self._stop_seq: dict[int, int] = {}
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
+        self.events = 0
+        """Events taken off the event heap so far (stale stops included)."""
         self._finite = 0
         self._finite_left = 0
         """Finite threads added / not finished yet: the run's end test is O(1)."""
@@ -104,19 +111,35 @@ class Simulator:
             self._finite_left += 1
         return wake.thread
 
-    def run(self, duration_ns: int) -> dict:
-        """Simulate until ``duration_ns`` or until every finite thread finished."""
+    def run(
+        self,
+        duration_ns: int,
+        progress: Progress | None = None,
+        progress_every: int = PROGRESS_EVERY,
+    ) -> dict:
+        """Simulate until ``duration_ns`` or until every finite thread finished.
+
+        ``progress(now_ns, end_ns, events)`` is called every ``progress_every``
+        events and once at the end (the driver decides what to show; the
+        simulation never depends on it)."""
         for cpu in sorted(self._idle):
             self._schedule(self.now_ns, "kick", cpu)
         if self.watchdog_ns is not None:
             self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
         end = self.now_ns + duration_ns
-        while self._events and not self._all_finite_done():
+        events = self.events
+        next_progress = events + progress_every if progress is not None else -1
+        while self._events and (not self._finite or self._finite_left):
             at, seq, kind, arg = self._events[0]
             if at > end:
                 break
             heapq.heappop(self._events)
             self.now_ns = at
+            events += 1
+            if events == next_progress:
+                self.events = events
+                progress(at, end, events)  # type: ignore[misc]
+                next_progress += progress_every
             if kind == "stop":
                 if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
                     self._on_stop(arg)
@@ -128,7 +151,10 @@ class Simulator:
                 self._calls[arg]()
             elif kind == "watchdog":
                 self._watchdog()
+        self.events = events
         self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
+        if progress is not None:
+            progress(self.now_ns, end, events)
         return self.report()
 
     def report(self) -> dict:
