@@ -104,6 +104,7 @@ def _register() -> None:
     from bench.dispatch import dispatch
     from bench.manifest_check import manifest
     from bench.matrix import matrix
+    from bench.sim import sim
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
@@ -113,6 +114,7 @@ def _register() -> None:
     main.add_command(bench)
     bench.add_command(dispatch)
     bench.add_command(manifest)
+    bench.add_command(sim)
     main.add_command(check)
     main.add_command(export)
     for command in RPC_COMMANDS:
