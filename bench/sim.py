@@ -120,7 +120,7 @@ def run_child(path: Path, duration_s: float, seed: int, progress_mode: str) -> d
         "events": events,
         "events_per_s": round(events / simulate_s),
         "virtual_s_per_wall_s": round(report["elapsed_ns"] / 1e9 / simulate_s, 4),
-        "heapq_baseline_s": round(baseline_s, 3),
+        "heapq_baseline_s": round(baseline_s, 6),
         "heapq_events_per_s": round(events / baseline_s) if baseline_s > 0 else None,
         "ratio_to_heapq": round(simulate_s / baseline_s, 1) if baseline_s > 0 else None,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
