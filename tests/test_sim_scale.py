@@ -174,6 +174,17 @@ def test_least_loaded_follows_the_running_and_queued_counts() -> None:
     s.check_invariants()
 
 
+def test_least_loaded_sees_a_queued_thread_exit() -> None:
+    # Kills: exit_thread not marking the CPU of a killed queued thread.
+    s = Scheduler(3)
+    refs = [s.spawn(name, 0).thread for name in "abcde"]  # CPUs 0 1 2 0 1: loads 2, 2, 1
+    assert [s.snapshot(r).cpu for r in refs] == [0, 1, 2, 0, 1]
+    assert s.snapshot(s.spawn("f", 0).thread).cpu == 2  # loads 2, 2, 2
+    s.kill(refs[1], MS)  # b, queued on CPU 1, exits now: loads 2, 1, 2
+    assert s.snapshot(s.spawn("g", MS).thread).cpu == 1
+    s.check_invariants()
+
+
 def test_steal_and_pull_choose_as_the_walk_did() -> None:
     # The lowest sibling front wins, ties to the lowest CPU, after pops and
     # re-keys left stale entries behind (compared with a walk over the queues).
