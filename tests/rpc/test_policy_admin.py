@@ -289,3 +289,27 @@ def test_policy_commands_refuse_usage_errors_without_a_daemon(workdir: Path) -> 
     for args in (("policy", "--help"), ("policy", "load", "--help")):
         out = cli(*args)
         assert out.returncode == 0 and "Examples:" in out.stdout
+
+
+def test_a_bare_host_switches_too_and_bounds_a_source_off_the_main_thread(inproc: Any) -> None:
+    # The in-process daemon runs trio off the main thread: the load guard is
+    # the sys.settrace budget there, and it still ends an endless module body.
+    async def go(session: AdminSession) -> list[Any]:
+        states = [await session.set_policy("eevdf")]
+        states.append(await session.set_policy("simple.py", SIMPLE.read_text()))
+        with pytest.raises(InvalidArgument, match=r"loading took longer than 0\.25 s"):
+            await session.set_policy("endless.py", "while True:\n    x = 1\n")
+        states.append(await session.policy())
+        return states
+
+    async def main() -> list[Any]:
+        async with await connect_admin(inproc.admin) as session:
+            return await go(session)
+
+    states = arun(main)
+    assert [(s["policy"], s["builtin"]) for s in states] == [
+        ("eevdf", True),
+        ("simple", False),
+        ("simple", False),
+    ]
+    assert inproc.call(lambda owner: owner.host.policy_status()["policy"]) == "simple"
