@@ -109,6 +109,7 @@ def _register() -> None:
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
     from capos_sched.rpc.commands import COMMANDS as RPC_COMMANDS
+    from capos_sched.rpc.policy_commands import policy
     from capos_sched.runtime.commands import run, simulate
 
     main.add_command(bench)
@@ -120,6 +121,7 @@ def _register() -> None:
     for command in RPC_COMMANDS:
         main.add_command(command)
     bench.add_command(rpc)
+    main.add_command(policy)
     main.add_command(run)
     main.add_command(simulate)
     bench.add_command(matrix)

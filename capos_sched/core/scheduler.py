@@ -365,9 +365,10 @@ class Scheduler:
         already queued moves (a re-key). Queuing on another CPU's local DSQ
         places it there (one migration).
         """
-        queue = self._dsqs.get(dsq)
-        if queue is None:
-            raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}")
+        try:
+            queue = self._dsqs[dsq]  # a subscript, not .get(): a method call less per insert
+        except (KeyError, TypeError):
+            raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}") from None
         owner = thread.owner
         if (owner is not None and owner.kind != QUEUED) or thread.state is not RUNNABLE_STATE:
             raise PolicyViolation(
@@ -392,9 +393,10 @@ class Scheduler:
     ) -> bool:
         """Move the front of DSQ ``dsq`` (or ``thread``, which must be queued
         there) to ``cpu``'s local DSQ; False when there is nothing to move."""
-        queue = self._dsqs.get(dsq)
-        if queue is None:
-            raise PolicyViolation(f"move_to_local: no DSQ {dsq}")
+        try:
+            queue = self._dsqs[dsq]
+        except (KeyError, TypeError):
+            raise PolicyViolation(f"move_to_local: no DSQ {dsq}") from None
         if not 0 <= cpu < self.nr_cpus:
             raise PolicyViolation(f"move_to_local: CPU {cpu} outside [0, {self.nr_cpus - 1}]")
         if thread is None:
