@@ -229,6 +229,8 @@ class Runtime(PlanHost):
         """The built-in policy a stall bypass replaced, restored once stalls clear."""
         self._quiet_since_ns: int | None = None
         self._bypasses = 0
+        self.notification_sinks: list[Callable[[Any], None]] = []
+        """Called with the CPU-delegation notifications of every effect acted on."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -703,6 +705,10 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         for record in effects.ejections:
             self._log_ejection(record)
+        notifications = getattr(effects, "notifications", None)
+        if notifications:
+            for sink in self.notification_sinks:
+                sink(notifications)  # CpuListener subscribers (rpc/delegation.py)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
