@@ -664,6 +664,33 @@ class AdminSession:
             },
         }
 
+    async def cpu_delegation(self) -> CpuDelegationClient:
+        """The root scheduler's node (all CPUs, every cap)."""
+        r = await _call(self.admin.cpuDelegation())
+        return CpuDelegationClient(r.node, "root")
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        """Every scheduler: holdings, counters, CPU time allocated, exit record."""
+        r = await _call(self.admin.schedulers())
+        return [
+            {
+                "name": str(s.name),
+                "parent": str(s.parent) or None,
+                "alive": bool(s.alive),
+                "holdings": [h.as_dict() for h in _holdings(s.holdings)],
+                "rejected_inserts": int(s.rejectedInserts),
+                "forced_admits": int(s.forcedAdmits),
+                "denied_kicks": int(s.deniedKicks),
+                "denied_preempts": int(s.deniedPreempts),
+                "evictions": int(s.evictions),
+                "allocated_ns": {str(t.cpu): int(t.ns) for t in s.allocated},
+                "exit": {"kind": str(s.exitKind), "message": str(s.exitMessage)}
+                if str(s.exitKind)
+                else None,
+            }
+            for s in r.schedulers
+        ]
+
     async def close(self) -> None:
         self.admin = None
         for obj in (self._client, self._stream):

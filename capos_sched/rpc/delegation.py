@@ -154,6 +154,8 @@ class DelegationOwner:
         """The operator's node (Admin.cpuDelegation)."""
         self.grant_nodes: dict[Grant, Node] = {}
         """The node of each manifest grant (Grant hashes by identity)."""
+        self.killed: dict[str, str] = {}
+        """Schedulers killed through a node while the daemon ran: name -> parent."""
 
     def attach(self) -> None:
         if not self._attached:
@@ -195,9 +197,13 @@ def _direct_child(owner: Any, node: Node, child: str) -> None:
 
 
 def _holdings(owner: Any, name: str) -> list[Holding]:
+    return _holdings_of(owner.host, name)
+
+
+def _holdings_of(host: Any, name: str) -> list[Holding]:
     return [
         Holding(int(h.cpu), cap_names(h.held), cap_names(h.effective))
-        for h in owner.host.cpu_holdings(name)
+        for h in host.cpu_holdings(name)
     ]
 
 
@@ -242,12 +248,94 @@ def op_revoke(
 def op_kill(owner: Any, node: Node, child: str, reason: str) -> None:
     node.check(owner.host)
     _direct_child(owner, node, child)
+    doomed = _subtree_parents(owner.host, node.scheduler, child)
     owner.host.kill_scheduler(node.scheduler, child, reason, owner.now_ns())
+    _state(owner).killed.update(doomed)
     owner.applied += 1
     gone = node.children.pop(child, None)
     if gone is not None:
         gone.closed = stale_latch(f"scheduler {child} was killed by {node.scheduler}")
     log.info("scheduler killed", parent=node.scheduler, child=child, reason=reason)
+
+
+def _subtree_parents(host: Any, parent: str, child: str) -> dict[str, str]:
+    """``child``'s subtree, each name mapped to its parent (preorder)."""
+    out, todo = {}, [(child, parent)]
+    while todo:
+        name, up = todo.pop()
+        out[name] = up
+        todo += [(c, name) for c in reversed(host.scheduler_children(name))]
+    return out
+
+
+@attrs.frozen
+class SchedulerRow:
+    """One scheduler for ``Admin.schedulers`` (plain data)."""
+
+    name: str
+    parent: str
+    alive: bool
+    holdings: tuple[Holding, ...]
+    rejected_inserts: int = 0
+    forced_admits: int = 0
+    denied_kicks: int = 0
+    denied_preempts: int = 0
+    evictions: int = 0
+    allocated: tuple[tuple[int, int], ...] = ()
+    exit_kind: str = ""
+    exit_message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parent": self.parent or None,
+            "alive": self.alive,
+            "holdings": [attrs.asdict(h) for h in self.holdings],
+            "rejected_inserts": self.rejected_inserts,
+            "forced_admits": self.forced_admits,
+            "denied_kicks": self.denied_kicks,
+            "denied_preempts": self.denied_preempts,
+            "evictions": self.evictions,
+            "allocated_ns": {str(cpu): ns for cpu, ns in self.allocated},
+            "exit": None
+            if not self.exit_kind
+            else {"kind": self.exit_kind, "message": self.exit_message},
+        }
+
+
+def _scheduler_row(host: Any, name: str, parent: str, alive: bool) -> SchedulerRow:
+    holdings = tuple(_holdings_of(host, name)) if alive else ()
+    try:
+        stats = host.scheduler_stats(name)
+    except Exception:  # a killed scheduler the core no longer reports on
+        return SchedulerRow(name, parent, alive, holdings)
+    allocated = getattr(stats, "allocated_ns", None) or {}
+    exit_record = getattr(stats, "exit", None)
+    return SchedulerRow(
+        name,
+        parent,
+        alive,
+        holdings,
+        int(getattr(stats, "rejected_inserts", 0)),
+        int(getattr(stats, "forced_admits", 0)),
+        int(getattr(stats, "denied_kicks", 0)),
+        int(getattr(stats, "denied_preempts", 0)),
+        int(getattr(stats, "evictions", 0)),
+        tuple(sorted((int(c), int(ns)) for c, ns in dict(allocated).items())),
+        "" if exit_record is None else str(getattr(exit_record, "kind", "parentKill")),
+        "" if exit_record is None else str(getattr(exit_record, "message", "")),
+    )
+
+
+def op_schedulers(owner: Any) -> list[SchedulerRow]:
+    """Every live scheduler (root first, preorder), then the killed ones."""
+    host = owner.host
+    live = _subtree_parents(host, "", "root") if host.scheduler_alive("root") else {}
+    rows = [_scheduler_row(host, n, p, True) for n, p in live.items()]
+    for name, parent in _state(owner).killed.items():
+        if name not in live:
+            rows.append(_scheduler_row(host, name, parent, False))
+    return rows
 
 
 def op_child(owner: Any, node: Node, name: str) -> Node:

@@ -24,6 +24,7 @@ from .delegation import (
     Holding,
     Node,
     Note,
+    SchedulerRow,
     op_child,
     op_child_holdings,
     op_children,
@@ -31,6 +32,8 @@ from .delegation import (
     op_holdings,
     op_kill,
     op_revoke,
+    op_root,
+    op_schedulers,
     op_subscribe,
     op_unsubscribe,
 )
@@ -68,8 +71,8 @@ def _caps(params: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _fill_holdings(results: Any, rows: list[Holding]) -> None:
-    out = results.init("cpus", len(rows))
+def _fill_holdings(results: Any, rows: list[Holding], field: str = "cpus") -> None:
+    out = results.init(field, len(rows))
     for item, row in zip(out, rows, strict=True):
         item.cpu = row.cpu
         item.held = list(row.held)
@@ -275,3 +278,31 @@ class SubscriptionServer(capos().Subscription.Server):  # type: ignore[misc,name
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._hub.end(self._sub_id, "the Subscription was dropped")
+
+
+async def admin_cpu_delegation(ctx: Any, context: Any) -> None:
+    """``Admin.cpuDelegation``: the root node (the operator's)."""
+    node = await ctx.bridge.submit(op_root)
+    context.results.node = node_client(ctx, node)
+
+
+async def admin_schedulers(ctx: Any, context: Any) -> None:
+    """``Admin.schedulers``: every scheduler's holdings, counters and exit record."""
+    rows: list[SchedulerRow] = await ctx.bridge.submit(op_schedulers)
+    out = context.results.init("schedulers", len(rows))
+    for item, row in zip(out, rows, strict=True):
+        item.name = row.name
+        item.parent = row.parent
+        item.alive = row.alive
+        _fill_holdings(item, list(row.holdings), "holdings")
+        item.rejectedInserts = row.rejected_inserts
+        item.forcedAdmits = row.forced_admits
+        item.deniedKicks = row.denied_kicks
+        item.deniedPreempts = row.denied_preempts
+        item.evictions = row.evictions
+        times = item.init("allocated", len(row.allocated))
+        for slot, (cpu, ns) in zip(times, row.allocated, strict=True):
+            slot.cpu = cpu
+            slot.ns = ns
+        item.exitKind = row.exit_kind
+        item.exitMessage = row.exit_message

@@ -495,6 +495,18 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
         rpc.internalErrors = counters.internal_errors
         r.plan = plan_name
 
+    @rpc_method
+    async def cpuDelegation_context(self, context: Any) -> None:
+        from .delegation_server import admin_cpu_delegation
+
+        await admin_cpu_delegation(self._ctx, context)
+
+    @rpc_method
+    async def schedulers_context(self, context: Any) -> None:
+        from .delegation_server import admin_schedulers
+
+        await admin_schedulers(self._ctx, context)
+
 
 def _stats_op(owner: Owner) -> tuple[list[Any], int, str]:
     return owner.thread_stats(), owner.applied, owner.plan_name

@@ -155,6 +155,22 @@ def test_kill_makes_the_childs_node_stale_and_rehomes_nothing_else(deleg: InProc
     arun(main)
 
 
+def test_a_kill_made_elsewhere_also_makes_the_node_stale(deleg: InProcess) -> None:
+    """Not only kills through this node: the node checks that its scheduler lives."""
+
+    async def main() -> None:
+        s, root = await _root(deleg)
+        async with s:
+            web = await root.child("web")
+            api = await web.child("api")
+            deleg.call(lambda owner: owner.host.kill_scheduler("web", "api", "by the core", 0))
+            with pytest.raises(cl.Stale, match="scheduler api was killed"):
+                await api.holdings()
+            assert await web.children() == []  # web itself lives on
+
+    arun(main)
+
+
 def test_subscribe_receives_caps_updates_and_ends_when_dropped(deleg: InProcess) -> None:
     async def main() -> None:
         s, root = await _root(deleg)
