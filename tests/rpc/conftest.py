@@ -302,3 +302,33 @@ def inproc(workdir: Path) -> Iterator[InProcess]:
         yield d
     finally:
         d.stop()
+
+
+# ------------------------------------------------------ CPU delegation
+
+DELEG_MANIFEST = """\
+package capos
+
+machine: {cpus: 4, policy: "wfq"}
+
+processes: {
+	work: threads: a: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	ops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}
+	nothing: grants: policy: kind: "schedulingPolicy"
+}
+"""
+
+
+@pytest.fixture
+def deleg(workdir: Path) -> Iterator[InProcess]:
+    from capos_sched.manifest import load_plan_text
+
+    from .fake_delegation import fake_plan_host
+
+    d = InProcess(
+        workdir, load_plan_text(DELEG_MANIFEST, "deleg.cue"), host_factory=fake_plan_host()
+    )
+    try:
+        yield d
+    finally:
+        d.stop()

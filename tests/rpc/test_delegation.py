@@ -5,8 +5,6 @@ web, batch under root; api under web)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,30 +12,6 @@ import pytest
 from capos_sched import client as cl
 
 from .conftest import InProcess, arun, assert_no_traceback
-from .fake_delegation import fake_plan_host
-
-MANIFEST = """\
-package capos
-
-machine: {cpus: 4, policy: "wfq"}
-
-processes: {
-	work: threads: a: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
-	ops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}
-	nothing: grants: policy: kind: "schedulingPolicy"
-}
-"""
-
-
-@pytest.fixture
-def deleg(workdir: Path) -> Iterator[InProcess]:
-    from capos_sched.manifest import load_plan_text
-
-    d = InProcess(workdir, load_plan_text(MANIFEST, "deleg.cue"), host_factory=fake_plan_host())
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 async def _root(d: InProcess) -> tuple[cl.Session, cl.CpuDelegationClient]:
