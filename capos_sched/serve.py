@@ -75,14 +75,29 @@ class CoreHost:
 
     def grant_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> list[int]:
         denied, effects = self.inner.scheduler.grant_cpus(parent, child, cpus, caps, now_ns)
+        granted = [c for c in cpus if c not in denied]
+        self._mark("grant", granted, {"parent": parent, "child": child, "caps": _names(caps)})
         self._act(effects)
         return list(denied)
 
     def revoke_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> None:
-        self._act(self.inner.scheduler.revoke_cpus(parent, child, cpus, caps, now_ns))
+        effects = self.inner.scheduler.revoke_cpus(parent, child, cpus, caps, now_ns)
+        self._mark("revoke", cpus, {"parent": parent, "child": child, "caps": _names(caps)})
+        self._act(effects)
 
     def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> None:
-        self._act(self.inner.scheduler.kill_scheduler(parent, child, reason, now_ns))
+        effects = self.inner.scheduler.kill_scheduler(parent, child, reason, now_ns)
+        self._mark("kill", [0], {"parent": parent, "child": child, "reason": reason})
+        self._act(effects)
+
+    def _mark(self, what: str, cpus: Any, args: dict[str, Any]) -> None:
+        """A Perfetto instant per CPU (``--trace``): ``grant web`` / ``revoke web``."""
+        trace = getattr(self.inner, "trace", None)
+        if trace is None:
+            return
+        at = self.inner._rel(self.inner.now_ns())
+        for cpu in dict.fromkeys(cpus):
+            trace.instant(int(cpu), f"{what} {args['child']}", at, "delegation", args)
 
     def scheduler_stats(self, name: str) -> Any:
         return self.inner.scheduler.scheduler_stats(name)
@@ -103,6 +118,11 @@ class CoreHost:
         notes = list(getattr(effects, "notifications", ()) or ())
         for sink in self.sinks:
             sink(notes)
+
+
+def _names(caps: Any) -> list[str]:
+    names = getattr(caps, "names", None)
+    return list(names) if names is not None else [str(caps)]
 
 
 def plan_host(plan: Any, *args: Any, **kwargs: Any) -> CoreHost:
