@@ -691,3 +691,7 @@ def _snapshot_data(thread: str, snap: Any) -> dict[str, Any]:
 
 
 COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]
+
+from .cpus_commands import cpus  # noqa: E402 - it builds on the helpers above
+
+COMMANDS.append(cpus)

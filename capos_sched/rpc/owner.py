@@ -17,6 +17,7 @@ import attrs
 
 from capos_sched.core import CoreError, StaleThread, ThreadRef, ThreadSnapshot
 
+from .delegation import DelegationOwner
 from .errors import wire_error
 from .grants import Grant, GrantRow, GrantTable, PlanDiff, ProcessGrants
 from .host import Host
@@ -64,6 +65,8 @@ class Owner:
         self.plan_name = plan_name
         self.applied = 0
         """Mutations applied through capabilities."""
+        self.delegation = DelegationOwner(host)
+        """CPU delegation nodes and subscriptions (rpc/delegation.py)."""
 
     def now_ns(self) -> int:
         return self.host.now_ns()

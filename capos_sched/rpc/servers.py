@@ -89,9 +89,11 @@ class ConnContext:
         "kind",
         "load",
         "max_calls",
+        "nodes",
         "registry",
         "restored",
         "sessions",
+        "subscriptions",
     )
 
     def __init__(
@@ -118,8 +120,16 @@ class ConnContext:
         """The CapSet handed out for each process restored on this connection."""
         self.restored = False
         """A token was restored on this connection (it is no longer idle)."""
+        self.nodes: dict[Any, Any] = {}
+        """The CpuDelegation handed out for each scheduler node (rpc/delegation.py)."""
+        self.subscriptions: set[int] = set()
+        """CpuListener subscriptions open on this connection (bounded)."""
 
     def close(self) -> None:
+        from .delegation_server import end_connection
+
+        end_connection(self)
+        self.nodes.clear()
         self.registry.clear()
         self.caps.clear()
         self.sessions.clear()
@@ -253,7 +263,21 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
         grant: Grant = await self._ctx.bridge.submit(
             functools.partial(Owner.capset_get, pg=self._pg, name=name)
         )
+        if grant.kind == "cpuDelegation":
+            context.results.cap = await self._node_client_for(grant)
+            return
         context.results.cap = self._client_for(grant)
+
+    async def _node_client_for(self, grant: Grant) -> Any:
+        from .delegation import op_node_for
+        from .delegation_server import node_client
+
+        ctx = self._ctx
+        client = ctx.caps.get(grant)
+        if client is None:
+            node = await ctx.bridge.submit(functools.partial(op_node_for, grant=grant))
+            client = ctx.caps[grant] = node_client(ctx, node)
+        return client
 
     @rpc_method
     async def list_context(self, context: Any) -> None:
@@ -491,6 +515,18 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
             active=state["policy"],
         )
         _fill_policy_state(context.results.init("state"), state)
+
+    @rpc_method
+    async def cpuDelegation_context(self, context: Any) -> None:
+        from .delegation_server import admin_cpu_delegation
+
+        await admin_cpu_delegation(self._ctx, context)
+
+    @rpc_method
+    async def schedulers_context(self, context: Any) -> None:
+        from .delegation_server import admin_schedulers
+
+        await admin_schedulers(self._ctx, context)
 
 
 def _stats_op(owner: Owner) -> tuple[list[Any], int, str, Any]:

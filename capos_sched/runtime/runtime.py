@@ -231,6 +231,8 @@ class Runtime(PlanHost):
         self._bypasses = 0
         self._last_exit: Any = None
         """The newest exit record logged (records are logged once, in order)."""
+        self.notification_sinks: list[Callable[[Any], None]] = []
+        """Called with the CPU-delegation notifications of every effect acted on."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -707,6 +709,10 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         if effects.ejections:
             self._log_new_exits()
+        notifications = getattr(effects, "notifications", None)
+        if notifications:
+            for sink in self.notification_sinks:
+                sink(notifications)  # CpuListener subscribers (rpc/delegation.py)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
