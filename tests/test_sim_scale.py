@@ -337,3 +337,17 @@ def test_eevdf_sends_back_a_thread_that_v_left_behind() -> None:
     policy.sum_wv = 3  # V = 3: b (v 8) is no longer eligible, c (v 1) is
     assert policy._earliest_eligible(s) is c
     assert [e[2] for e in policy._later] == [b]  # b waits for V again
+    policy.sum_wv = 8  # V = 8: b is eligible again, at equality (v <= V)
+    assert policy._earliest_eligible(s) is b
+
+
+def test_eevdf_heaps_stay_bounded_under_re_keys() -> None:
+    # Kills: dropping the compaction (each re-key leaves a dead entry).
+    s = Scheduler(1, "eevdf")
+    refs = [s.spawn(f"t{i}", 0).thread for i in range(50)]
+    for round_ in range(100):
+        for r in refs:
+            s.set_weight(r, 1 + (round_ * 37 + r.tid) % 4096)
+    policy = s.policy_object
+    assert len(policy._later) + len(policy._now) <= 2 * 50 + 64 + 1
+    s.check_invariants()
