@@ -269,6 +269,15 @@ def test_bench_sim_reports_both_scenarios_against_heapq() -> None:
         assert s["goal_met"] is None  # not the goal's size: not judged
     assert document["scenarios"][1]["sleepers"] > 30
     assert len(document["load_average"]) == 3
+    assert document["policy"] == "wfq" and document["scenarios"][0]["policy"] == "wfq"
+
+
+def test_bench_sim_runs_the_policy_asked_for() -> None:
+    args = ["bench", "sim", "--scenario", "mixed", "--threads", "100", "--cpus", "2"]
+    result = CliRunner().invoke(main, [*args, "--duration", "0.1", "--policy", "eevdf", "--json"])
+    assert result.exit_code == 0, result.output
+    (scenario,) = json.loads(result.stdout)["scenarios"]
+    assert scenario["policy"] == "eevdf" and scenario["events"] > 50
 
 
 def test_heapq_baseline_runs_the_events_it_is_asked_for() -> None:
