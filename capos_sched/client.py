@@ -625,11 +625,28 @@ class AdminSession:
         return [str(x) for x in r.revoked]
 
     async def grants(self) -> list[GrantInfo]:
+        return (await self.grants_and_policy())[0]
+
+    async def grants_and_policy(self) -> tuple[list[GrantInfo], dict[str, Any]]:
+        """``Admin.grants``: the rows, and the policy in force (as ``policy()``)."""
         r = await _call(self.admin.grants())
-        return [
+        rows = [
             GrantInfo(g.process, g.name, g.kind, g.target, str(g.state), int(g.sessions))
             for g in r.grants
         ]
+        return rows, _policy_state(r.policy)
+
+    async def policy(self) -> dict[str, Any]:
+        """The scheduling policy in force: ``{"policy", "builtin", "bypass"
+        (None, or its last stall bypass), "exits": [ejection records]}``."""
+        return (await self.grants_and_policy())[1]
+
+    async def set_policy(self, name: str, source: str = "") -> dict[str, Any]:
+        """``Admin.setPolicy``: a built-in ``name`` (``source`` empty), or a user
+        policy's module text named ``name``; the state after the switch.
+        InvalidArgument (nothing changed) for a bad name or source."""
+        r = await _call(self.admin.setPolicy(name, source), timeout=30)
+        return _policy_state(r.state)
 
     async def stats(self) -> dict[str, Any]:
         r = await _call(self.admin.stats())
@@ -654,6 +671,7 @@ class AdminSession:
         rpc = r.rpc
         return {
             "plan": r.plan,
+            "policy": _policy_state(r.policy),
             "threads": threads,
             "rpc": {
                 "connections": rpc.connections,
@@ -705,6 +723,36 @@ class AdminSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _policy_state(state: Any) -> dict[str, Any]:
+    """An ``Admin.PolicyState`` as plain data (the ``--json`` shape)."""
+    bypass = None
+    if state.hasBypass:
+        b = state.bypass
+        bypass = {
+            "policy": b.policy,
+            "thread": b.thread,
+            "waited_ns": b.waitedNs,
+            "at_ns": b.atNs,
+            "active": b.active,
+            "ended_ns": None if b.active else b.endedNs,
+        }
+    return {
+        "policy": state.active,
+        "builtin": state.builtin,
+        "bypass": bypass,
+        "exits": [
+            {
+                "kind": e.kind,
+                "policy": e.policy,
+                "callback": e.callback or None,
+                "message": e.message,
+                "at_ns": e.atNs,
+            }
+            for e in state.exits
+        ],
+    }
 
 
 async def connect_admin(address: Address | str, timeout: float = DEFAULT_TIMEOUT_S) -> AdminSession:

@@ -59,6 +59,12 @@ class CoreHost:
     def apply_plan(self, plan: Any, now_ns: int) -> Any:
         return self.inner.apply_plan(plan, now_ns)
 
+    def set_policy(self, name: str, source: str) -> None:
+        self.inner.set_policy_source(name, source)
+
+    def policy_status(self) -> Mapping[str, Any]:
+        return self.inner.policy_status()  # type: ignore[no-any-return]
+
     # ------------------------------------------------------ CPU delegation
 
     def scheduler_names(self) -> list[str]:

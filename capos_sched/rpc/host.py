@@ -65,6 +65,14 @@ class Host(Protocol):
 
     def apply_plan(self, plan: Any, now_ns: int) -> PlanChangeLike: ...
 
+    def set_policy(self, name: str, source: str) -> None:
+        """Switch policy atomically: a built-in ``name`` (empty ``source``) or a
+        user policy's module text; InvalidArgument (nothing changed) if bad."""
+        ...
+
+    def policy_status(self) -> Mapping[str, Any]:
+        """``{"policy", "builtin", "bypass": dict | None, "exits": [dict]}``."""
+
     # ------------------------------------------------------ CPU delegation
     # Names are scheduler names ("root" first); bad input raises CoreError
     # (InvalidArgument for an unknown or non-child name or a bad CPU).

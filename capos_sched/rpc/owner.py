@@ -10,6 +10,7 @@ revocation applied earlier in the same thread is always seen.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -168,6 +169,16 @@ class Owner:
             diff,
             start,
         )
+
+    def set_policy(self, name: str, source: str) -> Mapping[str, Any]:
+        """Admin.setPolicy: one operation, so the switch is atomic for every
+        other call; the state after it (an ejection while taking over shows)."""
+        self.host.set_policy(name, source)
+        self.applied += 1
+        return self.policy_status()
+
+    def policy_status(self) -> Mapping[str, Any]:
+        return self.host.policy_status()
 
     def prune_token_files(self, names: tuple[str, ...]) -> None:
         self.grants.prune_token_files(names)

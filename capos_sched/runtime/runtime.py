@@ -229,6 +229,8 @@ class Runtime(PlanHost):
         """The built-in policy a stall bypass replaced, restored once stalls clear."""
         self._quiet_since_ns: int | None = None
         self._bypasses = 0
+        self._last_exit: Any = None
+        """The newest exit record logged (records are logged once, in order)."""
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
         super().__init__(plan, policy, cpus, guard)
@@ -563,6 +565,8 @@ class Runtime(PlanHost):
         core = self.scheduler
         while not self._stopping:
             dispatch = core.pick_next(k, self.now_ns())
+            if core.exits and core.exits[-1] is not self._last_exit:
+                self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
                 await event.wait()
@@ -703,8 +707,8 @@ class Runtime(PlanHost):
             self._kick(cpu)
         for cpu in effects.preempts:
             self._preempt_for_wake(cpu)
-        for record in effects.ejections:
-            self._log_ejection(record)
+        if effects.ejections:
+            self._log_new_exits()
         notifications = getattr(effects, "notifications", None)
         if notifications:
             for sink in self.notification_sinks:
@@ -755,6 +759,18 @@ class Runtime(PlanHost):
             # lowered when the next one starts, so this cannot go stale).
             self._workers[cpu].preempt()
             self._wake_preemptions += 1
+
+    def _log_new_exits(self) -> None:
+        """Log every exit record of the core not logged yet, oldest first."""
+        exits = self.scheduler.exits
+        new = []
+        for record in reversed(exits):
+            if record is self._last_exit:
+                break
+            new.append(record)
+        for record in reversed(new):
+            self._log_ejection(record)
+        self._last_exit = exits[-1] if exits else None
 
     def _log_ejection(self, record: Any) -> None:
         log.error(
@@ -858,7 +874,7 @@ class Runtime(PlanHost):
             record = core.eject("stall", message, now)
             if record is not None:
                 self._bypasses += 1
-                self._log_ejection(record)
+                self._log_new_exits()
                 self._bypassed = previous if previous in {p.value for p in Policy} else None
                 self._bypass = {
                     "at_ns": self._rel(now),
@@ -890,7 +906,7 @@ class Runtime(PlanHost):
         Ends a bypass. ``policy`` is a built-in name or a policy object."""
         previous = self.scheduler.policy_name
         effects = self.scheduler.set_policy(policy, self.now_ns())
-        if self._bypass is not None and self._bypassed is not None:
+        if self._bypass is not None and self._bypass["ended_ns"] is None:
             self._bypass["ended_ns"] = self._rel(self.now_ns())
         self._bypassed = None
         self._quiet_since_ns = None
@@ -898,6 +914,16 @@ class Runtime(PlanHost):
         self._act(effects)
         for k in range(self.cpus):
             self._kick(k)
+
+    def policy_status(self) -> dict[str, Any]:
+        """PlanHost's, with the watchdog's last bypass (times since the run started)."""
+        status = super().policy_status()
+        if self._bypass is not None:
+            status["bypass"] = {**self._bypass, "active": self._bypass["ended_ns"] is None}
+        return status
+
+    def rel_ns(self, now_ns: int) -> int:
+        return self._rel(now_ns)
 
     def _stall_reason(self, stall: Stall) -> str:
         core = self.scheduler
