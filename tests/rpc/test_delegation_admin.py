@@ -72,3 +72,30 @@ def test_cpus_cli_errors_are_typed_without_tracebacks(deleg: InProcess) -> None:
     out = _cpus_cli(deleg, "grant", "web", "9", "enq")  # the daemon checks the range
     assert out.returncode == 1 and out.stderr.startswith("invalidArgument:"), out.stderr
     assert_no_traceback(out.stderr)
+
+
+def test_stats_reports_every_scheduler(deleg: InProcess) -> None:
+    import json
+
+    from .conftest import cli
+
+    assert _cpus_cli(deleg, "grant", "web", "1", "enq").returncode == 0
+    out = cli("stats", "--admin", deleg.admin, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["schedulers"]}
+    assert rows["web"]["holdings"] == [
+        {"cpu": 1, "held": ["enq"], "effective": ["enqImmed", "enq"]}
+    ]
+    assert set(rows["web"]) >= {"rejected_inserts", "forced_admits", "evictions", "allocated_ns"}
+    text = cli("stats", "--admin", deleg.admin).stdout
+    assert "scheduler web: cpus 1:enq, rejected=0" in text
+
+
+def test_stats_without_cpu_delegation_in_the_host_has_no_schedulers(inproc: InProcess) -> None:
+    import json
+
+    from .conftest import cli
+
+    out = cli("stats", "--admin", inproc.admin, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["schedulers"] is None
