@@ -68,33 +68,42 @@ class CoreHost:
     # ------------------------------------------------------ CPU delegation
 
     def scheduler_names(self) -> list[str]:
-        return list(self.inner.scheduler.scheduler_names())
+        return list(self._delegation().scheduler_names())
 
     def scheduler_children(self, name: str) -> list[str]:
-        return list(self.inner.scheduler.scheduler_children(name))
+        return list(self._delegation().scheduler_children(name))
 
     def scheduler_alive(self, name: str) -> bool:
-        return bool(self.inner.scheduler.scheduler_alive(name))
+        return bool(self._delegation().scheduler_alive(name))
 
     def cpu_holdings(self, name: str) -> list[Any]:
-        return list(self.inner.scheduler.cpu_holdings(name))
+        return list(self._delegation().cpu_holdings(name))
 
     def grant_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> list[int]:
-        denied, effects = self.inner.scheduler.grant_cpus(parent, child, cpus, caps, now_ns)
+        denied, effects = self._delegation().grant_cpus(parent, child, cpus, caps, now_ns)
         granted = [c for c in cpus if c not in denied]
         self._mark("grant", granted, {"parent": parent, "child": child, "caps": _names(caps)})
         self._act(effects)
         return list(denied)
 
     def revoke_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> None:
-        effects = self.inner.scheduler.revoke_cpus(parent, child, cpus, caps, now_ns)
+        effects = self._delegation().revoke_cpus(parent, child, cpus, caps, now_ns)
         self._mark("revoke", cpus, {"parent": parent, "child": child, "caps": _names(caps)})
         self._act(effects)
 
     def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> None:
-        effects = self.inner.scheduler.kill_scheduler(parent, child, reason, now_ns)
+        effects = self._delegation().kill_scheduler(parent, child, reason, now_ns)
         self._mark("kill", [0], {"parent": parent, "child": child, "reason": reason})
         self._act(effects)
+
+    def _delegation(self) -> Any:
+        """The core scheduler, when it implements CPU delegation (else unimplemented)."""
+        scheduler = self.inner.scheduler
+        if not callable(getattr(scheduler, "grant_cpus", None)):
+            from capos_sched.rpc.errors import wire_error
+
+            raise wire_error("unimplemented", "this scheduling host has no CPU delegation")
+        return scheduler
 
     def _mark(self, what: str, cpus: Any, args: dict[str, Any]) -> None:
         """A Perfetto instant per CPU (``--trace``): ``grant web`` / ``revoke web``."""
@@ -106,7 +115,7 @@ class CoreHost:
             trace.instant(int(cpu), f"{what} {args['child']}", at, "delegation", args)
 
     def scheduler_stats(self, name: str) -> Any:
-        return self.inner.scheduler.scheduler_stats(name)
+        return self._delegation().scheduler_stats(name)
 
     def add_notification_sink(self, sink: Callable[[Any], None]) -> None:
         runtime_sinks = getattr(self.inner, "notification_sinks", None)

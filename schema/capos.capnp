@@ -229,6 +229,34 @@ interface Admin {
   # source fails "invalidArgument: ..." and changes nothing. A user policy
   # that fails while taking over is ejected at once: `state` then shows the
   # fallback and the exit record.
+
+  struct CpuTime {
+    cpu @0 :UInt16;
+    ns @1 :UInt64;
+  }
+
+  struct SchedulerStats {
+    # One scheduler of the delegation tree (docs/delegation.md).
+    name @0 :Text;
+    parent @1 :Text;                # "" for the root
+    alive @2 :Bool;                 # false once killed: `exitKind` says why
+    holdings @3 :List(CpuHolding);
+    rejectedInserts @4 :UInt64;
+    forcedAdmits @5 :UInt64;
+    deniedKicks @6 :UInt64;
+    deniedPreempts @7 :UInt64;
+    evictions @8 :UInt64;
+    allocated @9 :List(CpuTime);    # CPU time allocated to it, per CPU
+    exitKind @10 :Text;             # "" while alive; "parentKill" once killed
+    exitMessage @11 :Text;
+  }
+
+  cpuDelegation @5 () -> (node :CpuDelegation);
+  # The root scheduler's node: the operator's authority over CPU delegation.
+
+  schedulers @6 () -> (schedulers :List(SchedulerStats));
+  # Every scheduler (the root first, then the tree in preorder), and those
+  # killed while the daemon ran, with their exit records.
 }
 
 # ---------------------------------------------------------------- CPU delegation

@@ -145,3 +145,26 @@ def test_admin_set_policy_is_appended_and_reports_the_policy_state(schema):
         "active",
         "endedNs",
     ]
+
+
+def test_admin_cpu_delegation_and_schedulers_are_appended_after_set_policy(schema):
+    assert ordinal_names(schema.Admin)[4:] == ["setPolicy", "cpuDelegation", "schedulers"]
+    methods = schema.Admin.schema.methods
+    assert list(methods["cpuDelegation"].param_type.fieldnames) == []
+    assert list(methods["cpuDelegation"].result_type.fieldnames) == ["node"]
+    assert list(methods["schedulers"].result_type.fieldnames) == ["schedulers"]
+    assert list(schema.Admin.SchedulerStats.schema.fieldnames) == [
+        "name",
+        "parent",
+        "alive",
+        "holdings",
+        "rejectedInserts",
+        "forcedAdmits",
+        "deniedKicks",
+        "deniedPreempts",
+        "evictions",
+        "allocated",
+        "exitKind",
+        "exitMessage",
+    ]
+    assert list(schema.Admin.CpuTime.schema.fieldnames) == ["cpu", "ns"]

@@ -487,12 +487,15 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
 
     async def go() -> dict[str, Any]:
         async with await connect_admin(_admin(admin_addr)) as session:
-            return await session.stats()
+            report = await session.stats()
+            report["schedulers"] = await _schedulers_or_none(session)
+            return report
 
     report = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    from .cpus_commands import scheduler_lines
     from .policy_commands import policy_lines
 
     click.echo(f"plan: {report['plan']}")
@@ -515,6 +518,18 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
     _print_table(table)
     rpc = report["rpc"]
     click.echo("rpc: " + ", ".join(f"{k}={v}" for k, v in rpc.items()))
+    for line in scheduler_lines(report["schedulers"] or []):
+        click.echo(line)
+
+
+async def _schedulers_or_none(session: Any) -> list[dict[str, Any]] | None:
+    """Admin.schedulers, or None from a daemon whose host has no CPU delegation."""
+    from capos_sched.client import Unimplemented
+
+    try:
+        return await session.schedulers()  # type: ignore[no-any-return]
+    except Unimplemented:
+        return None
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

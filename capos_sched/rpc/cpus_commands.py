@@ -153,6 +153,22 @@ def show(admin_addr: Address | None, as_json: bool) -> None:
             click.echo(f"{row['name']}: {row['exit']['kind']}: {row['exit']['message'] or '-'}")
 
 
+def scheduler_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per scheduler for ``stats`` (nothing when only the root exists)."""
+    if len(rows) <= 1:
+        return []
+    out = []
+    for row in rows:
+        state = "" if row["alive"] else f" {(row['exit'] or {}).get('kind', 'gone')}"
+        out.append(
+            f"scheduler {row['name']}{state}: cpus {_cpus_text(row['holdings'])}, "
+            f"rejected={row['rejected_inserts']} forced={row['forced_admits']} "
+            f"denied_kicks={row['denied_kicks']} denied_preempts={row['denied_preempts']} "
+            f"evictions={row['evictions']}"
+        )
+    return out
+
+
 def _cpus_text(holdings: list[dict[str, Any]]) -> str:
     """``0:preempt 1-2:enq``: CPUs grouped by the caps held literally."""
     if not holdings:
