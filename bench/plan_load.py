@@ -52,22 +52,30 @@ def _owner() -> Owner:
     return Owner(host, GrantTable.from_plan(small, host), "small")
 
 
+CPU_MS: list[float] = []
+"""Each step's CPU time (this thread's), beside its wall time: on a loaded host the
+wall time also counts the time other processes had the CPU."""
+
+
 def _timed(steps: list[float], fn: Any, *args: Any) -> Any:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = fn(*args)
     steps.append((time.perf_counter() - t0) * 1e3)
+    CPU_MS.append((time.thread_time() - c0) * 1e3)
     return out
 
 
 def stepped(plan: Plan, step: int) -> dict[str, Any]:
     owner, steps = _owner(), []
+    CPU_MS.clear()
     _timed(steps, owner.stage_load, plan)
     while not _timed(steps, owner.load_step, step):
         pass
     _timed(steps, owner.commit_load, "big")
     while not _timed(steps, owner.retire_step, step):
         pass
-    unload = []  # back to the small plan: 50k threads removed
+    load_cpu = max(CPU_MS)
+    unload: list[float] = []  # back to the small plan: 50k threads removed
     _timed(unload, owner.stage_load, _plan(50))
     while not _timed(unload, owner.load_step, step):
         pass
@@ -77,18 +85,26 @@ def stepped(plan: Plan, step: int) -> dict[str, Any]:
     return {
         "owner_steps": len(steps),
         "max_step_ms": round(max(steps), 1),
+        "max_step_cpu_ms": round(load_cpu, 1),
         "total_ms": round(sum(steps), 1),
         "unload_max_step_ms": round(max(unload), 1),
         "unload_total_ms": round(sum(unload), 1),
+        "unload_max_step_cpu_ms": round(max(CPU_MS), 1),
     }
 
 
 def one_step(plan: Plan) -> dict[str, Any]:
     owner, steps = _owner(), []
+    CPU_MS.clear()
     _timed(steps, owner.load, plan, "big")
     unload: list[float] = []
     _timed(unload, owner.load, _plan(50), "small")
-    return {"max_step_ms": round(steps[0], 1), "unload_max_step_ms": round(unload[0], 1)}
+    return {
+        "max_step_ms": round(steps[0], 1),
+        "max_step_cpu_ms": round(CPU_MS[0], 1),
+        "unload_max_step_ms": round(unload[0], 1),
+        "unload_max_step_cpu_ms": round(CPU_MS[1], 1),
+    }
 
 
 @click.command("plan-load")
@@ -111,7 +127,9 @@ def main(threads: int, step: int, as_json: bool) -> None:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
-    report["goal_met"] = report["stepped"]["max_step_ms"] <= 100
+    report["goal_met"] = (
+        max(report["stepped"]["max_step_ms"], report["stepped"]["unload_max_step_ms"]) <= 100
+    )
     click.echo(json.dumps(report, indent=None if not as_json else 2))
 
 
