@@ -485,6 +485,9 @@ class Runtime(PlanHost):
         else:
             rt.program = Program.start(workload)
 
+    def on_threads_spawned(self) -> None:
+        self._kick_idle_if_work()  # a plan applied in steps: its new threads may run at once
+
     def on_thread_removed(
         self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
     ) -> None:
