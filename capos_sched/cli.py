@@ -104,6 +104,7 @@ def _register() -> None:
     from bench.dispatch import dispatch
     from bench.manifest_check import manifest
     from bench.matrix import matrix
+    from bench.slice import slice_bench
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
@@ -121,6 +122,7 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(simulate)
     bench.add_command(matrix)
+    bench.add_command(slice_bench)
 
 
 _register()

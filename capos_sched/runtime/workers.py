@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from typing import IO
 
 import attrs
@@ -114,6 +115,8 @@ class Worker:
     attached: set[int] = attrs.Factory(set)
     pending_detach: list[int] = attrs.Factory(list)
     busy: bool = False
+    sent_ns: int = 0
+    """CLOCK_MONOTONIC when the last request's send returned (for the probe)."""
 
     @classmethod
     def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
@@ -190,6 +193,7 @@ class Worker:
             try:
                 await self._flush_detaches()
                 await self.sock.send(payload)
+                self.sent_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"send failed: {exc}", ran=False) from exc
             try:
