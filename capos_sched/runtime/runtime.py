@@ -69,6 +69,7 @@ from capos_sched.core import (
 )
 from capos_sched.drive import step, thread_row
 from capos_sched.runtime.host import PlanHost
+from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import (
     OP_HASH,
     OP_SPIN,
@@ -78,7 +79,6 @@ from capos_sched.runtime.protocol import (
     ST_PREEMPTED,
     encode_request,
 )
-from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.stats import Samples
 from capos_sched.runtime.timers import sleep_until_monotonic_ns
 from capos_sched.runtime.trace import TraceRecorder
