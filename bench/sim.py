@@ -179,8 +179,13 @@ def run_scenario(
 
 
 def child_main() -> None:
+    """The child process of one scenario (Ctrl-C reaches it too: it exits 130
+    quietly and the parent reports the interruption)."""
     path, duration, seed, mode, policy = sys.argv[1:6]
-    result = run_child(Path(path), float(duration), int(seed), mode, policy)
+    try:
+        result = run_child(Path(path), float(duration), int(seed), mode, policy)
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.stdout.write(json.dumps(result) + "\n")
 
 
