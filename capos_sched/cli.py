@@ -105,10 +105,12 @@ def _register() -> None:
     from bench.manifest_check import manifest
     from bench.matrix import matrix
     from bench.sim import sim
+    from bench.slice import slice_bench
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
     from capos_sched.rpc.commands import COMMANDS as RPC_COMMANDS
+    from capos_sched.rpc.policy_commands import policy
     from capos_sched.runtime.commands import run, simulate
 
     main.add_command(bench)
@@ -120,9 +122,11 @@ def _register() -> None:
     for command in RPC_COMMANDS:
         main.add_command(command)
     bench.add_command(rpc)
+    main.add_command(policy)
     main.add_command(run)
     main.add_command(simulate)
     bench.add_command(matrix)
+    bench.add_command(slice_bench)
 
 
 _register()
