@@ -150,12 +150,17 @@ def measure_dispatch(threads: int, cpus: int, cycles: int, seed: int = 0) -> flo
 
 
 def interleaved_medians(runs: list[Callable[[int], None]], cycles: int) -> list[float]:
-    """Median nanoseconds per iteration of each runner: 9 batches each, the
-    runners taking turns batch by batch, so a loaded host slows all alike."""
-    per_batch = max(1, cycles // 9)
+    """Median nanoseconds per iteration of each runner: 10 batches each, the
+    runners taking turns batch by batch, so a loaded host slows all alike, and
+    the order reversed every other round (the batch that runs second in a pair
+    was measured about 5% faster when both cores were the same code: the order
+    must not favour any)."""
+    per_batch = max(1, cycles // 10)
     times: list[list[float]] = [[] for _ in runs]
-    for _ in range(9):
-        for k, run_batch in enumerate(runs):
+    for round_ in range(10):
+        order = range(len(runs)) if round_ % 2 == 0 else range(len(runs) - 1, -1, -1)
+        for k in order:
+            run_batch = runs[k]
             gc.collect()
             start = time.perf_counter_ns()
             run_batch(per_batch)
@@ -164,7 +169,7 @@ def interleaved_medians(runs: list[Callable[[int], None]], cycles: int) -> list[
 
 
 def compare_dispatch(threads: int, cpus: int, cycles: int, other: type) -> tuple[float, float]:
-    """(ours, other's) nanoseconds per cycle: medians of 9 batches each, run
+    """(ours, other's) nanoseconds per cycle: medians of 10 batches each, run
     alternately."""
     ours, theirs = interleaved_medians(
         [dispatch_batch(threads, cpus), dispatch_batch(threads, cpus, scheduler=other)], cycles
@@ -279,7 +284,7 @@ Examples:
     type=click.IntRange(5, 100_000_000),
     default=200_000,
     show_default=True,
-    help="Dispatch cycles timed (in 9 batches, interleaved with the baselines; median reported).",
+    help="Dispatch cycles timed (in 10 batches, interleaved with the baselines; median reported).",
 )
 @click.option(
     "--compare-core",

@@ -38,6 +38,11 @@ from capos_sched.drive import step, thread_row
 from capos_sched.runtime.stats import Samples
 from capos_sched.workload import Program, Stop, Workload, is_finite
 
+Progress = Callable[[int, int, int], None]
+"""``progress(now_ns, end_ns, events)``: how far a run is (see ``Simulator.run``)."""
+PROGRESS_EVERY = 8192
+"""Events between two progress calls: rare enough to cost nothing per event."""
+
 
 @attrs.define
 class SimThread:
@@ -52,6 +57,8 @@ class SimThread:
     """Set by a call, cleared when the client next runs (the round trip ends
     when the client runs again, as in the runtime, not at the reply)."""
     round_trips: Samples = attrs.Factory(Samples)
+    cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
+    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the report)."""
 
 
 class Simulator:
@@ -83,6 +90,14 @@ class Simulator:
         self._stop_seq: dict[int, int] = {}
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
+        self.events = 0
+        """Events taken off the event heap so far (stale stops included)."""
+        self._finite = 0
+        self._finite_left = 0
+        """Finite threads added / not finished yet: the run's end test is O(1)."""
+        self._rotation_pending = False
+        self.notifications: list[Any] = []
+        """Every CPU delegation notification of the run, in order."""
 
     def add_thread(
         self,
@@ -90,27 +105,50 @@ class Simulator:
         workload: Workload,
         weight: int | None = None,
         latency_class: LatencyClass | str = LatencyClass.NORMAL,
+        scheduler: str = "root",
     ) -> ThreadRef:
         kwargs = {} if weight is None else {"weight": weight}
-        wake = self.core.spawn(name, self.now_ns, latency_class=latency_class, **kwargs)
+        wake = self.core.spawn(
+            name, self.now_ns, latency_class=latency_class, scheduler=scheduler, **kwargs
+        )
         self._threads[wake.thread.tid] = SimThread(
             name, wake.thread, Program.start(workload), is_finite(workload)
         )
+        if is_finite(workload):
+            self._finite += 1
+            self._finite_left += 1
         return wake.thread
 
-    def run(self, duration_ns: int) -> dict:
-        """Simulate until ``duration_ns`` or until every finite thread finished."""
+    def run(
+        self,
+        duration_ns: int,
+        progress: Progress | None = None,
+        progress_every: int = PROGRESS_EVERY,
+    ) -> dict:
+        """Simulate until ``duration_ns`` or until every finite thread finished.
+
+        ``progress(now_ns, end_ns, events)`` is called every ``progress_every``
+        events and once at the end (the driver decides what to show; the
+        simulation never depends on it)."""
         for cpu in sorted(self._idle):
             self._schedule(self.now_ns, "kick", cpu)
         if self.watchdog_ns is not None:
             self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
+        self._schedule_rotation()
         end = self.now_ns + duration_ns
-        while self._events and not self._all_finite_done():
+        events = self.events
+        next_progress = events + progress_every if progress is not None else -1
+        while self._events and (not self._finite or self._finite_left):
             at, seq, kind, arg = self._events[0]
             if at > end:
                 break
             heapq.heappop(self._events)
             self.now_ns = at
+            events += 1
+            if events == next_progress:
+                self.events = events
+                progress(at, end, events)  # type: ignore[misc]
+                next_progress += progress_every
             if kind == "stop":
                 if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
                     self._on_stop(arg)
@@ -122,7 +160,14 @@ class Simulator:
                 self._calls[arg]()
             elif kind == "watchdog":
                 self._watchdog()
+            elif kind == "rotate":
+                self._rotation_pending = False
+                self._act(self.core.delegation_tick(self.now_ns))
+                self._schedule_rotation()
+        self.events = events
         self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
+        if progress is not None:
+            progress(self.now_ns, end, events)
         return self.report()
 
     def report(self) -> dict:
@@ -135,6 +180,10 @@ class Simulator:
                     wake_latency_ns=sim.wake_latencies.summary(),
                     ipc_round_trip_ns=sim.round_trips.summary(),
                     finished_ns=sim.finished_ns,
+                    scheduler=self.core.scheduler_of(sim.ref)
+                    if self.core.is_live(sim.ref)
+                    else None,
+                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.cpu_runtime_ns.items())},
                 )
             )
         return {
@@ -145,6 +194,7 @@ class Simulator:
             "threads": threads,
             "policy_final": self.core.policy_name,
             "policy_exits": [record.as_dict() for record in self.core.exits],
+            "schedulers": scheduler_rows(self.core),
         }
 
     def at(self, time_ns: int, fn: Callable[[], None]) -> None:
@@ -170,6 +220,12 @@ class Simulator:
 
     # ---------------------------------------------------------------- internals
 
+    def _schedule_rotation(self) -> None:
+        at = self.core.next_delegation_event_ns()
+        if at is not None and not self._rotation_pending:
+            self._rotation_pending = True
+            self._schedule(max(at, self.now_ns), "rotate", 0)
+
     def _schedule(self, at: int, kind: str, arg: int) -> None:
         self._seq += 1
         heapq.heappush(self._events, (at, self._seq, kind, arg))
@@ -177,8 +233,7 @@ class Simulator:
             self._stop_seq[arg] = self._seq
 
     def _all_finite_done(self) -> bool:
-        finite = [s for s in self._threads.values() if s.finite]
-        return bool(finite) and all(s.finished_ns is not None for s in finite)
+        return self._finite > 0 and self._finite_left == 0
 
     def _try_dispatch(self, cpu: int) -> None:
         dispatch = self.core.pick_next(cpu, self.now_ns)
@@ -201,11 +256,14 @@ class Simulator:
 
     def _on_stop(self, cpu: int) -> None:
         sim, ran, stop = self._running.pop(cpu)
+        sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + ran
         now = self.now_ns
         if stop is Stop.CALL:
             sim.call_started_ns = now
         effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
         if stop is Stop.FINISHED:
+            if sim.finite and sim.finished_ns is None:
+                self._finite_left -= 1
             sim.finished_ns = now
         elif stop is Stop.SLEEP and not effects.exited:
             self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
@@ -217,6 +275,8 @@ class Simulator:
         return None if sim is None else sim.program
 
     def _act(self, effects: Effects) -> None:
+        self.notifications.extend(effects.notifications)
+        self.notifications.extend(self.core.take_notifications())
         for cpu in effects.kicks:
             self._kick(cpu)
         for cpu in effects.preempts:
@@ -225,7 +285,7 @@ class Simulator:
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
-        if self.core.snapshot_any(sim.ref).state is not ThreadState.BLOCKED:
+        if self.core.state_of(sim.ref) is not ThreadState.BLOCKED:
             return
         sim.program.resume()
         wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)
@@ -254,7 +314,33 @@ class Simulator:
 
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
-        for cpu in self._running:
+        for cpu, (sim, _ran, _stop) in self._running.items():
             started = self.core.running_since(cpu) or end
-            self.core.charge_current(cpu, max(0, end - started))
+            partial = max(0, end - started)
+            self.core.charge_current(cpu, partial)
+            sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + partial
         self.now_ns = end
+
+
+def scheduler_rows(core: Scheduler) -> list[dict[str, Any]]:
+    """Per scheduler (live ones in tree order, then killed ones): holdings,
+    counters, CPU time allocated per CPU, exit record (the run report)."""
+    deleg = core._deleg
+    if deleg is None or core._routed is None:
+        return []
+    rows = []
+    for name in core.scheduler_names():
+        node = deleg.tree.nodes[name]
+        row = core.scheduler_stats(name).as_dict()
+        row["parent"] = node.parent
+        row["weight"] = node.weight
+        row["holdings"] = [
+            {"cpu": h.cpu, "held": h.held.names, "effective": h.effective.names}
+            for h in core.cpu_holdings(name)
+        ]
+        rows.append(row)
+    for name in deleg.dead:
+        row = core.scheduler_stats(name).as_dict()
+        row["holdings"] = []
+        rows.append(row)
+    return rows

@@ -2,8 +2,8 @@
  *
  * The pure-Python class in runqueue.py is the reference; this is the same
  * min-heap with lazy deletion, with the heap held as a C array of
- * (key, seq, seq object) instead of a list of Python ints, plus the steal/pull
- * walk (balance_victim) in one C call. Semantics match the reference exactly:
+ * (key, seq, seq object) instead of a list of Python ints. Semantics match
+ * the reference exactly:
  * order by (key, seq), dead entries (seq absent from _entries) skipped at the
  * front, compaction when the heap exceeds 2 * live + 1. tests/core/test_accel.py
  * checks parity on random operation sequences.
@@ -29,8 +29,6 @@ typedef struct {
 } HeapQueue;
 
 static PyObject *str_queue_seq;
-static PyObject *str_head_key;
-static PyTypeObject HeapQueueType;
 
 static inline int
 entry_lt(const Entry *a, const Entry *b)
@@ -322,82 +320,6 @@ HeapQueue_get_entries(HeapQueue *q, void *closure)
     return Py_NewRef(q->entries);
 }
 
-/* A sibling's live front key into *key; 0 when empty, -1 on error. */
-static int
-front_key(PyObject *queue, long long *key)
-{
-    if (PyObject_TypeCheck(queue, &HeapQueueType)) {
-        Entry *e = live_front((HeapQueue *)queue, NULL);
-        if (e == NULL)
-            return 0;
-        *key = e->key;
-        return 1;
-    }
-    PyObject *k = PyObject_CallMethodNoArgs(queue, str_head_key);
-    if (k == NULL)
-        return -1;
-    if (k == Py_None) {
-        Py_DECREF(k);
-        return 0;
-    }
-    *key = PyLong_AsLongLong(k);
-    Py_DECREF(k);
-    return (*key == -1 && PyErr_Occurred()) ? -1 : 1;
-}
-
-static PyObject *
-balance_victim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "balance_victim(queues, own, threshold)");
-        return NULL;
-    }
-    PyObject *queues = args[0], *own = args[1];
-    long long threshold = PyLong_AsLongLong(args[2]);
-    if (threshold == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *seq = PySequence_Fast(queues, "balance_victim: queues must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    long long own_key = 0, best_key = 0, key;
-    int has_own = front_key(own, &own_key);
-    if (has_own < 0)
-        goto fail;
-    __int128 limit = (__int128)own_key - threshold;
-    PyObject *victim = NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *sibling = items[i];
-        if (sibling == own)
-            continue;
-        int found = front_key(sibling, &key);
-        if (found < 0)
-            goto fail;
-        if (!found)
-            continue;
-        if ((!has_own || (__int128)key <= limit) && (victim == NULL || key < best_key)) {
-            best_key = key;
-            victim = sibling;
-        }
-    }
-    Py_DECREF(seq);
-    PyObject *own_obj = has_own ? PyLong_FromLongLong(own_key) : Py_NewRef(Py_None);
-    if (own_obj == NULL)
-        return NULL;
-    PyObject *result = PyTuple_New(2);
-    if (result == NULL) {
-        Py_DECREF(own_obj);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(result, 0, own_obj);
-    PyTuple_SET_ITEM(result, 1, Py_NewRef(victim ? victim : Py_None));
-    return result;
-fail:
-    Py_DECREF(seq);
-    return NULL;
-}
-
 static PyMethodDef HeapQueue_methods[] = {
     {"push", (PyCFunction)(void (*)(void))HeapQueue_push, METH_FASTCALL,
      "push(thread, key, seq): queue thread at (key, seq); a live thread moves."},
@@ -436,8 +358,6 @@ static PyTypeObject HeapQueueType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"balance_victim", (PyCFunction)(void (*)(void))balance_victim, METH_FASTCALL,
-     "The steal/pull walk: (own front key, victim); see runqueue.balance_victim."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -451,8 +371,7 @@ PyMODINIT_FUNC
 PyInit__accel(void)
 {
     str_queue_seq = PyUnicode_InternFromString("queue_seq");
-    str_head_key = PyUnicode_InternFromString("head_key");
-    if (str_queue_seq == NULL || str_head_key == NULL)
+    if (str_queue_seq == NULL)
         return NULL;
     if (PyType_Ready(&HeapQueueType) < 0)
         return NULL;

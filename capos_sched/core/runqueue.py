@@ -15,14 +15,13 @@ bounded by the live thread count however many changes are made.
 Ties on the key break by ``enqueue_seq``, a scheduler-wide counter, so
 equal keys leave the queue in enqueue order.
 
-Two implementations of the ordered DSQ and of the steal/pull walk: the
-pure-Python reference here (``PureVirtualFinishQueue``, ``pure_balance_victim``)
-and an optional C accelerator (``_accel.c``, the same heap with its entries in a
-C array), built at install time when a compiler is there. ``VirtualFinishQueue``
-and ``balance_victim`` are the accelerated ones when the extension imports and
+Two implementations of the ordered DSQ: the pure-Python reference here
+(``PureVirtualFinishQueue``) and an optional C accelerator (``_accel.c``, the
+same heap with its entries in a C array), built at install time when a compiler
+is there. ``VirtualFinishQueue`` is the accelerated one when the extension imports and
 ``CAPOS_SCHED_PURE`` is unset (or empty or 0), else the reference;
 ``IMPLEMENTATION`` says which ("c" or "python"). The same tests run against both
-(tests/conftest.py, ``make test``).
+(tests/core/test_accel.py; ``make test`` runs tests/core both ways).
 """
 
 from __future__ import annotations
@@ -243,43 +242,6 @@ class FifoQueue:
         return thread
 
 
-def _front_key(queue: PureVirtualFinishQueue) -> int | None:
-    heap = queue._heap
-    if heap and (heap[0] & _SEQ_MASK) in queue._entries:
-        return heap[0] >> SEQ_BITS
-    return queue.head_key()  # skips dead entries at the front
-
-
-def pure_balance_victim(
-    queues: list[PureVirtualFinishQueue], own: PureVirtualFinishQueue, threshold: int
-) -> tuple[int | None, PureVirtualFinishQueue | None]:
-    """The steal/pull walk over ordered queues, in one call: ``(own front key,
-    victim)``. The victim is the sibling with the lowest front key (ties: the
-    earlier in ``queues``), if ``own`` is empty (a steal) or that key is at
-    least ``threshold`` below own's front (a pull); else None.
-
-    One function instead of a method call per sibling: this walk runs at every
-    pick of a CPU whose local DSQ is empty.
-    """
-    own_key = _front_key(own)
-    limit = None if own_key is None else own_key - threshold
-    best_key, victim = None, None
-    for sibling in queues:
-        if sibling is own:
-            continue
-        heap = sibling._heap
-        if not heap:
-            continue
-        key = heap[0] >> SEQ_BITS if (heap[0] & _SEQ_MASK) in sibling._entries else None
-        if key is None:
-            key = sibling.head_key()
-            if key is None:
-                continue
-        if (limit is None or key <= limit) and (best_key is None or key < best_key):
-            best_key, victim = key, sibling
-    return own_key, victim
-
-
 def _load_accelerator():  # type: ignore[no-untyped-def]
     """The C extension module, or None where it was not built."""
     try:
@@ -344,9 +306,7 @@ if _accel is not None:
 
 if AcceleratedVirtualFinishQueue is not None and not pure_requested():
     VirtualFinishQueue: type = AcceleratedVirtualFinishQueue
-    balance_victim = _accel.balance_victim
     IMPLEMENTATION = "c"
 else:
     VirtualFinishQueue = PureVirtualFinishQueue
-    balance_victim = pure_balance_victim
     IMPLEMENTATION = "python"

@@ -69,6 +69,7 @@ from capos_sched.core import (
 )
 from capos_sched.drive import step, thread_row
 from capos_sched.runtime.host import PlanHost
+from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import (
     OP_HASH,
     OP_SPIN,
@@ -229,6 +230,13 @@ class Runtime(PlanHost):
         """The built-in policy a stall bypass replaced, restored once stalls clear."""
         self._quiet_since_ns: int | None = None
         self._bypasses = 0
+        self._last_exit: Any = None
+        """The newest exit record logged (records are logged once, in order)."""
+        self.notification_sinks: list[Callable[[Any], None]] = []
+        """Called with the CPU-delegation notifications of every effect acted on."""
+        self.probe: SliceProbe | None = None
+        self._probe_times: tuple[int, ...] | None = None
+        """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -481,6 +489,9 @@ class Runtime(PlanHost):
         else:
             rt.program = Program.start(workload)
 
+    def on_threads_spawned(self) -> None:
+        self._kick_idle_if_work()  # a plan applied in steps: its new threads may run at once
+
     def on_thread_removed(
         self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
     ) -> None:
@@ -560,15 +571,19 @@ class Runtime(PlanHost):
     async def _cpu_loop(self, k: int) -> None:
         core = self.scheduler
         while not self._stopping:
+            picking = time.perf_counter_ns()
             dispatch = core.pick_next(k, self.now_ns())
+            if core.exits and core.exits[-1] is not self._last_exit:
+                self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
                 await event.wait()
                 self._parked[k] = None
                 continue
-            await self._run_dispatch(k, dispatch)
+            await self._run_dispatch(k, dispatch, picking)
 
-    async def _run_dispatch(self, k: int, dispatch: Dispatch) -> None:
+    async def _run_dispatch(self, k: int, dispatch: Dispatch, picking: int = 0) -> None:
+        picked = time.perf_counter_ns()
         rt = self._threads[dispatch.thread]
         start = self.now_ns()
         rt.dispatches += 1
@@ -634,6 +649,8 @@ class Runtime(PlanHost):
                 t1 = self._clock()
                 self._overhead.add(max(0, t1 - t0 - elapsed))
                 rt.crashes_in_a_row = 0
+                if self.probe is not None and rt.hash is None:
+                    self._probe_times = (picking, picked, t0, worker.sent_ns, position, acc, t1)
                 break
             if rt.hash is not None and status != ST_ERROR:
                 rt.hash.position, rt.hash.acc = position, acc
@@ -666,6 +683,27 @@ class Runtime(PlanHost):
                 },
             )
         self._after_run(k, rt, elapsed, stop, end)
+        if self.probe is not None and self._probe_times is not None:
+            self._probe_record(elapsed)
+
+    def _probe_record(self, elapsed: int) -> None:
+        """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
+        assert self.probe is not None and self._probe_times is not None
+        picking, picked, t0, sent, received, replied, t1 = self._probe_times
+        self._probe_times = None
+        done = time.perf_counter_ns()
+        if self._clock is not time.perf_counter_ns:
+            return  # an injected clock: the stamps are not comparable
+        self.probe.add(
+            pick=picked - picking if picking else 0,
+            prepare=t0 - picked,
+            send=sent - t0,
+            to_worker=received - sent,
+            worker_extra=replied - received - elapsed,
+            from_worker=t1 - replied,
+            after_run=done - t1,
+            overhead=t1 - t0 - elapsed,
+        )
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
         if stop is Stop.CALL:
@@ -701,8 +739,12 @@ class Runtime(PlanHost):
             self._kick(cpu)
         for cpu in effects.preempts:
             self._preempt_for_wake(cpu)
-        for record in effects.ejections:
-            self._log_ejection(record)
+        if effects.ejections:
+            self._log_new_exits()
+        notifications = getattr(effects, "notifications", None)
+        if notifications:
+            for sink in self.notification_sinks:
+                sink(notifications)  # CpuListener subscribers (rpc/delegation.py)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
@@ -749,6 +791,18 @@ class Runtime(PlanHost):
             # lowered when the next one starts, so this cannot go stale).
             self._workers[cpu].preempt()
             self._wake_preemptions += 1
+
+    def _log_new_exits(self) -> None:
+        """Log every exit record of the core not logged yet, oldest first."""
+        exits = self.scheduler.exits
+        new = []
+        for record in reversed(exits):
+            if record is self._last_exit:
+                break
+            new.append(record)
+        for record in reversed(new):
+            self._log_ejection(record)
+        self._last_exit = exits[-1] if exits else None
 
     def _log_ejection(self, record: Any) -> None:
         log.error(
@@ -852,7 +906,7 @@ class Runtime(PlanHost):
             record = core.eject("stall", message, now)
             if record is not None:
                 self._bypasses += 1
-                self._log_ejection(record)
+                self._log_new_exits()
                 self._bypassed = previous if previous in {p.value for p in Policy} else None
                 self._bypass = {
                     "at_ns": self._rel(now),
@@ -884,7 +938,7 @@ class Runtime(PlanHost):
         Ends a bypass. ``policy`` is a built-in name or a policy object."""
         previous = self.scheduler.policy_name
         effects = self.scheduler.set_policy(policy, self.now_ns())
-        if self._bypass is not None and self._bypassed is not None:
+        if self._bypass is not None and self._bypass["ended_ns"] is None:
             self._bypass["ended_ns"] = self._rel(self.now_ns())
         self._bypassed = None
         self._quiet_since_ns = None
@@ -892,6 +946,16 @@ class Runtime(PlanHost):
         self._act(effects)
         for k in range(self.cpus):
             self._kick(k)
+
+    def policy_status(self) -> dict[str, Any]:
+        """PlanHost's, with the watchdog's last bypass (times since the run started)."""
+        status = super().policy_status()
+        if self._bypass is not None:
+            status["bypass"] = {**self._bypass, "active": self._bypass["ended_ns"] is None}
+        return status
+
+    def rel_ns(self, now_ns: int) -> int:
+        return self._rel(now_ns)
 
     def _stall_reason(self, stall: Stall) -> str:
         core = self.scheduler

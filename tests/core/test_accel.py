@@ -1,5 +1,5 @@
 """The C accelerator of the ordered DSQ (core/_accel.c) against the pure-Python
-reference (runqueue.PureVirtualFinishQueue, pure_balance_victim): the same
+reference (runqueue.PureVirtualFinishQueue): the same
 operation sequences give the same results, queue by queue and through the whole
 scheduler. The C cases skip where the extension was not built (no compiler); the rest of
 the suite runs against whichever implementation is selected (``make test`` runs
@@ -17,9 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 
 from capos_sched.core import MAX_WEIGHT, QueueCpu, Scheduler, runqueue
-from capos_sched.core.policies import wfq
 from capos_sched.core.runqueue import KEY_MAX, KEY_MIN, PureVirtualFinishQueue
-from capos_sched.core.runqueue import pure_balance_victim as pure_victim
 
 accel = runqueue._accel
 needs_accel = pytest.mark.skipif(accel is None, reason="C accelerator not built (no compiler)")
@@ -45,22 +43,19 @@ def accelerated_class() -> type:
     return runqueue.AcceleratedVirtualFinishQueue
 
 
-# Mostly small keys and thresholds, so ties (between siblings' fronts, and at
-# exactly the pull threshold) are common.
+# Mostly small keys, so ties (broken by enqueue order) are common.
 keys = st.one_of(
     st.integers(0, 3),
     st.integers(-3, 3),
     st.integers(0, 10**12),
     st.sampled_from([KEY_MIN, KEY_MAX]),
 )
-thresholds = st.one_of(st.integers(0, 3), st.integers(0, 10**12))
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(0, 2), st.integers(0, 7), keys),
         st.tuples(st.just("pop"), st.integers(0, 2)),
         st.tuples(st.just("discard"), st.integers(0, 2), st.integers(0, 7)),
         st.tuples(st.just("peek"), st.integers(0, 2)),
-        st.tuples(st.just("walk"), st.integers(0, 2), thresholds),
     ),
     max_size=80,
 )
@@ -70,7 +65,7 @@ def name(thread: FakeThread | None) -> str | None:
     return None if thread is None else thread.name
 
 
-def run_queue_ops(cls: type, victim_walk, sequence) -> list:  # type: ignore[no-untyped-def]
+def run_queue_ops(cls: type, sequence) -> list:  # type: ignore[no-untyped-def]
     """Apply ``sequence`` to three queues of ``cls``; every observable result."""
     queues = [cls(k, k) for k in range(3)]
     threads = [FakeThread(f"t{i}") for i in range(8)]
@@ -89,13 +84,10 @@ def run_queue_ops(cls: type, victim_walk, sequence) -> list:  # type: ignore[no-
             seen.append(name(queue.pop()))
         elif op == "discard":
             queue.discard(threads[args[0]])
-        elif op == "peek":
+        else:  # peek
             head = queue.head()
             head = head if head is None else (head[0], head[1].name)
             seen.append((head, queue.head_key(), name(queue.front()), len(queue)))
-        else:
-            own_key, victim = victim_walk(queues, queue, args[0])
-            seen.append((own_key, None if victim is None else victim.id))
         seen.append([[t.name for t in x] for x in queues])  # the lazy iterator, in key order
         heaps = [len(x._heap) for x in queues]  # the same compactions, at the same points
         assert all(size <= 2 * len(x) + 1 for size, x in zip(heaps, queues, strict=True))
@@ -110,8 +102,8 @@ def run_queue_ops(cls: type, victim_walk, sequence) -> list:  # type: ignore[no-
 # broke the bound heap <= 2 * live + 1 in both (pop compacts now)
 @example([("push", 1, 0, 0), ("push", 1, 1, 0), ("push", 1, 1, 0), ("push", 0, 1, 0), ("pop", 1)])
 def test_queue_operations_match_the_reference(sequence) -> None:
-    expected = run_queue_ops(PureVirtualFinishQueue, pure_victim, sequence)
-    assert run_queue_ops(accelerated_class(), accel.balance_victim, sequence) == expected
+    expected = run_queue_ops(PureVirtualFinishQueue, sequence)
+    assert run_queue_ops(accelerated_class(), sequence) == expected
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -156,14 +148,13 @@ def test_scheduler_refuses_ordered_keys_beyond_64_bits_in_both() -> None:
 
 def scheduler_trace(pure: bool, cpus: int, weights: list[int], steps: list[tuple]) -> list:
     """Every Dispatch of a WFQ scheduler driven by ``steps``, with the ordered
-    DSQ and the steal/pull walk of one implementation."""
+    DSQ of one implementation (WFQ's steal/pull reads the queue fronts through
+    its own front heap: ``head_key`` and ``front``)."""
     mp = pytest.MonkeyPatch()
     cls = PureVirtualFinishQueue if pure else accelerated_class()
-    walk = pure_victim if pure else accel.balance_victim
     import capos_sched.core.scheduler as scheduler_module
 
     mp.setattr(scheduler_module, "VirtualFinishQueue", cls)
-    mp.setattr(wfq, "balance_victim", walk)
     try:
         s = Scheduler(cpus)
         refs = [
@@ -244,16 +235,3 @@ def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implement
     assert report["implementation"] == implementation
     assert ("reference_ns_per_dispatch" in report) == (implementation == "c")
     assert 0 < report["bytes_per_thread"] <= 1024 and report["memory_goal_met"]
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_walk_pulls_at_exactly_the_threshold_and_ties_go_to_the_first(impl: str) -> None:
-    cls = PureVirtualFinishQueue if impl == "python" else accelerated_class()
-    walk = pure_victim if impl == "python" else accel.balance_victim
-    queues = [cls(k, k) for k in range(3)]
-    for seq, (q, key) in enumerate([(0, 10), (1, 6), (2, 6)], start=1):
-        queues[q].push(FakeThread(f"t{seq}"), key, seq)
-    assert walk(queues, queues[0], 4) == (10, queues[1])  # 6 <= 10 - 4; tie: the first
-    assert walk(queues, queues[0], 5) == (10, None)  # 6 > 10 - 5: no pull
-    queues[0].pop()
-    assert walk(queues, queues[0], 10**9) == (None, queues[1])  # empty: steal
