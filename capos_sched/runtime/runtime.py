@@ -713,7 +713,11 @@ class Runtime(PlanHost):
                 self._trace_wake(k, "ipcCall", self._threads[server])
         self._act(effects)
         self._kick_idle_if_work()
-        self._check_finished()
+        if stop is Stop.FINISHED:
+            # The only change of a slice end that can finish the run (failures
+            # and removals check for themselves): not a scan of every thread
+            # at every slice.
+            self._check_finished()
 
     def _program_of(self, ref: ThreadRef) -> Program | None:
         rt = self._threads.get(ref)
