@@ -328,7 +328,7 @@ Examples:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the JSON document to this file.",
+    help="Also write the JSON document to this file.  [default: nowhere]",
 )
 def slice_bench(
     duration_s: float, runs: int, round_trips: int, as_json: bool, output: Path | None
