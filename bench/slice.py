@@ -295,7 +295,7 @@ def render_text(result: dict[str, Any]) -> str:
     "slice",
     epilog="""\b
 Examples:
-  capos-sched bench slice                      # about 25 s, a text summary
+  capos-sched bench slice                      # 30-60 s, a text summary
   capos-sched bench slice --json               # the JSON document
   capos-sched bench slice --runs 4 --duration 3 --output bench/results/slice.json
 """,
@@ -314,7 +314,7 @@ Examples:
     type=click.IntRange(1, 20),
     default=2,
     show_default=True,
-    help="IPC runs per policy (alternating WFQ and FIFO).",
+    help="IPC runs per policy (WFQ, FIFO, then FIFO, WFQ, ...).",
 )
 @click.option(
     "--round-trips",
@@ -328,7 +328,7 @@ Examples:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the JSON document to this file.",
+    help="Also write the JSON document to this file.  [default: nowhere]",
 )
 def slice_bench(
     duration_s: float, runs: int, round_trips: int, as_json: bool, output: Path | None

@@ -10,7 +10,9 @@ the daemon's and the worker's stamps are comparable:
 - ``prepare``: from the pick to the request (bookkeeping, encoding);
 - ``send``: the request's system call(s) as the daemon sees them;
 - ``to_worker``: from the send to the worker holding the request (the kernel
-  wakes the worker);
+  wakes the worker); 0 when the worker got it before the daemon's ``send``
+  returned (the daemon was descheduled right after waking it: then that time
+  is in ``send``);
 - ``worker_extra``: the worker's wall time for the slice minus the CPU time it
   is charged (its clock set-up, the reply's encoding, any time it was
   descheduled);

@@ -235,7 +235,6 @@ class Runtime(PlanHost):
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
         self.probe: SliceProbe | None = None
-        self._probe_times: tuple[int, ...] | None = None
         """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
@@ -584,6 +583,7 @@ class Runtime(PlanHost):
 
     async def _run_dispatch(self, k: int, dispatch: Dispatch, picking: int = 0) -> None:
         picked = time.perf_counter_ns()
+        probed: tuple[int, ...] | None = None
         rt = self._threads[dispatch.thread]
         start = self.now_ns()
         rt.dispatches += 1
@@ -650,7 +650,7 @@ class Runtime(PlanHost):
                 self._overhead.add(max(0, t1 - t0 - elapsed))
                 rt.crashes_in_a_row = 0
                 if self.probe is not None and rt.hash is None:
-                    self._probe_times = (picking, picked, t0, worker.sent_ns, position, acc, t1)
+                    probed = (picking, picked, t0, worker.sent_ns, position, acc, t1)
                 break
             if rt.hash is not None and status != ST_ERROR:
                 rt.hash.position, rt.hash.acc = position, acc
@@ -683,14 +683,13 @@ class Runtime(PlanHost):
                 },
             )
         self._after_run(k, rt, elapsed, stop, end)
-        if self.probe is not None and self._probe_times is not None:
-            self._probe_record(elapsed)
+        if probed is not None:
+            self._probe_record(probed, elapsed)
 
-    def _probe_record(self, elapsed: int) -> None:
+    def _probe_record(self, times: tuple[int, ...], elapsed: int) -> None:
         """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
-        assert self.probe is not None and self._probe_times is not None
-        picking, picked, t0, sent, received, replied, t1 = self._probe_times
-        self._probe_times = None
+        assert self.probe is not None
+        picking, picked, t0, sent, received, replied, t1 = times
         done = time.perf_counter_ns()
         if self._clock is not time.perf_counter_ns:
             return  # an injected clock: the stamps are not comparable
@@ -722,7 +721,11 @@ class Runtime(PlanHost):
                 self._trace_wake(k, "ipcCall", self._threads[server])
         self._act(effects)
         self._kick_idle_if_work()
-        self._check_finished()
+        if stop is Stop.FINISHED:
+            # The only change of a slice end that can finish the run (failures
+            # and removals check for themselves): not a scan of every thread
+            # at every slice.
+            self._check_finished()
 
     def _program_of(self, ref: ThreadRef) -> Program | None:
         rt = self._threads.get(ref)
