@@ -12,7 +12,9 @@
 
 FROM python:3.11-slim AS wheels
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py builds the optional C accelerator where the build stage has a
+# compiler (the slim image has none: the pure-Python core runs, as designed).
+COPY pyproject.toml setup.py README.md ./
 COPY schema schema
 COPY manifests manifests
 COPY bench bench
