@@ -57,6 +57,8 @@ class SimThread:
     """Set by a call, cleared when the client next runs (the round trip ends
     when the client runs again, as in the runtime, not at the reply)."""
     round_trips: Samples = attrs.Factory(Samples)
+    cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
+    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the report)."""
 
 
 class Simulator:
@@ -93,6 +95,9 @@ class Simulator:
         self._finite = 0
         self._finite_left = 0
         """Finite threads added / not finished yet: the run's end test is O(1)."""
+        self._rotation_pending = False
+        self.notifications: list[Any] = []
+        """Every CPU delegation notification of the run, in order."""
 
     def add_thread(
         self,
@@ -100,9 +105,12 @@ class Simulator:
         workload: Workload,
         weight: int | None = None,
         latency_class: LatencyClass | str = LatencyClass.NORMAL,
+        scheduler: str = "root",
     ) -> ThreadRef:
         kwargs = {} if weight is None else {"weight": weight}
-        wake = self.core.spawn(name, self.now_ns, latency_class=latency_class, **kwargs)
+        wake = self.core.spawn(
+            name, self.now_ns, latency_class=latency_class, scheduler=scheduler, **kwargs
+        )
         self._threads[wake.thread.tid] = SimThread(
             name, wake.thread, Program.start(workload), is_finite(workload)
         )
@@ -126,6 +134,7 @@ class Simulator:
             self._schedule(self.now_ns, "kick", cpu)
         if self.watchdog_ns is not None:
             self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
+        self._schedule_rotation()
         end = self.now_ns + duration_ns
         events = self.events
         next_progress = events + progress_every if progress is not None else -1
@@ -151,6 +160,10 @@ class Simulator:
                 self._calls[arg]()
             elif kind == "watchdog":
                 self._watchdog()
+            elif kind == "rotate":
+                self._rotation_pending = False
+                self._act(self.core.delegation_tick(self.now_ns))
+                self._schedule_rotation()
         self.events = events
         self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
         if progress is not None:
@@ -167,6 +180,10 @@ class Simulator:
                     wake_latency_ns=sim.wake_latencies.summary(),
                     ipc_round_trip_ns=sim.round_trips.summary(),
                     finished_ns=sim.finished_ns,
+                    scheduler=self.core.scheduler_of(sim.ref)
+                    if self.core.is_live(sim.ref)
+                    else None,
+                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.cpu_runtime_ns.items())},
                 )
             )
         return {
@@ -177,6 +194,7 @@ class Simulator:
             "threads": threads,
             "policy_final": self.core.policy_name,
             "policy_exits": [record.as_dict() for record in self.core.exits],
+            "schedulers": scheduler_rows(self.core),
         }
 
     def at(self, time_ns: int, fn: Callable[[], None]) -> None:
@@ -201,6 +219,12 @@ class Simulator:
         self._act(self.core.set_policy(policy, self.now_ns))
 
     # ---------------------------------------------------------------- internals
+
+    def _schedule_rotation(self) -> None:
+        at = self.core.next_delegation_event_ns()
+        if at is not None and not self._rotation_pending:
+            self._rotation_pending = True
+            self._schedule(max(at, self.now_ns), "rotate", 0)
 
     def _schedule(self, at: int, kind: str, arg: int) -> None:
         self._seq += 1
@@ -232,6 +256,7 @@ class Simulator:
 
     def _on_stop(self, cpu: int) -> None:
         sim, ran, stop = self._running.pop(cpu)
+        sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + ran
         now = self.now_ns
         if stop is Stop.CALL:
             sim.call_started_ns = now
@@ -250,6 +275,8 @@ class Simulator:
         return None if sim is None else sim.program
 
     def _act(self, effects: Effects) -> None:
+        self.notifications.extend(effects.notifications)
+        self.notifications.extend(self.core.take_notifications())
         for cpu in effects.kicks:
             self._kick(cpu)
         for cpu in effects.preempts:
@@ -287,7 +314,33 @@ class Simulator:
 
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
-        for cpu in self._running:
+        for cpu, (sim, _ran, _stop) in self._running.items():
             started = self.core.running_since(cpu) or end
-            self.core.charge_current(cpu, max(0, end - started))
+            partial = max(0, end - started)
+            self.core.charge_current(cpu, partial)
+            sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + partial
         self.now_ns = end
+
+
+def scheduler_rows(core: Scheduler) -> list[dict[str, Any]]:
+    """Per scheduler (live ones in tree order, then killed ones): holdings,
+    counters, CPU time allocated per CPU, exit record (the run report)."""
+    deleg = core._deleg
+    if deleg is None or core._routed is None:
+        return []
+    rows = []
+    for name in core.scheduler_names():
+        node = deleg.tree.nodes[name]
+        row = core.scheduler_stats(name).as_dict()
+        row["parent"] = node.parent
+        row["weight"] = node.weight
+        row["holdings"] = [
+            {"cpu": h.cpu, "held": h.held.names, "effective": h.effective.names}
+            for h in core.cpu_holdings(name)
+        ]
+        rows.append(row)
+    for name in deleg.dead:
+        row = core.scheduler_stats(name).as_dict()
+        row["holdings"] = []
+        rows.append(row)
+    return rows

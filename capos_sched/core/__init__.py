@@ -15,7 +15,8 @@ from .constants import (
     REFERENCE_WEIGHT,
     SLICE_NS,
 )
-from .errors import CoreError, InvalidArgument, InvalidState, StaleThread
+from .delegation import ROOT, CpuCap, KillRecord
+from .errors import CoreError, InvalidArgument, InvalidState, StaleScheduler, StaleThread
 from .policies import BUILTIN_NAMES
 from .policy import (
     ENQ_NEW,
@@ -45,6 +46,15 @@ from .scheduler import (
     WakePolicy,
     ideal_shares,
 )
+from .subsched import (
+    ENQ_CAPS_SHIFT,
+    ENQ_EVICTED,
+    ENQ_REJECTED,
+    CpuHoldingView,
+    CpuNotification,
+    SchedulerStats,
+    missing_caps,
+)
 from .thread import (
     LatencyClass,
     Thread,
@@ -59,8 +69,11 @@ __all__ = [
     "BATCH_SLICE_MULTIPLIER",
     "BUILTIN_NAMES",
     "DEFAULT_WEIGHT",
+    "ENQ_CAPS_SHIFT",
+    "ENQ_EVICTED",
     "ENQ_NEW",
     "ENQ_PREEMPTED",
+    "ENQ_REJECTED",
     "ENQ_SWITCH",
     "ENQ_WAKEUP",
     "FALLBACK_POLICY",
@@ -69,15 +82,20 @@ __all__ = [
     "MAX_WEIGHT",
     "MIN_WEIGHT",
     "REFERENCE_WEIGHT",
+    "ROOT",
     "SLICE_NS",
     "CallbackGuard",
     "CallbackTimeout",
     "CoreError",
+    "CpuCap",
+    "CpuHoldingView",
+    "CpuNotification",
     "Dispatch",
     "Effects",
     "ExitKind",
     "InvalidArgument",
     "InvalidState",
+    "KillRecord",
     "LastCpu",
     "LatencyClass",
     "LeastLoaded",
@@ -86,6 +104,8 @@ __all__ = [
     "PolicyViolation",
     "QueueCpu",
     "Scheduler",
+    "SchedulerStats",
+    "StaleScheduler",
     "StaleThread",
     "Stall",
     "Thread",
@@ -98,5 +118,6 @@ __all__ = [
     "class_slice_ns",
     "ideal_shares",
     "local_dsq",
+    "missing_caps",
     "validate_weight",
 ]

@@ -37,3 +37,9 @@ class InvalidState(CoreError):
     """An operation does not apply in the current state (a caller bug)."""
 
     exception_type = "failed"
+
+
+class StaleScheduler(CoreError):
+    """A scheduler node that was killed (its subtree torn down)."""
+
+    exception_type = "disconnected"

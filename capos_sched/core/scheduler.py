@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 
 from .constants import DEFAULT_WEIGHT, REFERENCE_WEIGHT, SLICE_NS
+from .delegation import ROOT, CpuCap
 from .errors import InvalidArgument, InvalidState, StaleThread
 from .policy import (
     ENQ_NEW,
@@ -164,6 +165,8 @@ class Effects:
     released: list[Wake] = attrs.Factory(list)
     exited: bool = False
     ejections: list[PolicyExit] = attrs.Factory(list)
+    notifications: list[Any] = attrs.Factory(list)
+    """CPU delegation notices (``subsched.CpuNotification``) raised by the call."""
 
 
 @attrs.frozen
@@ -333,6 +336,10 @@ class Scheduler:
         self._policy: Any = None
         self._policy_name = ""
         self._cb_exit_thread: Any = None
+        self._deleg: Any = None
+        """The scheduler tree (``subsched.Delegation``), made on first use."""
+        self._routed: Any = None
+        """The same once a sub-scheduler attached: callbacks are routed per thread."""
         if isinstance(policy, str | Policy):
             policy = new_builtin_policy(policy, balance_threshold_ns)
         self._install(policy)
@@ -616,9 +623,13 @@ class Scheduler:
         weight: int = DEFAULT_WEIGHT,
         latency_class: LatencyClass | str | int = LatencyClass.NORMAL,
         placement: WakePolicy | None = None,
+        scheduler: str = ROOT,
     ) -> Wake:
-        """Create a runnable thread; the policy places and queues it."""
+        """Create a runnable thread of ``scheduler`` (default: the root); its
+        scheduler's policy places and queues it."""
         weight = validate_weight(weight)
+        if scheduler != ROOT:
+            self._delegation().check_live(scheduler)
         latency_class = LatencyClass.parse(latency_class)
         prev = self._placement_hint(None, placement or LeastLoaded())
         if self._free_tids:
@@ -628,6 +639,7 @@ class Scheduler:
         generation = self._last_generation.get(tid, 0) + 1
         self._last_generation[tid] = generation
         thread = Thread(tid, generation, name, weight, latency_class)
+        thread.scheduler = scheduler
         self._threads[tid] = thread
         self.now_ns = now_ns
         self._fresh_effects()
@@ -666,7 +678,11 @@ class Scheduler:
         if self._fx is None and self._kicks:
             self._fresh_effects()
         thread = None
-        if cpu.ipc_slot is not None:
+        if self._routed is not None:
+            thread, source = self._routed.choose(cpu, now_ns)
+            if thread is None:
+                return None
+        elif cpu.ipc_slot is not None:
             thread = self._take_ipc_slot(cpu)
             if thread is not None:
                 thread.slice_ns = None
@@ -1002,6 +1018,155 @@ class Scheduler:
         check = getattr(self._policy, "check_invariants", None)
         if check is not None:
             check(self)
+        if self._routed is not None:
+            self._routed.check_invariants()
+
+    # ------------------------------------------------------- CPU delegation
+
+    def _delegation(self) -> Any:
+        if self._deleg is None:
+            from .subsched import Delegation
+
+            self._deleg = Delegation(self)
+        return self._deleg
+
+    def _policy_threads(self) -> list[Thread]:
+        """The threads the root policy runs (all of them without sub-schedulers)."""
+        if self._routed is None:
+            return list(self._threads.values())
+        return [t for t in self._threads.values() if t.scheduler == ROOT]
+
+    def set_pool_rotation(self, rotation_ns: int) -> None:
+        """The default delegation's pool period (at least 10 ms; before any attach)."""
+        from .delegation import MIN_POOL_ROTATION_NS
+
+        if isinstance(rotation_ns, bool) or not isinstance(rotation_ns, int):
+            raise InvalidArgument(f"pool rotation {rotation_ns!r} is not an integer")
+        if rotation_ns < MIN_POOL_ROTATION_NS:
+            raise InvalidArgument(
+                f"pool rotation {rotation_ns} ns is below the minimum {MIN_POOL_ROTATION_NS} ns"
+            )
+        self._delegation().rotation_ns = rotation_ns
+
+    def scheduler_names(self) -> list[str]:
+        """Live schedulers, the root first, then preorder."""
+        return self._delegation().tree.subtree(ROOT)
+
+    def scheduler_children(self, name: str) -> list[str]:
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return list(deleg.tree.nodes[name].children)
+
+    def scheduler_alive(self, name: str) -> bool:
+        return self._delegation().alive(name)
+
+    def scheduler_of(self, ref: ThreadRef) -> str:
+        """The scheduler a live thread belongs to."""
+        return self.resolve(ref).scheduler
+
+    def cpu_holdings(self, name: str) -> list[Any]:
+        """``name``'s CPUs: caps held literally and in effect (``CpuHoldingView``)."""
+        from .subsched import CpuHoldingView
+
+        deleg = self._delegation()
+        deleg.check_live(name)
+        held = deleg.tree.nodes[name].held
+        out = []
+        in_effect = {c for c in range(self.nr_cpus) if name in deleg.effective[c]}
+        for cpu in sorted(set(held) | in_effect):
+            out.append(
+                CpuHoldingView(
+                    cpu, held.get(cpu, CpuCap.NONE), deleg.effective[cpu].get(name, CpuCap.NONE)
+                )
+            )
+        return out
+
+    def attach_scheduler(
+        self, name: str, parent: str, policy: Any, weight: int, now_ns: int
+    ) -> Effects:
+        """Attach sub-scheduler ``name`` under ``parent`` running ``policy`` (a
+        built-in name, a policy object, or None for ``wfq``). The parent's
+        default split gives it CPUs at once; one that would get none is refused."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            self._delegation().attach(name, parent, policy, weight, now_ns)
+        finally:
+            fx = self._end(None)
+        return fx
+
+    def set_scheduler_weight(self, name: str, weight: int, now_ns: int) -> Effects:
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            self._delegation().set_weight(name, weight, now_ns)
+        finally:
+            fx = self._end(None)
+        return fx
+
+    def grant_cpus(
+        self, parent: str, child: str, cpus: Iterable[int], caps: CpuCap, now_ns: int
+    ) -> tuple[list[int], Effects]:
+        """Grant ``caps`` on ``cpus`` to a direct child; returns the denied CPUs."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            denied = self._delegation().grant(parent, child, list(cpus), CpuCap(caps))
+        finally:
+            fx = self._end(None)
+        return denied, fx
+
+    def revoke_cpus(
+        self, parent: str, child: str, cpus: Iterable[int], caps: CpuCap, now_ns: int
+    ) -> Effects:
+        """Revoke ``caps`` on ``cpus`` from a direct child's subtree; running
+        threads that lost the CPU are in ``preempts`` (their slice ends now)."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            self._delegation().revoke(parent, child, list(cpus), CpuCap(caps))
+        finally:
+            fx = self._end(None)
+        return fx
+
+    def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> Effects:
+        """Tear down a direct child's subtree; its threads re-home to ``parent``."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            self._delegation().kill(parent, child, reason, now_ns)
+        finally:
+            fx = self._end(None)
+        return fx
+
+    def delegation_tick(self, now_ns: int) -> Effects:
+        """Advance the default delegation's pool rotation to ``now_ns``."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            if self._routed is not None:
+                self._routed.rotate(now_ns)
+        finally:
+            fx = self._end(None)
+        return fx
+
+    def next_delegation_event_ns(self) -> int | None:
+        """When ``delegation_tick`` next changes something (None: never)."""
+        return None if self._routed is None else self._routed.next_rotation_ns()
+
+    def take_notifications(self) -> list[Any]:
+        """Notifications raised outside a call returning Effects (at dispatch)."""
+        return [] if self._deleg is None else self._deleg.take_notifications()
+
+    def scheduler_stats(self, name: str) -> Any:
+        """A copy of ``name``'s counters (``SchedulerStats``), killed ones included.
+        CPU time is allocated from the first attach on (before it, nothing is split)."""
+        deleg = self._delegation()
+        if name in deleg.states:
+            return deleg.states[name].stats(True)
+        if name in deleg.dead:
+            return deleg.dead[name].stats(False)
+        raise InvalidArgument(f"no scheduler named {name!r}")
 
     # ---------------------------------------------------------------- internals
 
@@ -1039,6 +1204,8 @@ class Scheduler:
         fx.thread = ref
         fx.kicks.extend(k for k in self._kicks if k not in fx.kicks)
         fx.preempts.extend(p for p in self._preempts if p not in fx.preempts)
+        if self._deleg is not None and self._deleg.pending:
+            fx.notifications.extend(self._deleg.take_notifications())
         self._kicks.clear()
         self._preempts.clear()
         if ref is not None:
@@ -1092,7 +1259,7 @@ class Scheduler:
         queued = sorted(
             (
                 t
-                for t in self._threads.values()
+                for t in self._policy_threads()
                 if t.state is ThreadState.RUNNABLE and (t.owner is None or t.owner.kind == QUEUED)
             ),
             key=lambda t: (t.virtual_finish_ns(self.slice_ns), t.tid),
@@ -1102,25 +1269,29 @@ class Scheduler:
                 thread.owner.discard(thread)
                 thread.owner = None
         if old is not None and self._cb_exit_thread is not None:
-            for thread in self._threads.values():
+            for thread in self._policy_threads():
                 if thread.state is not ThreadState.EXITED:
                     try:
                         self._cb_exit_thread(self, thread)
                     except Exception:
                         break
-        for dsq_id in [d for d in self._dsqs if d not in self._builtin_dsq_ids]:
+        for dsq_id in [
+            d for d in self._dsqs if isinstance(d, int) and d not in self._builtin_dsq_ids
+        ]:
             del self._dsqs[dsq_id]
         self._epoch += 1
         epoch = self._epoch
         self._policy = policy
         self._policy_name = str(getattr(policy, "name", type(policy).__name__))
         self._bind(policy)
-        for thread in self._threads.values():
+        if self._routed is not None:
+            self._routed.rebind_root()
+        for thread in self._policy_threads():
             thread.policy_data = None
         self._call("init", self._cb_init)
         if self._epoch != epoch:
             return
-        for thread in list(self._threads.values()):
+        for thread in self._policy_threads():
             if thread.state is not ThreadState.EXITED:
                 self._call("init_thread", self._cb_init_thread, thread)
                 if self._epoch != epoch:
@@ -1312,7 +1483,10 @@ class Scheduler:
         """
         cpu = self.cpus[cpu_id]
         server.wake_reason = WakeReason.IPC_CALL
-        if cpu.ipc_slot is not None and self._is_live(cpu.ipc_slot):
+        if (cpu.ipc_slot is not None and self._is_live(cpu.ipc_slot)) or (
+            self._routed is not None
+            and not self._routed.tree.effective(server.scheduler, cpu_id) & CpuCap.ENQ_IMMED
+        ):
             # Occupied: fall back to ordinary placement on this CPU.
             server.state = ThreadState.BLOCKED
             return self._make_runnable(server, cpu_id, now_ns, ENQ_WAKEUP)

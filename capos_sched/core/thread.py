@@ -159,6 +159,10 @@ class Thread:
     ref: ThreadRef = attrs.field(init=False)
     """This thread's generation-checked reference (fixed at creation)."""
     _vruntime_remainder: int = 0
+    scheduler: str = "root"
+    """The (sub-)scheduler whose policy runs this thread (see ``core/subsched``)."""
+    accounted_ns: int = 0
+    """The part of ``runtime_ns`` already added to its scheduler's allocation."""
 
     def __attrs_post_init__(self) -> None:
         self.ref = ThreadRef(self.tid, self.generation)

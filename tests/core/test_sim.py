@@ -56,9 +56,12 @@ def test_report_has_the_run_keys():
     assert set(report["threads"][0]) == {
         "name", "weight", "class", "runtime_ns", "virtual_runtime_ns", "context_switches",
         "preemptions", "voluntary_blocks", "migrations", "wake_latency_ns",
-        "ipc_round_trip_ns", "finished_ns",
+        "ipc_round_trip_ns", "finished_ns", "scheduler", "cpu_runtime_ns",
     }  # fmt: skip
     assert report["threads"][0]["runtime_ns"] == 10 * MS
+    assert report["threads"][0]["cpu_runtime_ns"] == {"0": 10 * MS}
+    assert report["threads"][0]["scheduler"] == "root"
+    assert report["schedulers"] == []  # no sub-schedulers: no rows
 
 
 def test_round_trip_ends_when_the_client_runs_again():
