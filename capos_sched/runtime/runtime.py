@@ -567,6 +567,8 @@ class Runtime(PlanHost):
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
+            if self.notification_sinks:
+                self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
                 await event.wait()
@@ -709,10 +711,19 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         if effects.ejections:
             self._log_new_exits()
-        notifications = getattr(effects, "notifications", None)
+        if self.notification_sinks:
+            self._notify(list(getattr(effects, "notifications", None) or ()))
+
+    def _notify(self, notifications: list[Any]) -> None:
+        """Hand CPU-delegation notifications to the sinks (CpuListener
+        subscribers, rpc/delegation.py): those of an effect, and those the core
+        raised in dispatch (``take_notifications``: a revoke in effect on a CPU)."""
+        take = getattr(self.scheduler, "take_notifications", None)
+        if callable(take):
+            notifications += take()
         if notifications:
             for sink in self.notification_sinks:
-                sink(notifications)  # CpuListener subscribers (rpc/delegation.py)
+                sink(notifications)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
