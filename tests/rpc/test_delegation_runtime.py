@@ -104,7 +104,17 @@ def test_a_revoke_under_load_moves_the_childs_threads_off_the_cpu(
             await asyncio.sleep(0.5)  # web's three spinners keep CPUs 2 and 3 busy
             before = _allocated(d, "web")
             assert before.get(3, 0) > 0 and before.get(2, 0) > 0
+            sub = await (await root.child("web")).subscribe()
             await root.revoke("web", [3], ["enqImmed"])
+            caps = await sub.next_event(10)
+            assert (caps.kind, caps.cpus) == ("capsUpdated", (3,))
+            effective = await sub.next_event(10)  # raised by CPU 3's next dispatch
+            assert (effective.kind, effective.cpu, effective.after) == (
+                "effectiveCapsUpdated",
+                3,
+                (),
+            )
+            assert "enqImmed" in effective.before
             await asyncio.sleep(0.1)  # well beyond one dispatch (2 ms slices)
             settled = _allocated(d, "web")
             await asyncio.sleep(0.5)
