@@ -80,3 +80,50 @@ def test_kill_through_the_real_core_leaves_a_parent_kill_record(real: InProcess)
             assert rows["root"]["parent"] is None and rows["web"]["alive"] is True
 
     arun(main)
+
+
+SERVE_MANIFEST = """\
+package capos
+
+machine: {cpus: 2, policy: "wfq"}
+
+processes: {
+	work: threads: a: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	ops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}
+}
+"""
+
+
+def test_the_real_daemon_serves_the_root_node_and_fails_closed(workdir: Path) -> None:
+    import json
+
+    from .conftest import Daemon, assert_no_traceback, cli
+
+    d = Daemon(workdir, SERVE_MANIFEST)
+    try:
+
+        async def main() -> None:
+            async with await cl.connect(d.listen, token=d.token("ops")) as s:
+                root = await s.cpu_delegation("cpus")
+                rows = await root.holdings()
+                assert [(h.cpu, h.held) for h in rows] == [
+                    (0, ("enqImmed", "enq", "preempt")),
+                    (1, ("enqImmed", "enq", "preempt")),
+                ]
+                assert await root.children() == []
+                with pytest.raises(cl.InvalidArgument, match="not a direct child"):
+                    await root.grant("web", [0], ["enq"])
+                out = cli("revoke", "--admin", d.admin, "ops.cpus")
+                assert out.returncode == 0, out.stderr
+                with pytest.raises(cl.Revoked):
+                    await root.holdings()
+
+        arun(main)
+        shown = cli("cpus", "show", "--admin", d.admin, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert [r["name"] for r in json.loads(shown.stdout)] == ["root"]
+        out = cli("cpus", "kill", "web", "--admin", d.admin)
+        assert out.returncode == 1 and out.stderr.startswith("invalidArgument:"), out.stderr
+        assert_no_traceback(out.stderr)
+    finally:
+        assert d.stop() == 0
