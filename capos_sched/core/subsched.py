@@ -367,7 +367,13 @@ class Delegation:
         if name in self.tree.nodes:
             raise InvalidArgument(f"cannot attach scheduler {name!r}: the name is taken")
         # Refuse before any change: the parent's split must give the child a CPU.
-        self._split(parent, extra=(name, weight))
+        if parent not in self.manual:
+            try:
+                self._split(parent, extra=(name, weight))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"cannot attach scheduler {name!r} under {parent!r}: {exc}"
+                ) from None
         self.tree.attach(name, parent, weight)
         self.dead.pop(name, None)
         st = SchedState(name, self.tree.nodes[name].depth, None, SubCtx(self, name))
@@ -413,7 +419,6 @@ class Delegation:
     def _route(self) -> None:
         """Replace the Scheduler's callback slots by routers (once)."""
         if self.routed:
-            self.rebind_root()
             return
         self.routed = True
         for thread in self.sched._threads.values():
@@ -628,7 +633,7 @@ class Delegation:
             return CpuCap.NONE
         if immediate and caps & CpuCap.ENQ_IMMED and not self.sched.cpus[cpu].local._entries:
             return CpuCap.NONE
-        return (CpuCap.ENQ if immediate else DELIVERY) & ~caps
+        return (CpuCap.ENQ_IMMED if immediate else DELIVERY) & ~caps
 
     def choose(self, cpu: Any, now_ns: int) -> tuple[Thread | None, str]:
         """What ``cpu`` runs next under delegation: its IPC slot, its local DSQ,
