@@ -369,7 +369,7 @@ class Delegation:
         # Refuse before any change: the parent's split must give the child a CPU.
         if parent not in self.manual:
             try:
-                self._split(parent, extra=(name, weight))
+                self._check_split(parent, self._enq_count(parent), (name, weight))
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"cannot attach scheduler {name!r} under {parent!r}: {exc}"
@@ -408,7 +408,7 @@ class Delegation:
         old = node.weight
         self.tree.set_weight(name, weight)
         try:
-            self._split(node.parent)
+            self._check_split(node.parent, self._enq_count(node.parent))
         except InvalidArgument:
             self.tree.set_weight(name, old)
             raise
@@ -827,6 +827,25 @@ class Delegation:
         if extra is not None:
             participants.append(extra)
         return proportional_split(cpus, participants)
+
+    def _enq_count(self, name: str) -> int:
+        return sum(1 for caps in self.tree.nodes[name].held.values() if caps & CpuCap.ENQ)
+
+    def _check_split(self, parent: str, n: int, extra: tuple[str, int] | None = None) -> None:
+        """Raise unless the default split under ``parent`` with ``n`` enq CPUs
+        (and ``extra`` attached) gives every scheduler below a CPU, all the way
+        down: an attach or weight change is refused before anything changes."""
+        node = self.tree.nodes[parent]
+        participants = [(parent, ROOT_SELF_WEIGHT)]
+        participants += [(c, self.tree.nodes[c].weight) for c in node.children]
+        if extra is not None:
+            participants.append(extra)
+        if parent in self.manual or len(participants) == 1:
+            return
+        split = proportional_split(list(range(n)), participants)
+        for child in node.children:
+            if self.tree.nodes[child].children:
+                self._check_split(child, len(split.exclusive[child]))
 
     def rebalance(self, parent: str, now_ns: int) -> None:
         """The qmap split under ``parent``: exclusive ``enq`` ranges by weight,

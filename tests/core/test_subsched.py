@@ -483,3 +483,13 @@ class DelegationMachine(RuleBasedStateMachine):
 
 TestDelegationMachine = DelegationMachine.TestCase
 TestDelegationMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_an_attach_that_would_starve_a_grandchild_is_refused_whole():
+    sched = Scheduler(4, "wfq")
+    sched.attach_scheduler("a", "root", "wfq", 100, 0)  # root (0, 1), a (2, 3)
+    sched.attach_scheduler("b", "a", "wfq", 100, 0)  # a (2,), b (3,)
+    with pytest.raises(InvalidArgument, match="cannot attach scheduler 'c'"):
+        sched.attach_scheduler("c", "root", "wfq", 100, 0)  # a would keep 1 CPU for 2
+    assert sched.scheduler_names() == ["root", "a", "b"]
+    assert held(sched, "b") == {3: ENQ}
