@@ -1,24 +1,33 @@
 """The Phase D test matrix, measured on the real runtime beside its baselines.
 
-Five cases, each a shipped manifest, each run ``--runs`` times; every figure is
-the median over the runs with its spread (min-max). Within one run the runtime
-variants and the Linux baselines are measured back to back, so they see the
-same machine:
+Six cases (``CASES``, a list: ``register`` adds one), each run ``--runs``
+times under every built-in policy (``wfq``, ``eevdf``, ``fifo``) side by side;
+every figure is the median over the runs with its spread (min-max). Within one
+run the policies and the Linux baselines are measured back to back, so they
+see the same machine:
 
 1. CPU hogs 2:1:1 (``system-thread-fairness.cue``) on 1 and 2 CPUs over a
    window: maximum relative error of the runtime shares against the
-   water-filled ideal; FIFO on 2 CPUs; Linux: three pinned hog processes at
-   nice 0/3/3 (1024:526:526), CPU time from ``/proc``.
+   water-filled ideal; Linux: three pinned hog processes at nice 0/3/3
+   (1024:526:526), CPU time from ``/proc``.
 2. Short sleepers (``thread-fairness-interactive.cue``): wake-to-run latency
-   of the interactive sleeper beside a hog on 1 CPU, with wake-up preemption,
-   without it, as class ``normal``, and under FIFO; Linux: a sleeping process
+   of the interactive sleeper beside a hog on 1 CPU (for WFQ also without
+   wake-up preemption and as class ``normal``); Linux: a sleeping process
    beside a pinned hog (its oversleep).
-3. Direct IPC pairs (``ipc-pairs.cue``): client round trips under WFQ and FIFO.
-4. Multi-process (``multi-process.cue``): per-process share error; FIFO;
-   Linux with nice 0/3/6 (its own weights give its ideal).
+3. Direct IPC pairs (``ipc-pairs.cue``): client round trips.
+4. Multi-process (``multi-process.cue``): per-process share error; Linux with
+   nice 0/3/6 (its own weights give its ideal).
 5. Thread scale (``thread-scale.cue``): elapsed on 1 CPU / elapsed on 2 CPUs;
    Linux: the same hashing in pinned processes on 1 and on 2 cores.
+6. Short requests (inline manifest): at equal weight, an interactive thread
+   computing 1 ms per 4 ms beside two hogs on 1 CPU, where EEVDF's deadlines
+   should differ from WFQ: its wake-to-run p50/p99 and its share; Linux: the
+   same sleeper beside two pinned hogs (oversleep).
 
+The gates are Phase D's, checked on WFQ. ``--quick`` is a fast pass (about a
+minute) usable on a loaded host.
+
+    capos-sched bench matrix --quick --json
     capos-sched bench matrix --runs 3 --json
     capos-sched bench matrix --runs 5 --write-docs   # record docs/benchmarks.md
 """
@@ -36,12 +45,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 import trio
 
 from bench import linux_baseline as linux
 from capos_sched.core import LatencyClass, ideal_shares
-from capos_sched.manifest import Plan, load_plan
+from capos_sched.manifest import Plan, load_plan, load_plan_text
 from capos_sched.manifest.plan import ProcessPlan
 from capos_sched.runtime.runtime import Runtime, RuntimeConfig
 from capos_sched.runtime.stats import percentile
@@ -53,7 +63,8 @@ MANIFESTS = ROOT / "manifests"
 DOCS = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results" / "matrix.json"
 SECTION = "## Phase D matrix"
-CASES = ("fairness", "sleepers", "ipc", "multiprocess", "scale")
+POLICIES = ("wfq", "eevdf", "fifo")
+"""The built-in policies every case compares, side by side."""
 
 GATE_FAIRNESS_1CPU = 0.01
 GATE_FAIRNESS_2CPU = 0.02
@@ -87,8 +98,6 @@ def run_plan(
 
 def with_class(plan: Plan, full_name: str, latency_class: LatencyClass) -> Plan:
     """``plan`` with one thread's class changed."""
-    import attrs
-
     processes = []
     for process in plan.processes:
         threads = tuple(
@@ -198,61 +207,108 @@ def settle(max_wait_s: float, threshold_cpus: float = 0.3) -> float:
 # -------------------------------------------------------------------- cases
 
 
-def case_fairness(window_s: float) -> dict[str, Any]:
+@attrs.frozen
+class Settings:
+    """What every case is measured with."""
+
+    window_s: float
+    quick: bool = False
+    policies: tuple[str, ...] = POLICIES
+
+
+@attrs.frozen
+class Case:
+    """One row group of the matrix: ``measure(settings)`` returns its figures,
+    ``{policy: {...}, "linux": {...}}`` by convention; ``render(case, result)``
+    its markdown lines (the aggregated figures, the whole result); ``gates``
+    its pass/fail checks. Register a new case with ``register`` (the list
+    ``CASES`` is the matrix, in order)."""
+
+    name: str
+    measure: Callable[[Settings], dict[str, Any]]
+    render: Callable[[dict[str, Any], dict[str, Any]], list[str]]
+    gates: Callable[[dict[str, Any]], dict[str, dict[str, Any]]] | None = None
+
+
+CASES: list[Case] = []
+
+
+def register(case: Case) -> Case:
+    """Append ``case`` to the matrix (a case of the same name is replaced)."""
+    CASES[:] = [c for c in CASES if c.name != case.name]
+    CASES.append(case)
+    return case
+
+
+def case_names() -> list[str]:
+    return [c.name for c in CASES]
+
+
+def measure_fairness(s: Settings) -> dict[str, Any]:
     plan = load("system-thread-fairness.cue")
     out: dict[str, Any] = {}
-    for cpus in (1, 2):
-        out[f"wfq_{cpus}cpu_error"] = thread_share_error(
-            run_plan(plan, duration_s=window_s, cpus=cpus, policy="wfq")
-        )
-    out["fifo_2cpu_error"] = thread_share_error(
-        run_plan(plan, duration_s=window_s, cpus=2, policy="fifo")
-    )
+    for policy in s.policies:
+        out[policy] = {
+            f"{cpus}cpu_error": thread_share_error(
+                run_plan(plan, duration_s=s.window_s, cpus=cpus, policy=policy)
+            )
+            for cpus in (1, 2)
+        }
     nices = (0, 3, 3)
+    out["linux"] = {}
     for cpus in (1, 2):
         cores = pinned_cores(cpus) or list(range(cpus))
-        runtimes = linux.hog_runtimes(nices, cores, window_s)
+        runtimes = linux.hog_runtimes(nices, cores, s.window_s)
         ideals = ideal_shares([linux.nice_weight(n) for n in nices], cpus)
-        out[f"linux_{cpus}cpu_error"] = max_share_error(runtimes, ideals)
+        out["linux"][f"{cpus}cpu_error"] = max_share_error(runtimes, ideals)
     return out
 
 
-def case_sleepers(window_s: float) -> dict[str, Any]:
+def _sleeper_figures(runtime: Runtime, name: str) -> dict[str, Any]:
+    rt = runtime.thread(name)
+    assert rt is not None
+    return {
+        "wake_latency_ns": summary(list(rt.wake_latency.recent)),
+        "oversleep_ns": summary(list(rt.oversleep.recent)),
+        "wake_preemptions": runtime.report()["wake_preemptions"],
+    }
+
+
+def measure_sleepers(s: Settings) -> dict[str, Any]:
     plan = load("thread-fairness-interactive.cue")
     sleeper = next(t for t in plan.threads() if t.latency_class is LatencyClass.INTERACTIVE)
-    variants: dict[str, tuple[Plan, str | None, RuntimeConfig]] = {
-        "interactive": (plan, None, RuntimeConfig()),
-        "interactive_no_preemption": (plan, None, RuntimeConfig(wake_preemption=False)),
-        "normal": (with_class(plan, sleeper.full_name, LatencyClass.NORMAL), None, RuntimeConfig()),
-        "fifo": (plan, "fifo", RuntimeConfig()),
-    }
+    normal = with_class(plan, sleeper.full_name, LatencyClass.NORMAL)
     out: dict[str, Any] = {"slice_ns": plan.machine.slice_ns}
-    for name, (variant, policy, config) in variants.items():
-        runtime = run_plan(variant, duration_s=window_s, policy=policy, config=config)
-        rt = runtime.thread(sleeper.full_name)
-        assert rt is not None
-        out[name] = {
-            "wake_latency_ns": summary(list(rt.wake_latency.recent)),
-            "oversleep_ns": summary(list(rt.oversleep.recent)),
-            "wake_preemptions": runtime.report()["wake_preemptions"],
+    for policy in s.policies:
+        runtime = run_plan(plan, duration_s=s.window_s, policy=policy)
+        out[policy] = _sleeper_figures(runtime, sleeper.full_name)
+    if "wfq" in s.policies:  # what makes WFQ's figure: the two halves of its wake rule
+        variants = {
+            "wfq_no_preemption": (plan, RuntimeConfig(wake_preemption=False)),
+            "wfq_normal": (normal, RuntimeConfig()),
         }
+        for key, (variant, config) in variants.items():
+            runtime = run_plan(variant, duration_s=s.window_s, policy="wfq", config=config)
+            out[key] = _sleeper_figures(runtime, sleeper.full_name)
     burst, period = sleeper.workload.burst_ns, sleeper.workload.period_ns
     cores = pinned_cores(1) or [0]
     out["linux"] = {
-        "oversleep_ns": summary(linux.sleeper_oversleep(burst, period, 1, cores, window_s))
+        "oversleep_ns": summary(linux.sleeper_oversleep(burst, period, 1, cores, s.window_s))
     }
     return out
 
 
-def case_ipc() -> dict[str, Any]:
-    """WFQ and FIFO in ABBA order (cancels a load that drifts during the case),
-    round trips pooled per policy."""
+def measure_ipc(s: Settings) -> dict[str, Any]:
+    """Every policy, then again in reverse order (ABBA cancels a load that
+    drifts during the case; one pass in quick mode), round trips pooled per
+    policy."""
     plan = load("ipc-pairs.cue")
     clients = [t.full_name for t in plan.threads() if t.workload.kind == "ipcClient"]
-    samples: dict[str, list[int]] = {"wfq": [], "fifo": []}
-    elapsed: dict[str, list[int]] = {"wfq": [], "fifo": []}
-    overhead: dict[str, list[int]] = {"wfq": [], "fifo": []}
-    for policy in ("wfq", "fifo", "fifo", "wfq"):
+    order = list(s.policies) if s.quick else [*s.policies, *reversed(s.policies)]
+    samples: dict[str, list[int]] = {p: [] for p in s.policies}
+    elapsed: dict[str, list[int]] = {p: [] for p in s.policies}
+    overhead: dict[str, list[int]] = {p: [] for p in s.policies}
+    for policy in order:
         runtime = run_plan(plan, duration_s=60.0, policy=policy)
         for name in clients:
             rt = runtime.thread(name)
@@ -267,21 +323,21 @@ def case_ipc() -> dict[str, Any]:
             "elapsed_ns": statistics.median(elapsed[policy]),
             "dispatch_overhead_p50_ns": statistics.median(overhead[policy]),
         }
-        for policy in ("wfq", "fifo")
+        for policy in s.policies
     }
 
 
-def case_multiprocess(window_s: float) -> dict[str, Any]:
+def measure_multiprocess(s: Settings) -> dict[str, Any]:
     plan = load("multi-process.cue")
     out: dict[str, Any] = {
-        "wfq_error": process_share_error(run_plan(plan, duration_s=window_s, policy="wfq")),
-        "fifo_error": process_share_error(run_plan(plan, duration_s=window_s, policy="fifo")),
+        policy: {"error": process_share_error(run_plan(plan, duration_s=s.window_s, policy=policy))}
+        for policy in s.policies
     }
     process_nice = {"gold": 0, "silver": 3, "bronze": 6}
     threads = plan.threads()
     nices = [process_nice.get(t.process, 0) for t in threads]
     cpus = plan.machine.cpus
-    runtimes = linux.hog_runtimes(nices, pinned_cores(cpus) or list(range(cpus)), window_s)
+    runtimes = linux.hog_runtimes(nices, pinned_cores(cpus) or list(range(cpus)), s.window_s)
     ideal = ideal_shares([linux.nice_weight(n) for n in nices], cpus)
     got: dict[str, float] = {}
     want: dict[str, float] = {}
@@ -289,18 +345,46 @@ def case_multiprocess(window_s: float) -> dict[str, Any]:
         got[t.process] = got.get(t.process, 0) + r
         want[t.process] = want.get(t.process, 0) + i
     names = sorted(got)
-    out["linux_error"] = max_share_error([got[n] for n in names], [want[n] for n in names])
+    out["linux"] = {"error": max_share_error([got[n] for n in names], [want[n] for n in names])}
     return out
 
 
-def case_scale() -> dict[str, Any]:
+QUICK_SCALE_DIVISOR = 4
+"""Quick mode hashes a quarter of thread-scale.cue's rounds."""
+
+
+def with_rounds(plan: Plan, divisor: int) -> Plan:
+    """``plan`` with every hash thread doing ``rounds // divisor`` rounds."""
+    processes = []
+    for process in plan.processes:
+        threads = tuple(
+            attrs.evolve(
+                t, workload=attrs.evolve(t.workload, rounds=max(1, t.workload.rounds // divisor))
+            )
+            if isinstance(t.workload, Hash)
+            else t
+            for t in process.threads
+        )
+        processes.append(ProcessPlan(process.name, threads, process.exec, process.grants))
+    return Plan(plan.source, plan.machine, tuple(processes))
+
+
+def measure_scale(s: Settings) -> dict[str, Any]:
     plan = load("thread-scale.cue")
-    elapsed = {}
-    for cpus in (1, 2):
-        runtime = run_plan(plan, duration_s=120.0, cpus=cpus)
-        report = runtime.report()
-        assert report["stop_reason"] == "finished", report["stop_reason"]
-        elapsed[cpus] = report["elapsed_ns"]
+    if s.quick:
+        plan = with_rounds(plan, QUICK_SCALE_DIVISOR)
+    out: dict[str, Any] = {}
+    for policy in s.policies:
+        elapsed = {}
+        for cpus in (1, 2):
+            report = run_plan(plan, duration_s=120.0, cpus=cpus, policy=policy).report()
+            assert report["stop_reason"] == "finished", report["stop_reason"]
+            elapsed[cpus] = report["elapsed_ns"]
+        out[policy] = {
+            "elapsed_1cpu_ns": elapsed[1],
+            "elapsed_2cpu_ns": elapsed[2],
+            "speedup": elapsed[1] / elapsed[2],
+        }
     spec = plan.threads()[0].workload
     assert isinstance(spec, Hash)
     n = len(plan.threads())
@@ -310,14 +394,65 @@ def case_scale() -> dict[str, Any]:
         )
         for cpus in (1, 2)
     }
-    return {
-        "elapsed_1cpu_ns": elapsed[1],
-        "elapsed_2cpu_ns": elapsed[2],
-        "speedup": elapsed[1] / elapsed[2],
-        "linux_elapsed_1cpu_ns": linux_elapsed[1],
-        "linux_elapsed_2cpu_ns": linux_elapsed[2],
-        "linux_speedup": linux_elapsed[1] / linux_elapsed[2],
+    out["linux"] = {
+        "elapsed_1cpu_ns": linux_elapsed[1],
+        "elapsed_2cpu_ns": linux_elapsed[2],
+        "speedup": linux_elapsed[1] / linux_elapsed[2],
     }
+    return out
+
+
+SHORT_REQUEST_BURST_NS = 1_000_000
+SHORT_REQUEST_SLEEP_NS = 3_000_000
+SHORT_REQUEST_MANIFEST = f"""\
+package capos
+
+// One CPU, three threads of equal weight: two hogs and a short-request
+// thread (class interactive) computing 1 ms, then sleeping 3 ms. It asks for
+// 25% of the CPU, under its fair third, so a scheduler that honours short
+// requests runs it soon after every wake-up and gives it all it asks for.
+machine: {{cpus: 1, policy: "wfq"}}
+
+processes: {{
+	short: threads: req: {{
+		class: "interactive"
+		workload: {{
+			kind:   "sleeper"
+			burst:  "{SHORT_REQUEST_BURST_NS // 1000}us"
+			period: "{SHORT_REQUEST_SLEEP_NS // 1000}us"
+		}}
+	}}
+	hogs: threads: {{
+		h0: workload: kind: "spin"
+		h1: workload: kind: "spin"
+	}}
+}}
+"""
+
+
+def measure_short_request(s: Settings) -> dict[str, Any]:
+    """Where EEVDF should differ from WFQ: the short-request thread's wake-to-run
+    latency and its share of the CPU, at equal weight beside two hogs."""
+    plan = load_plan_text(SHORT_REQUEST_MANIFEST, "short-request.cue")
+    name = "short/req"
+    out: dict[str, Any] = {
+        "demand": SHORT_REQUEST_BURST_NS / (SHORT_REQUEST_BURST_NS + SHORT_REQUEST_SLEEP_NS)
+    }
+    for policy in s.policies:
+        runtime = run_plan(plan, duration_s=s.window_s, policy=policy)
+        report = runtime.report()
+        total = sum(t["runtime_ns"] for t in report["threads"]) or 1
+        mine = next(t for t in report["threads"] if t["name"] == name)
+        out[policy] = {
+            **_sleeper_figures(runtime, name),
+            "share": mine["runtime_ns"] / total,
+        }
+    cores = pinned_cores(1) or [0]
+    samples = linux.sleeper_oversleep(
+        SHORT_REQUEST_BURST_NS, SHORT_REQUEST_SLEEP_NS, 2, cores, s.window_s
+    )
+    out["linux"] = {"oversleep_ns": summary(samples)}
+    return out
 
 
 # ---------------------------------------------------------------- aggregate
@@ -359,36 +494,51 @@ def med(agg: dict[str, Any], *path: str) -> float | None:
     return node.get("median") if isinstance(node, dict) else None
 
 
-def gates(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    def gate(value: float | None, limit: float, kind: str) -> dict[str, Any]:
-        passed = None if value is None else (value <= limit if kind == "max" else value >= limit)
-        return {"value": value, "limit": limit, "kind": kind, "pass": passed}
+def _gate(value: float | None, limit: float, kind: str) -> dict[str, Any]:
+    passed = None if value is None else (value <= limit if kind == "max" else value >= limit)
+    return {"value": value, "limit": limit, "kind": kind, "pass": passed}
 
+
+def gates_fairness(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "fairness_1cpu_error": _gate(med(agg, "wfq", "1cpu_error"), GATE_FAIRNESS_1CPU, "max"),
+        "fairness_2cpu_error": _gate(med(agg, "wfq", "2cpu_error"), GATE_FAIRNESS_2CPU, "max"),
+    }
+
+
+def gates_sleepers(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    slice_ns = med(agg, "slice_ns") or 4_000_000
+    p99 = med(agg, "wfq", "wake_latency_ns", "p99")
+    return {
+        "sleeper_p99_le_slice": _gate(p99, slice_ns, "max"),
+        "sleeper_p99_le_quarter_slice (goal)": _gate(p99, slice_ns / 4, "max"),
+    }
+
+
+def gates_ipc(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result = {}
+    for stat in ("p50", "p99"):
+        wfq = med(agg, "wfq", "round_trip_ns", stat)
+        fifo = med(agg, "fifo", "round_trip_ns", stat)
+        ratio = None if not wfq or not fifo else wfq / fifo
+        result[f"ipc_{stat}_wfq_over_fifo"] = _gate(ratio, GATE_IPC_RATIO, "max")
+    return result
+
+
+def gates_multiprocess(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {"multiprocess_error": _gate(med(agg, "wfq", "error"), GATE_FAIRNESS_2CPU, "max")}
+
+
+def gates_scale(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {"scale_speedup": _gate(med(agg, "wfq", "speedup"), GATE_SCALE, "min")}
+
+
+def gates(agg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Phase D gates (on WFQ, the policy they were set for), of the cases measured."""
     result: dict[str, dict[str, Any]] = {}
-    if "fairness" in agg:
-        result["fairness_1cpu_error"] = gate(
-            med(agg, "fairness", "wfq_1cpu_error"), GATE_FAIRNESS_1CPU, "max"
-        )
-        result["fairness_2cpu_error"] = gate(
-            med(agg, "fairness", "wfq_2cpu_error"), GATE_FAIRNESS_2CPU, "max"
-        )
-    if "sleepers" in agg:
-        slice_ns = med(agg, "sleepers", "slice_ns") or 4_000_000
-        p99 = med(agg, "sleepers", "interactive", "wake_latency_ns", "p99")
-        result["sleeper_p99_le_slice"] = gate(p99, slice_ns, "max")
-        result["sleeper_p99_le_quarter_slice (goal)"] = gate(p99, slice_ns / 4, "max")
-    if "ipc" in agg:
-        for stat in ("p50", "p99"):
-            wfq = med(agg, "ipc", "wfq", "round_trip_ns", stat)
-            fifo = med(agg, "ipc", "fifo", "round_trip_ns", stat)
-            ratio = None if not wfq or not fifo else wfq / fifo
-            result[f"ipc_{stat}_wfq_over_fifo"] = gate(ratio, GATE_IPC_RATIO, "max")
-    if "multiprocess" in agg:
-        result["multiprocess_error"] = gate(
-            med(agg, "multiprocess", "wfq_error"), GATE_FAIRNESS_2CPU, "max"
-        )
-    if "scale" in agg:
-        result["scale_speedup"] = gate(med(agg, "scale", "speedup"), GATE_SCALE, "min")
+    for case in CASES:
+        if case.name in agg and case.gates is not None:
+            result.update(case.gates(agg[case.name]))
     return result
 
 
@@ -403,6 +553,8 @@ def _spread(node: dict[str, Any] | None, fmt: Callable[[float], str]) -> str:
     """``median (min - max)`` of an aggregated figure, or ``-`` when absent."""
     if not node or node.get("median") is None:
         return "-"
+    if node["min"] == node["max"]:  # one run (or no spread): the figure alone
+        return fmt(node["median"])
     return f"{fmt(node['median'])} ({fmt(node['min'])} - {fmt(node['max'])})"
 
 
@@ -428,168 +580,259 @@ def _load_line(case: dict[str, Any]) -> str:
     )
 
 
+LABELS = {"wfq": "WFQ", "eevdf": "EEVDF", "fifo": "FIFO", "linux": "Linux"}
+
+
+def _label(policy: str) -> str:
+    return LABELS.get(policy, policy)
+
+
+def _policies(case: dict[str, Any]) -> list[str]:
+    """The policies a case measured, in matrix order (Linux apart)."""
+    return [p for p in POLICIES if isinstance(case.get(p), dict)]
+
+
+def _verdict(result: dict[str, Any], name: str) -> str:
+    entry = result.get("gates", {}).get(name)
+    if not entry or entry["pass"] is None:
+        return "not measured"
+    return "**pass**" if entry["pass"] else "**FAIL**"
+
+
+def render_fairness(f: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 1. CPU hogs 2:1:1 (`system-thread-fairness.cue`)",
+        "",
+        "Maximum relative error of the runtime shares against the water-filled ideal, "
+        f"{result['window_s']:g} s window (Linux: nice 0/3/3 hogs).",
+        "",
+        "| policy | 1 CPU | 2 CPUs |",
+        "| --- | ---: | ---: |",
+    ]
+    for policy in [*_policies(f), "linux"]:
+        v = f.get(policy, {})
+        lines.append(
+            f"| {_label(policy)} | {_spread_pct(v.get('1cpu_error'))} | "
+            f"{_spread_pct(v.get('2cpu_error'))} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Gates (WFQ): 1 CPU <= 1% {_verdict(result, 'fairness_1cpu_error')}, "
+        f"2 CPUs <= 2% {_verdict(result, 'fairness_2cpu_error')}. " + _load_line(f),
+        "",
+    ]
+
+
+def _latency_rows(
+    case: dict[str, Any], rows: list[tuple[str, str]], with_share: bool = False
+) -> list[str]:
+    lines = []
+    for key, label in rows:
+        v = case.get(key)
+        if not isinstance(v, dict):
+            continue
+        wake = v.get("wake_latency_ns") or {}
+        over = v.get("oversleep_ns") or {}
+        cells = [
+            _spread_us(wake.get("p50")),
+            _spread_us(wake.get("p99")),
+            _spread_us(wake.get("max")),
+            _spread_us(over.get("p50")),
+            _spread_us(over.get("p99")),
+        ]
+        if with_share:
+            cells.append(_spread_pct(v.get("share")))
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return lines
+
+
+def render_sleepers(s: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    rows = [(p, f"{_label(p)}, class interactive") for p in _policies(s)]
+    rows[1:1] = [
+        ("wfq_no_preemption", "WFQ, interactive, no wake-up preemption"),
+        ("wfq_normal", "WFQ, class normal"),
+    ]
+    rows.append(("linux", "Linux: sleeping process beside a hog"))
+    return [
+        "### 2. Short sleepers (`thread-fairness-interactive.cue`, 1 CPU)",
+        "",
+        "Wake latency: from the timer wake (the sleeper made runnable) to running on "
+        "a worker. Oversleep: from the requested wake-up time to running, which also "
+        "counts the daemon's timer lateness (sleeper timers are timerfds armed at "
+        "the absolute deadline, `capos_sched/runtime/timers.py`); it is the figure "
+        "comparable with Linux's. Microseconds.",
+        "",
+        "| policy | wake p50 | wake p99 | wake max | oversleep p50 | oversleep p99 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *_latency_rows(s, rows),
+        "",
+        f"Gate (WFQ) p99 <= one slice (4 ms): {_verdict(result, 'sleeper_p99_le_slice')}. "
+        f"Goal p99 <= slice / 4 with wake-up preemption: "
+        f"{_verdict(result, 'sleeper_p99_le_quarter_slice (goal)')}. " + _load_line(s),
+        "",
+    ]
+
+
+def render_ipc(i: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    g = result.get("gates", {})
+    how = "one pass per policy" if result.get("quick") else "every policy, then in reverse order"
+    lines = [
+        "### 3. Direct IPC pairs (`ipc-pairs.cue`, 2 CPUs, 2 pairs + 2 hogs)",
+        "",
+        "Client round trip: from the call to the client running again with the reply. "
+        f"Microseconds; each run measures {how} and pools both clients' calls per policy.",
+        "",
+        "| policy | p50 | p99 | max | run time s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for policy in _policies(i):
+        rtt = i.get(policy, {}).get("round_trip_ns", {})
+        lines.append(
+            f"| {_label(policy)} | {_spread_us(rtt.get('p50'))} | {_spread_us(rtt.get('p99'))}"
+            f" | {_spread_us(rtt.get('max'))} | "
+            f"{_spread_x(i.get(policy, {}).get('elapsed_ns'), 1e9)} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Gate WFQ within 10% of FIFO: p50 {_verdict(result, 'ipc_p50_wfq_over_fifo')} "
+        f"(ratio {g.get('ipc_p50_wfq_over_fifo', {}).get('value') or 0:.2f}), "
+        f"p99 {_verdict(result, 'ipc_p99_wfq_over_fifo')} "
+        f"(ratio {g.get('ipc_p99_wfq_over_fifo', {}).get('value') or 0:.2f}). " + _load_line(i),
+        "",
+    ]
+
+
+def render_multiprocess(m: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 4. Multi-process load (`multi-process.cue`, 2 CPUs, weights 2048/1024/512)",
+        "",
+        "Maximum relative error of per-process shares against the ideal (Linux: nice 0/3/6).",
+        "",
+        "| policy | error |",
+        "| --- | ---: |",
+    ]
+    for policy in [*_policies(m), "linux"]:
+        lines.append(f"| {_label(policy)} | {_spread_pct(m.get(policy, {}).get('error'))} |")
+    return [
+        *lines,
+        "",
+        f"Gate (WFQ) <= 2%: {_verdict(result, 'multiprocess_error')}. " + _load_line(m),
+        "",
+    ]
+
+
+def render_scale(c: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    work = "a quarter of its rounds (`--quick`)" if result.get("quick") else "its full work"
+    lines = [
+        f"### 5. Thread scale (`thread-scale.cue`, 4 finite `hash` threads, {work})",
+        "",
+        "| policy | 1 CPU s | 2 CPUs s | speedup |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for policy in [*_policies(c), "linux"]:
+        v = c.get(policy, {})
+        label = "Linux processes" if policy == "linux" else _label(policy)
+        lines.append(
+            f"| {label} | {_spread_x(v.get('elapsed_1cpu_ns'), 1e9)} | "
+            f"{_spread_x(v.get('elapsed_2cpu_ns'), 1e9)} | {_spread_x(v.get('speedup'))} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Gate (WFQ) speedup >= 1.6x: {_verdict(result, 'scale_speedup')}. " + _load_line(c),
+        "",
+    ]
+
+
+def render_short_request(r: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    demand = (r.get("demand") or {}).get("median") or 0.25
+    rows = [(p, _label(p)) for p in _policies(r)]
+    rows.append(("linux", "Linux: sleeping process beside 2 hogs"))
+    return [
+        "### 6. Short requests at equal weight (1 CPU: an interactive 1 ms / 3 ms sleeper "
+        "and 2 hogs)",
+        "",
+        "Where EEVDF should differ from WFQ: all three threads weigh 1024, the short-request "
+        f"thread asks for {demand * 100:.0f}% of the CPU (under its fair third). Wake latency "
+        "and oversleep as in case 2, microseconds; share: its part of the run time charged.",
+        "",
+        "| policy | wake p50 | wake p99 | wake max | oversleep p50 | oversleep p99 | share |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *_latency_rows(r, rows, with_share=True),
+        "",
+        _load_line(r),
+        "",
+    ]
+
+
+register(Case("fairness", measure_fairness, render_fairness, gates_fairness))
+register(Case("sleepers", measure_sleepers, render_sleepers, gates_sleepers))
+register(Case("ipc", measure_ipc, render_ipc, gates_ipc))
+register(Case("multiprocess", measure_multiprocess, render_multiprocess, gates_multiprocess))
+register(Case("scale", measure_scale, render_scale, gates_scale))
+register(Case("short_request", measure_short_request, render_short_request))
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     agg = result["matrix"]
     runs = result["runs"]
+    command = _command(result)
+    load = result.get("loadavg") or {}
+    load_text = (
+        f" Load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end."
+        if load
+        else ""
+    )
     lines = [
         SECTION,
         "",
-        f"`capos-sched bench matrix --runs {runs}` ({result['date']}, {result['machine']}, "
-        f"Python {result['python']}; {result['seconds']:.0f} s in all). Every figure is the "
-        f"median of {runs} runs with the min - max spread in parentheses; within a run, "
-        "every column was measured back to back on the same machine. The runtime's workers "
-        "run at nice +10, pinned one per core; the Linux baselines are real processes pinned "
-        "to the same cores. Raw numbers: `bench/results/matrix.json`.",
+        f"`{command}` ({result['date']}, {result['machine']}, "
+        f"Python {result['python']}; {result['seconds']:.0f} s in all).{load_text} "
+        + (
+            f"Every figure is the median of {runs} runs with the min - max spread in "
+            "parentheses; within a run, "
+            if runs > 1
+            else "One run, so no spread; "
+        )
+        + "every policy and the Linux baseline were measured back to back on the same "
+        "machine. The runtime's workers run at nice +10, pinned one per core; the Linux "
+        "baselines are "
+        "real processes pinned to the same cores. Raw numbers: `bench/results/matrix.json`.",
         "",
     ]
-    g = result["gates"]
-
-    def verdict(name: str) -> str:
-        entry = g.get(name)
-        if not entry or entry["pass"] is None:
-            return "not measured"
-        return "**pass**" if entry["pass"] else "**FAIL**"
-
-    if "fairness" in agg:
-        f = agg["fairness"]
-        lines += [
-            "### 1. CPU hogs 2:1:1 (`system-thread-fairness.cue`)",
-            "",
-            f"Maximum relative error of the runtime shares against the water-filled ideal, "
-            f"{result['window_s']:g} s window.",
-            "",
-            "| CPUs | WFQ | FIFO | Linux nice 0/3/3 | gate | result |",
-            "| ---: | ---: | ---: | ---: | ---: | --- |",
-            f"| 1 | {_spread_pct(f.get('wfq_1cpu_error'))} | - | "
-            f"{_spread_pct(f.get('linux_1cpu_error'))} | <= 1% | "
-            f"{verdict('fairness_1cpu_error')} |",
-            f"| 2 | {_spread_pct(f.get('wfq_2cpu_error'))} | "
-            f"{_spread_pct(f.get('fifo_2cpu_error'))} | "
-            f"{_spread_pct(f.get('linux_2cpu_error'))} | <= 2% | "
-            f"{verdict('fairness_2cpu_error')} |",
-            "",
-            _load_line(f),
-            "",
-        ]
-    if "sleepers" in agg:
-        s = agg["sleepers"]
-        lines += [
-            "### 2. Short sleepers (`thread-fairness-interactive.cue`, 1 CPU)",
-            "",
-            "Wake latency: from the timer wake (the sleeper made runnable) to running on "
-            "a worker. Oversleep: from the requested wake-up time to running, which also "
-            "counts the daemon's timer lateness (sleeper timers are timerfds armed at "
-            "the absolute deadline, `capos_sched/runtime/timers.py`); it is the figure "
-            "comparable with Linux's. Microseconds.",
-            "",
-            "| variant | wake p50 | wake p99 | wake max | oversleep p50 | oversleep p99 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for key, label in (
-            ("interactive", "interactive, wake-up preemption (WFQ)"),
-            ("interactive_no_preemption", "interactive, no wake-up preemption"),
-            ("normal", "class normal"),
-            ("fifo", "FIFO"),
-            ("linux", "Linux: sleeping process beside a hog"),
-        ):
-            v = s.get(key, {})
-            wake = v.get("wake_latency_ns") or {}
-            over = v.get("oversleep_ns") or {}
-            lines.append(
-                f"| {label} | {_spread_us(wake.get('p50'))} | {_spread_us(wake.get('p99'))} | "
-                f"{_spread_us(wake.get('max'))} | {_spread_us(over.get('p50'))} | "
-                f"{_spread_us(over.get('p99'))} |"
-            )
-        lines += [
-            "",
-            f"Gate p99 <= one slice (4 ms): {verdict('sleeper_p99_le_slice')}. "
-            f"Goal p99 <= slice / 4 with wake-up preemption: "
-            f"{verdict('sleeper_p99_le_quarter_slice (goal)')}. " + _load_line(s),
-            "",
-        ]
-    if "ipc" in agg:
-        i = agg["ipc"]
-        lines += [
-            "### 3. Direct IPC pairs (`ipc-pairs.cue`, 2 CPUs, 2 pairs + 2 hogs)",
-            "",
-            "Client round trip: from the call to the client running again with the reply. "
-            "Microseconds; each run measures WFQ, FIFO, FIFO, WFQ and pools both clients' "
-            "calls per policy.",
-            "",
-            "| policy | p50 | p99 | max | run time s |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for policy in ("wfq", "fifo"):
-            rtt = i.get(policy, {}).get("round_trip_ns", {})
-            lines.append(
-                f"| {policy.upper()} | {_spread_us(rtt.get('p50'))} | {_spread_us(rtt.get('p99'))}"
-                f" | {_spread_us(rtt.get('max'))} | "
-                f"{_spread_x(i.get(policy, {}).get('elapsed_ns'), 1e9)} |"
-            )
-        lines += [
-            "",
-            f"Gate WFQ within 10% of FIFO: p50 {verdict('ipc_p50_wfq_over_fifo')} "
-            f"(ratio {g.get('ipc_p50_wfq_over_fifo', {}).get('value') or 0:.2f}), "
-            f"p99 {verdict('ipc_p99_wfq_over_fifo')} "
-            f"(ratio {g.get('ipc_p99_wfq_over_fifo', {}).get('value') or 0:.2f}). " + _load_line(i),
-            "",
-        ]
-    if "multiprocess" in agg:
-        m = agg["multiprocess"]
-        lines += [
-            "### 4. Multi-process load (`multi-process.cue`, 2 CPUs, weights 2048/1024/512)",
-            "",
-            "Maximum relative error of per-process shares against the ideal.",
-            "",
-            "| WFQ | FIFO | Linux nice 0/3/6 | gate | result |",
-            "| ---: | ---: | ---: | ---: | --- |",
-            f"| {_spread_pct(m.get('wfq_error'))} | {_spread_pct(m.get('fifo_error'))} | "
-            f"{_spread_pct(m.get('linux_error'))} | <= 2% | {verdict('multiprocess_error')} |",
-            "",
-            _load_line(m),
-            "",
-        ]
-    if "scale" in agg:
-        c = agg["scale"]
-        lines += [
-            "### 5. Thread scale (`thread-scale.cue`, 4 finite `hash` threads)",
-            "",
-            "| | 1 CPU s | 2 CPUs s | speedup | gate | result |",
-            "| --- | ---: | ---: | ---: | ---: | --- |",
-            f"| runtime (WFQ) | {_spread_x(c.get('elapsed_1cpu_ns'), 1e9)} | "
-            f"{_spread_x(c.get('elapsed_2cpu_ns'), 1e9)} | {_spread_x(c.get('speedup'))} | "
-            f">= 1.6x | {verdict('scale_speedup')} |",
-            f"| Linux processes | {_spread_x(c.get('linux_elapsed_1cpu_ns'), 1e9)} | "
-            f"{_spread_x(c.get('linux_elapsed_2cpu_ns'), 1e9)} | "
-            f"{_spread_x(c.get('linux_speedup'))} | | |",
-            "",
-            _load_line(c),
-            "",
-        ]
+    for case in CASES:
+        if case.name in agg:
+            lines += case.render(agg[case.name], result)
     lines += [
         "How to read these figures:",
         "",
         "- The runtime's shares are of the time the core is charged: the wall-clock time "
         "each worker measured around the thread's compute (time Linux gives another "
         "process meanwhile is charged too, so the runtime's shares are shares of its "
-        "CPUs' wall-clock time). The Linux baselines are CPU time read from `/proc`. "
-        "Linux's 2-CPU error varies widely from run to run, as its spread shows, even "
-        "when the 'other processes' line says the machine was quiet.",
-        "- Wake-up preemption is what gets the interactive sleeper under a quarter slice: "
-        "without it, or as class `normal`, the sleeper waits for the hog's current slice "
-        "to end (the hog runs 4 ms slices and the sleeper wakes every 5 ms, so about "
-        "3 ms at the median).",
+        "CPUs' wall-clock time). The Linux baselines are CPU time read from `/proc`.",
+        "- WFQ's wake-up preemption is what gets the interactive sleeper under a quarter "
+        "slice: without it, or as class `normal`, the sleeper waits for the hog's current "
+        "slice to end (4 ms slices, a wake every 5 ms: about 3 ms at the median). EEVDF "
+        "preempts on a wake-up only when the woken thread's deadline is earlier than the "
+        "running one's (docs/policies.md); FIFO never does.",
         "- IPC threads are charged their compute only; the two dispatch round trips per "
-        "call (about 50-100 us each) are overhead nobody is charged, which is why the "
-        "IPC run lasts longer than the hogs' 2 s of CPU each would suggest.",
+        "call (about 50-100 us each) are overhead nobody is charged.",
         "- The daemon itself (nice 0, not pinned) shares the cores with the workers; its "
         "per-slice work is the dispatch overhead in `capos-sched run --json`.",
         "",
-        f"Reproduce: `.venv/bin/capos-sched bench matrix --runs {runs} --write-docs` (writes "
-        "this section and the JSON; `--json` prints the JSON on stdout; `--cases` picks cases).",
+        f"Reproduce: `.venv/bin/{command} --write-docs` (writes this section and the JSON; "
+        "`--json` prints the JSON on stdout; `--cases` picks cases, `--policies` policies).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _command(result: dict[str, Any]) -> str:
+    if result.get("quick"):
+        return "capos-sched bench matrix --quick"
+    return f"capos-sched bench matrix --runs {result['runs']}"
 
 
 def write_section(markdown: str, path: Path = DOCS) -> None:
@@ -609,30 +852,31 @@ def write_section(markdown: str, path: Path = DOCS) -> None:
 
 
 def measure(
-    cases: Sequence[str], runs: int, window_s: float, settle_s: float = 0.0
+    cases: Sequence[str],
+    runs: int,
+    window_s: float,
+    settle_s: float = 0.0,
+    quick: bool = False,
+    policies: Sequence[str] = POLICIES,
 ) -> dict[str, Any]:
-    makers: dict[str, Callable[[], dict[str, Any]]] = {
-        "fairness": lambda: case_fairness(window_s),
-        "sleepers": lambda: case_sleepers(window_s),
-        "ipc": case_ipc,
-        "multiprocess": lambda: case_multiprocess(window_s),
-        "scale": case_scale,
-    }
+    settings = Settings(window_s, quick, tuple(policies))
+    by_name = {c.name: c for c in CASES}
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     per_run: list[dict[str, Any]] = []
     for index in range(runs):
         run: dict[str, Any] = {}
-        for case in cases:
+        for name in cases:
             if settle_s > 0:
                 settle(settle_s)
-            say(f"run {index + 1}/{runs}: {case} ...")
+            say(f"run {index + 1}/{runs}: {name} ...")
             t0 = time.monotonic()
             load = ForeignLoad()
-            run[case] = makers[case]()
-            run[case]["foreign_load_cpus"] = load.cpus()
+            run[name] = by_name[name].measure(settings)
+            run[name]["foreign_load_cpus"] = load.cpus()
             say(
-                f"run {index + 1}/{runs}: {case} done in {time.monotonic() - t0:.1f} s "
-                f"(others used {run[case]['foreign_load_cpus']:.2f} CPUs meanwhile)"
+                f"run {index + 1}/{runs}: {name} done in {time.monotonic() - t0:.1f} s "
+                f"(others used {run[name]['foreign_load_cpus']:.2f} CPUs meanwhile)"
             )
         per_run.append(run)
     agg = aggregate(per_run)
@@ -642,6 +886,9 @@ def measure(
         "python": sys.version.split()[0],
         "runs": runs,
         "window_s": window_s,
+        "quick": quick,
+        "policies": list(policies),
+        "loadavg": {"start": load_start, "end": os.getloadavg()[0]},
         "seconds": time.monotonic() - started,
         "matrix": agg,
         "gates": gates(agg),
@@ -649,36 +896,51 @@ def measure(
     }
 
 
+QUICK_WINDOW_S = 1.0
+
+
 @click.command(
     "matrix",
     epilog="""\b
 Examples:
+  capos-sched bench matrix --quick --json             # every case, every policy, ~1 min
   capos-sched bench matrix --json                     # measure, print, change nothing
   capos-sched bench matrix --runs 5 --write-docs      # record docs/benchmarks.md
-  capos-sched bench matrix --cases fairness,ipc --runs 1 --window 1
+  capos-sched bench matrix --cases short_request --policies wfq,eevdf --runs 3
   capos-sched bench matrix --from-json bench/results/matrix.json
 """,
 )
 @click.option(
     "--runs",
     type=click.IntRange(1, 50),
-    default=3,
-    show_default=True,
-    help="Times the whole matrix is measured (medians and min-max spreads reported).",
+    default=None,
+    help="Times the whole matrix is measured (medians and min-max spreads reported).  "
+    "[default: 3, or 1 with --quick]",
 )
 @click.option(
     "--window",
     "window_s",
     type=click.FloatRange(min=0.5),
-    default=3.0,
-    show_default=True,
-    help="Seconds per fixed-window measurement (fairness, sleepers, multi-process).",
+    default=None,
+    help="Seconds per fixed-window measurement (fairness, sleepers, multi-process, "
+    f"short requests).  [default: 3, or {QUICK_WINDOW_S:g} with --quick]",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A fast pass usable on a loaded host: one run, 1 s windows, one IPC pass per "
+    "policy, a quarter of the thread-scale work, no settling.",
 )
 @click.option(
     "--cases",
-    default=",".join(CASES),
+    default=None,
+    help="Comma-separated subset of the cases.  [default: all of " + ", ".join(case_names()) + "]",
+)
+@click.option(
+    "--policies",
+    default=",".join(POLICIES),
     show_default=True,
-    help="Comma-separated subset of: " + ", ".join(CASES),
+    help="Comma-separated subset of the policies compared side by side.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document on stdout.")
 @click.option(
@@ -704,30 +966,48 @@ Examples:
     "--settle",
     "settle_s",
     type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
+    default=None,
     help="Before each case, wait up to this many seconds for other processes to "
-    "use less than 0.3 CPU (the machines are shared).",
+    "use less than 0.3 CPU (the machines are shared).  [default: 30, or 0 with --quick]",
 )
 def matrix(
-    runs: int,
-    window_s: float,
-    cases: str,
+    runs: int | None,
+    window_s: float | None,
+    quick: bool,
+    cases: str | None,
+    policies: str,
     as_json: bool,
     output: Path | None,
     write_docs: bool,
-    settle_s: float,
+    settle_s: float | None,
     from_json: Path | None,
 ) -> None:
-    """The Phase D test matrix on the real runtime, beside Linux and FIFO (takes minutes)."""
-    chosen = [c.strip() for c in cases.split(",") if c.strip()]
-    unknown = [c for c in chosen if c not in CASES]
+    """The Phase D test matrix on the real runtime: WFQ, EEVDF and FIFO side by
+    side on every case, beside Linux where it has a baseline (minutes; --quick
+    about one)."""
+    chosen = [c.strip() for c in (cases or ",".join(case_names())).split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in case_names()]
     if unknown:
         raise click.BadParameter(f"unknown case(s) {', '.join(unknown)}", param_hint="--cases")
+    chosen_policies = [p.strip() for p in policies.split(",") if p.strip()]
+    bad = [p for p in chosen_policies if p not in POLICIES]
+    if bad or not chosen_policies:
+        raise click.BadParameter(
+            f"unknown policy(ies) {', '.join(bad) or '(none given)'}; expected some of "
+            + ", ".join(POLICIES),
+            param_hint="--policies",
+        )
     if from_json is not None:
         result = json.loads(from_json.read_text(encoding="utf-8"))
     else:
-        result = measure(chosen, runs, window_s, settle_s)
+        result = measure(
+            chosen,
+            runs or (1 if quick else 3),
+            window_s or (QUICK_WINDOW_S if quick else 3.0),
+            settle_s if settle_s is not None else (0.0 if quick else 30.0),
+            quick,
+            chosen_policies,
+        )
         if output is None and write_docs:
             output = RESULTS
     if output is not None:

@@ -104,20 +104,24 @@ def _register() -> None:
     from bench.dispatch import dispatch
     from bench.manifest_check import manifest
     from bench.matrix import matrix
+    from bench.sim import sim
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
     from capos_sched.rpc.commands import COMMANDS as RPC_COMMANDS
+    from capos_sched.rpc.policy_commands import policy
     from capos_sched.runtime.commands import run, simulate
 
     main.add_command(bench)
     bench.add_command(dispatch)
     bench.add_command(manifest)
+    bench.add_command(sim)
     main.add_command(check)
     main.add_command(export)
     for command in RPC_COMMANDS:
         main.add_command(command)
     bench.add_command(rpc)
+    main.add_command(policy)
     main.add_command(run)
     main.add_command(simulate)
     bench.add_command(matrix)

@@ -40,7 +40,15 @@ import attrs
 import capnp
 
 from capos_sched.core import LatencyClass, ThreadState  # the enums only (schema ordinals)
-from capos_sched.wire import FD_ENV, Address, capos, latch_kind, parse_address, parse_remote
+from capos_sched.wire import (
+    CPU_CAPS,
+    FD_ENV,
+    Address,
+    capos,
+    latch_kind,
+    parse_address,
+    parse_remote,
+)
 
 T = TypeVar("T")
 
@@ -262,6 +270,174 @@ class SchedulingPolicyClient:
         )
 
 
+# ---------------------------------------------------------- CPU delegation
+
+
+@attrs.frozen
+class CpuHolding:
+    """One CPU of a scheduler node: the caps ``held`` literally (the ones it may
+    grant on) and those ``effective`` there now (implied caps included)."""
+
+    cpu: int
+    held: tuple[str, ...]
+    effective: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "held": list(self.held), "effective": list(self.effective)}
+
+
+@attrs.frozen
+class CpuEvent:
+    """One CpuListener call: ``kind`` is capsUpdated (``cpus``),
+    effectiveCapsUpdated (``cpu``, ``before``, ``after``) or idle (``cpu``)."""
+
+    kind: str
+    cpus: tuple[int, ...] = ()
+    cpu: int | None = None
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "capsUpdated":
+            out["cpus"] = list(self.cpus)
+        else:
+            out["cpu"] = self.cpu
+        if self.kind == "effectiveCapsUpdated":
+            out["before"], out["after"] = list(self.before), list(self.after)
+        return out
+
+
+MAX_QUEUED_EVENTS = 4096
+
+
+def wire_caps(caps: object) -> list[str]:
+    """CpuCap names, checked (``enqImmed``, ``enq``, ``preempt``)."""
+    names = [caps] if isinstance(caps, str) else list(caps)  # type: ignore[call-overload]
+    for name in names:
+        if name not in CPU_CAPS:
+            raise InvalidArgument(
+                f"unknown CPU cap {name!r}; expected one of {', '.join(CPU_CAPS)}"
+            )
+    if not names:
+        raise InvalidArgument("no CPU caps named")
+    return names
+
+
+def wire_cpus(cpus: object) -> list[int]:
+    """CPU numbers, checked to fit the wire (UInt16); the daemon checks the range."""
+    out = []
+    for cpu in cpus:  # type: ignore[attr-defined]
+        if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu <= 0xFFFF:
+            raise InvalidArgument(f"CPU {cpu!r} is not a CPU number")
+        out.append(cpu)
+    return out
+
+
+def _holdings(rows: Any) -> list[CpuHolding]:
+    return [
+        CpuHolding(int(h.cpu), tuple(str(c) for c in h.held), tuple(str(c) for c in h.effective))
+        for h in rows
+    ]
+
+
+class _Listener(capos().CpuListener.Server):  # type: ignore[misc,name-defined]
+    """Hosted by the client: queues every notification as a CpuEvent (bounded:
+    beyond MAX_QUEUED_EVENTS the oldest are dropped and counted)."""
+
+    def __init__(self, queue: asyncio.Queue[CpuEvent]) -> None:
+        self.queue = queue
+        self.dropped = 0
+
+    def _put(self, event: CpuEvent) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+    async def capsUpdated(self, cpus: Any, **_: Any) -> None:
+        self._put(CpuEvent("capsUpdated", tuple(int(c) for c in cpus)))
+
+    async def effectiveCapsUpdated(self, cpu: Any, before: Any, after: Any, **_: Any) -> None:
+        self._put(
+            CpuEvent(
+                "effectiveCapsUpdated",
+                cpu=int(cpu),
+                before=tuple(str(c) for c in before),
+                after=tuple(str(c) for c in after),
+            )
+        )
+
+    async def idle(self, cpu: Any, **_: Any) -> None:
+        self._put(CpuEvent("idle", cpu=int(cpu)))
+
+
+class CpuSubscription:
+    """An open ``subscribe``: ``await next_event()`` (or read ``events``);
+    ``close()`` drops the Subscription, which ends it in the daemon."""
+
+    def __init__(self, handle: Any, listener: _Listener) -> None:
+        self.handle = handle
+        self._listener = listener
+        self.events = listener.queue
+
+    @property
+    def dropped(self) -> int:
+        return self._listener.dropped
+
+    async def next_event(self, timeout: float | None = None) -> CpuEvent:
+        if timeout is None:
+            return await self.events.get()
+        try:
+            return await asyncio.wait_for(self.events.get(), timeout)
+        except TimeoutError:
+            raise Disconnected(f"no notification in {timeout:g} s") from None
+
+    def close(self) -> None:
+        self.handle = None
+
+
+class CpuDelegationClient:
+    """A CpuDelegation: authority over one scheduler node and its direct children."""
+
+    def __init__(self, cap: Any, name: str = "") -> None:
+        self.cap = cap
+        self.name = name
+
+    async def holdings(self) -> list[CpuHolding]:
+        r = await _call(self.cap.holdings())
+        return _holdings(r.cpus)
+
+    async def children(self) -> list[str]:
+        r = await _call(self.cap.children())
+        return [str(n) for n in r.names]
+
+    async def grant(self, child: str, cpus: object, caps: object) -> list[int]:
+        """Grant ``caps`` on ``cpus`` to direct child ``child``; the CPUs denied."""
+        r = await _call(self.cap.grant(child, wire_cpus(cpus), wire_caps(caps)))
+        return [int(c) for c in r.denied]
+
+    async def revoke(self, child: str, cpus: object, caps: object) -> None:
+        await _call(self.cap.revoke(child, wire_cpus(cpus), wire_caps(caps)))
+
+    async def child_holdings(self, child: str) -> list[CpuHolding]:
+        r = await _call(self.cap.childHoldings(child))
+        return _holdings(r.cpus)
+
+    async def kill(self, child: str, reason: str = "") -> None:
+        await _call(self.cap.kill(child, reason))
+
+    async def child(self, name: str) -> CpuDelegationClient:
+        """The direct child's node (authority handed down one level)."""
+        r = await _call(self.cap.child(name))
+        return CpuDelegationClient(r.node, name)
+
+    async def subscribe(self) -> CpuSubscription:
+        listener = _Listener(asyncio.Queue(MAX_QUEUED_EVENTS))
+        r = await _call(self.cap.subscribe(listener))
+        return CpuSubscription(r.handle, listener)
+
+
 # ---------------------------------------------------------------- sessions
 
 
@@ -294,6 +470,11 @@ class Session:
     async def thread(self, name: str) -> ThreadHandleClient:
         cap = await self.get(name)
         return ThreadHandleClient(cap.as_interface(capos().ThreadHandle), name)
+
+    async def cpu_delegation(self, name: str) -> CpuDelegationClient:
+        """The ``cpuDelegation`` grant ``name`` (a scheduler node)."""
+        cap = await self.get(name)
+        return CpuDelegationClient(cap.as_interface(capos().CpuDelegation), name)
 
     async def close(self) -> None:
         if self._closed:
@@ -444,11 +625,28 @@ class AdminSession:
         return [str(x) for x in r.revoked]
 
     async def grants(self) -> list[GrantInfo]:
+        return (await self.grants_and_policy())[0]
+
+    async def grants_and_policy(self) -> tuple[list[GrantInfo], dict[str, Any]]:
+        """``Admin.grants``: the rows, and the policy in force (as ``policy()``)."""
         r = await _call(self.admin.grants())
-        return [
+        rows = [
             GrantInfo(g.process, g.name, g.kind, g.target, str(g.state), int(g.sessions))
             for g in r.grants
         ]
+        return rows, _policy_state(r.policy)
+
+    async def policy(self) -> dict[str, Any]:
+        """The scheduling policy in force: ``{"policy", "builtin", "bypass"
+        (None, or its last stall bypass), "exits": [ejection records]}``."""
+        return (await self.grants_and_policy())[1]
+
+    async def set_policy(self, name: str, source: str = "") -> dict[str, Any]:
+        """``Admin.setPolicy``: a built-in ``name`` (``source`` empty), or a user
+        policy's module text named ``name``; the state after the switch.
+        InvalidArgument (nothing changed) for a bad name or source."""
+        r = await _call(self.admin.setPolicy(name, source), timeout=30)
+        return _policy_state(r.state)
 
     async def stats(self) -> dict[str, Any]:
         r = await _call(self.admin.stats())
@@ -473,6 +671,7 @@ class AdminSession:
         rpc = r.rpc
         return {
             "plan": r.plan,
+            "policy": _policy_state(r.policy),
             "threads": threads,
             "rpc": {
                 "connections": rpc.connections,
@@ -482,6 +681,33 @@ class AdminSession:
                 "internal_errors": rpc.internalErrors,
             },
         }
+
+    async def cpu_delegation(self) -> CpuDelegationClient:
+        """The root scheduler's node (all CPUs, every cap)."""
+        r = await _call(self.admin.cpuDelegation())
+        return CpuDelegationClient(r.node, "root")
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        """Every scheduler: holdings, counters, CPU time allocated, exit record."""
+        r = await _call(self.admin.schedulers())
+        return [
+            {
+                "name": str(s.name),
+                "parent": str(s.parent) or None,
+                "alive": bool(s.alive),
+                "holdings": [h.as_dict() for h in _holdings(s.holdings)],
+                "rejected_inserts": int(s.rejectedInserts),
+                "forced_admits": int(s.forcedAdmits),
+                "denied_kicks": int(s.deniedKicks),
+                "denied_preempts": int(s.deniedPreempts),
+                "evictions": int(s.evictions),
+                "allocated_ns": {str(t.cpu): int(t.ns) for t in s.allocated},
+                "exit": {"kind": str(s.exitKind), "message": str(s.exitMessage)}
+                if str(s.exitKind)
+                else None,
+            }
+            for s in r.schedulers
+        ]
 
     async def close(self) -> None:
         self.admin = None
@@ -497,6 +723,36 @@ class AdminSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _policy_state(state: Any) -> dict[str, Any]:
+    """An ``Admin.PolicyState`` as plain data (the ``--json`` shape)."""
+    bypass = None
+    if state.hasBypass:
+        b = state.bypass
+        bypass = {
+            "policy": b.policy,
+            "thread": b.thread,
+            "waited_ns": b.waitedNs,
+            "at_ns": b.atNs,
+            "active": b.active,
+            "ended_ns": None if b.active else b.endedNs,
+        }
+    return {
+        "policy": state.active,
+        "builtin": state.builtin,
+        "bypass": bypass,
+        "exits": [
+            {
+                "kind": e.kind,
+                "policy": e.policy,
+                "callback": e.callback or None,
+                "message": e.message,
+                "at_ns": e.atNs,
+            }
+            for e in state.exits
+        ],
+    }
 
 
 async def connect_admin(address: Address | str, timeout: float = DEFAULT_TIMEOUT_S) -> AdminSession:
@@ -526,6 +782,10 @@ async def session(address: Address | str, *, token: str | bytes) -> AsyncIterato
 __all__ = [
     "AdminSession",
     "CapOSError",
+    "CpuDelegationClient",
+    "CpuEvent",
+    "CpuHolding",
+    "CpuSubscription",
     "Disconnected",
     "Failed",
     "GrantInfo",

@@ -10,6 +10,7 @@ import click
 Examples:
   capos-sched bench dispatch --threads 100000 --json
   capos-sched bench manifest --json
+  capos-sched bench sim --quick --json
   capos-sched bench rpc --json
   capos-sched bench matrix --runs 5 --write-docs
 """

@@ -39,6 +39,10 @@ DEFAULT_CALLBACK_BOUND_NS = 50_000_000
 """A callback running longer than this ejects its policy."""
 LOAD_BOUND_NS = 2_000_000_000
 """Executing a policy file (its module body) may take this long."""
+LIVE_LOAD_BOUND_NS = 250_000_000
+"""The bound for a policy loaded into a running daemon (``Admin.setPolicy``):
+its module body runs in the daemon's scheduling thread, which dispatches
+nothing meanwhile."""
 
 _module_ids = itertools.count(1)
 
@@ -92,8 +96,10 @@ def resolve_policy(value: str, base: Path | None = None) -> PolicySpec:
     return load_policy_source(source, str(path), path)
 
 
-def load_policy_source(source: str, filename: str, path: Path | None = None) -> PolicySpec:
-    """Execute a policy module's ``source`` and take its ``POLICY``."""
+def load_policy_source(
+    source: str, filename: str, path: Path | None = None, bound_ns: int = LOAD_BOUND_NS
+) -> PolicySpec:
+    """Execute a policy module's ``source`` (under ``bound_ns``) and take its ``POLICY``."""
     try:
         code = compile(source, filename, "exec")
     except SyntaxError as error:
@@ -107,11 +113,10 @@ def load_policy_source(source: str, filename: str, path: Path | None = None) -> 
     module = importlib.util.module_from_spec(spec)
     module.__file__ = filename
     try:
-        AlarmGuard(LOAD_BOUND_NS).call(exec, code, module.__dict__)
+        AlarmGuard(bound_ns).call(exec, code, module.__dict__)
     except CallbackTimeout:
-        raise PolicyLoadError(
-            f"{filename}: loading took longer than {LOAD_BOUND_NS / 1e9:g} s"
-        ) from None
+        limit = f"{bound_ns / 1e9:g} s"
+        raise PolicyLoadError(f"{filename}: loading took longer than {limit}") from None
     except Exception as error:
         raise PolicyLoadError(f"{filename}: {type(error).__name__}: {error}") from None
     policy = getattr(module, "POLICY", None)

@@ -21,9 +21,15 @@ from capos_sched.core import ThreadRef, ThreadSnapshot
 
 @attrs.define(eq=False)
 class CoreHost:
-    """``rpc.host.Host`` over a PlanHost or a Runtime (``inner``); trio thread only."""
+    """``rpc.host.Host`` over a PlanHost or a Runtime (``inner``); trio thread only.
+
+    Invariant: the effects of every delegation mutation are acted on before
+    the call returns: by the runtime (kicks, preempts, and its notification
+    sinks) when ``inner`` has one, else its notifications go to ``sinks``.
+    """
 
     inner: Any
+    sinks: list[Callable[[Any], None]] = attrs.Factory(list)
 
     def now_ns(self) -> int:
         clock = getattr(self.inner, "now_ns", None)
@@ -52,6 +58,86 @@ class CoreHost:
 
     def apply_plan(self, plan: Any, now_ns: int) -> Any:
         return self.inner.apply_plan(plan, now_ns)
+
+    def set_policy(self, name: str, source: str) -> None:
+        self.inner.set_policy_source(name, source)
+
+    def policy_status(self) -> Mapping[str, Any]:
+        return self.inner.policy_status()  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------ CPU delegation
+
+    def scheduler_names(self) -> list[str]:
+        return list(self._delegation().scheduler_names())
+
+    def scheduler_children(self, name: str) -> list[str]:
+        return list(self._delegation().scheduler_children(name))
+
+    def scheduler_alive(self, name: str) -> bool:
+        return bool(self._delegation().scheduler_alive(name))
+
+    def cpu_holdings(self, name: str) -> list[Any]:
+        return list(self._delegation().cpu_holdings(name))
+
+    def grant_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> list[int]:
+        denied, effects = self._delegation().grant_cpus(parent, child, cpus, caps, now_ns)
+        granted = [c for c in cpus if c not in denied]
+        self._mark("grant", granted, {"parent": parent, "child": child, "caps": _names(caps)})
+        self._act(effects)
+        return list(denied)
+
+    def revoke_cpus(self, parent: str, child: str, cpus: Any, caps: Any, now_ns: int) -> None:
+        effects = self._delegation().revoke_cpus(parent, child, cpus, caps, now_ns)
+        self._mark("revoke", cpus, {"parent": parent, "child": child, "caps": _names(caps)})
+        self._act(effects)
+
+    def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> None:
+        effects = self._delegation().kill_scheduler(parent, child, reason, now_ns)
+        self._mark("kill", [0], {"parent": parent, "child": child, "reason": reason})
+        self._act(effects)
+
+    def _delegation(self) -> Any:
+        """The core scheduler, when it implements CPU delegation (else unimplemented)."""
+        scheduler = self.inner.scheduler
+        if not callable(getattr(scheduler, "grant_cpus", None)):
+            from capos_sched.rpc.errors import wire_error
+
+            raise wire_error("unimplemented", "this scheduling host has no CPU delegation")
+        return scheduler
+
+    def _mark(self, what: str, cpus: Any, args: dict[str, Any]) -> None:
+        """A Perfetto instant per CPU (``--trace``): ``grant web`` / ``revoke web``."""
+        trace = getattr(self.inner, "trace", None)
+        if trace is None:
+            return
+        at = self.inner._rel(self.inner.now_ns())
+        for cpu in dict.fromkeys(cpus):
+            trace.instant(int(cpu), f"{what} {args['child']}", at, "delegation", args)
+
+    def scheduler_stats(self, name: str) -> Any:
+        return self._delegation().scheduler_stats(name)
+
+    def add_notification_sink(self, sink: Callable[[Any], None]) -> None:
+        runtime_sinks = getattr(self.inner, "notification_sinks", None)
+        if isinstance(runtime_sinks, list):
+            runtime_sinks.append(sink)  # the runtime calls them for every effect it acts on
+        else:
+            self.sinks.append(sink)
+
+    def _act(self, effects: Any) -> None:
+        """The runtime acts on effects itself (kicks, preempts, its sinks);
+        a bare PlanHost runs nothing, so only the notifications go out."""
+        if isinstance(getattr(self.inner, "notification_sinks", None), list):
+            self.inner._act(effects)
+            return
+        notes = list(getattr(effects, "notifications", ()) or ())
+        for sink in self.sinks:
+            sink(notes)
+
+
+def _names(caps: Any) -> list[str]:
+    names = getattr(caps, "names", None)
+    return list(names) if names is not None else [str(caps)]
 
 
 def plan_host(plan: Any, *args: Any, **kwargs: Any) -> CoreHost:

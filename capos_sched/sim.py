@@ -38,6 +38,11 @@ from capos_sched.drive import step, thread_row
 from capos_sched.runtime.stats import Samples
 from capos_sched.workload import Program, Stop, Workload, is_finite
 
+Progress = Callable[[int, int, int], None]
+"""``progress(now_ns, end_ns, events)``: how far a run is (see ``Simulator.run``)."""
+PROGRESS_EVERY = 8192
+"""Events between two progress calls: rare enough to cost nothing per event."""
+
 
 @attrs.define
 class SimThread:
@@ -85,6 +90,11 @@ class Simulator:
         self._stop_seq: dict[int, int] = {}
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
+        self.events = 0
+        """Events taken off the event heap so far (stale stops included)."""
+        self._finite = 0
+        self._finite_left = 0
+        """Finite threads added / not finished yet: the run's end test is O(1)."""
         self._rotation_pending = False
         self.notifications: list[Any] = []
         """Every CPU delegation notification of the run, in order."""
@@ -104,22 +114,41 @@ class Simulator:
         self._threads[wake.thread.tid] = SimThread(
             name, wake.thread, Program.start(workload), is_finite(workload)
         )
+        if is_finite(workload):
+            self._finite += 1
+            self._finite_left += 1
         return wake.thread
 
-    def run(self, duration_ns: int) -> dict:
-        """Simulate until ``duration_ns`` or until every finite thread finished."""
+    def run(
+        self,
+        duration_ns: int,
+        progress: Progress | None = None,
+        progress_every: int = PROGRESS_EVERY,
+    ) -> dict:
+        """Simulate until ``duration_ns`` or until every finite thread finished.
+
+        ``progress(now_ns, end_ns, events)`` is called every ``progress_every``
+        events and once at the end (the driver decides what to show; the
+        simulation never depends on it)."""
         for cpu in sorted(self._idle):
             self._schedule(self.now_ns, "kick", cpu)
         if self.watchdog_ns is not None:
             self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)
         self._schedule_rotation()
         end = self.now_ns + duration_ns
-        while self._events and not self._all_finite_done():
+        events = self.events
+        next_progress = events + progress_every if progress is not None else -1
+        while self._events and (not self._finite or self._finite_left):
             at, seq, kind, arg = self._events[0]
             if at > end:
                 break
             heapq.heappop(self._events)
             self.now_ns = at
+            events += 1
+            if events == next_progress:
+                self.events = events
+                progress(at, end, events)  # type: ignore[misc]
+                next_progress += progress_every
             if kind == "stop":
                 if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
                     self._on_stop(arg)
@@ -135,7 +164,10 @@ class Simulator:
                 self._rotation_pending = False
                 self._act(self.core.delegation_tick(self.now_ns))
                 self._schedule_rotation()
+        self.events = events
         self._charge_partial(min(end, self.now_ns) if self._all_finite_done() else end)
+        if progress is not None:
+            progress(self.now_ns, end, events)
         return self.report()
 
     def report(self) -> dict:
@@ -201,8 +233,7 @@ class Simulator:
             self._stop_seq[arg] = self._seq
 
     def _all_finite_done(self) -> bool:
-        finite = [s for s in self._threads.values() if s.finite]
-        return bool(finite) and all(s.finished_ns is not None for s in finite)
+        return self._finite > 0 and self._finite_left == 0
 
     def _try_dispatch(self, cpu: int) -> None:
         dispatch = self.core.pick_next(cpu, self.now_ns)
@@ -231,6 +262,8 @@ class Simulator:
             sim.call_started_ns = now
         effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
         if stop is Stop.FINISHED:
+            if sim.finite and sim.finished_ns is None:
+                self._finite_left -= 1
             sim.finished_ns = now
         elif stop is Stop.SLEEP and not effects.exited:
             self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
@@ -252,7 +285,7 @@ class Simulator:
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
-        if self.core.snapshot_any(sim.ref).state is not ThreadState.BLOCKED:
+        if self.core.state_of(sim.ref) is not ThreadState.BLOCKED:
             return
         sim.program.resume()
         wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)

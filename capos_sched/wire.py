@@ -111,6 +111,13 @@ def default_admin() -> str:
     return f"unix:{run_dir() / 'admin.sock'}"
 
 
+# ---------------------------------------------------------- CPU delegation
+
+CPU_CAPS: tuple[str, ...] = ("enqImmed", "enq", "preempt")
+"""The schema's CpuCap enumerants, in ordinal order (each implies the ones before)."""
+CPU_NOTE_KINDS: tuple[str, ...] = ("capsUpdated", "effectiveCapsUpdated", "idle")
+"""The CpuListener methods, as the kinds of the notifications they carry."""
+
 # ------------------------------------------------------------------- errors
 
 CODES: tuple[str, ...] = (

@@ -186,11 +186,77 @@ interface Admin {
   # is empty. Returns once the revocation is in force: no call applied after
   # that point succeeds through the revoked grants.
 
-  grants @2 () -> (grants :List(Grant));
+  grants @2 () -> (grants :List(Grant), policy :PolicyState);
+  # `policy` appended: the scheduling policy in force (as in stats).
 
-  stats @3 () -> (threads :List(ThreadStats), rpc :RpcStats, plan :Text);
+  stats @3 () -> (threads :List(ThreadStats), rpc :RpcStats, plan :Text, policy :PolicyState);
   # Every thread of the running plan with its counters; `plan` names the
-  # manifest in force.
+  # manifest in force; `policy` (appended) the scheduling policy in force.
+
+  struct PolicyExit {
+    # The record a policy ejection leaves (docs/policies.md, "safety net").
+    kind @0 :Text;          # "error", "timeout", "stall" or "invalid"
+    policy @1 :Text;        # the ejected policy
+    callback @2 :Text;      # the callback that failed; "" for a watchdog stall
+    message @3 :Text;
+    atNs @4 :UInt64;        # on the daemon's clock, ns since the run started
+  }
+
+  struct PolicyBypass {
+    # The watchdog's last stall bypass: `policy` was replaced by the fallback.
+    policy @0 :Text;
+    thread @1 :Text;        # the thread whose stall triggered it
+    waitedNs @2 :UInt64;    # its judged wait
+    atNs @3 :UInt64;
+    active @4 :Bool;        # false once it ended (by itself or by the operator)
+    endedNs @5 :UInt64;     # 0 while active
+  }
+
+  struct PolicyState {
+    active @0 :Text;        # the policy in force: "wfq", "fifo", "eevdf" or a user policy's name
+    builtin @1 :Bool;
+    hasBypass @2 :Bool;     # `bypass` is set (a bypass happened since the start)
+    bypass @3 :PolicyBypass;
+    exits @4 :List(PolicyExit);   # ejections, oldest first (the last few)
+  }
+
+  setPolicy @4 (name :Text, source :Text) -> (state :PolicyState);
+  # Switch the scheduling policy now, atomically: no thread is lost or runs
+  # twice, run time and virtual run time carry over; ends a bypass. `name` is
+  # a built-in ("wfq", "fifo", "eevdf") with an empty `source`, or the file
+  # name of a user policy whose Python module text is `source` (at most
+  # 256 KiB; it runs in the daemon, as the operator's code). A bad name or
+  # source fails "invalidArgument: ..." and changes nothing. A user policy
+  # that fails while taking over is ejected at once: `state` then shows the
+  # fallback and the exit record.
+
+  struct CpuTime {
+    cpu @0 :UInt16;
+    ns @1 :UInt64;
+  }
+
+  struct SchedulerStats {
+    # One scheduler of the delegation tree (docs/delegation.md).
+    name @0 :Text;
+    parent @1 :Text;                # "" for the root
+    alive @2 :Bool;                 # false once killed: `exitKind` says why
+    holdings @3 :List(CpuHolding);
+    rejectedInserts @4 :UInt64;
+    forcedAdmits @5 :UInt64;
+    deniedKicks @6 :UInt64;
+    deniedPreempts @7 :UInt64;
+    evictions @8 :UInt64;
+    allocated @9 :List(CpuTime);    # CPU time allocated to it, per CPU
+    exitKind @10 :Text;             # "" while alive; "parentKill" once killed
+    exitMessage @11 :Text;
+  }
+
+  cpuDelegation @5 () -> (node :CpuDelegation);
+  # The root scheduler's node: the operator's authority over CPU delegation.
+
+  schedulers @6 () -> (schedulers :List(SchedulerStats));
+  # Every scheduler (the root first, then the tree in preorder), and those
+  # killed while the daemon ran, with their exit records.
 }
 
 # ---------------------------------------------------------------- CPU delegation

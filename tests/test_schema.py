@@ -108,3 +108,63 @@ def test_cpu_delegation_methods_keep_their_ordinals(schema):
     assert list(methods["grant"].result_type.fieldnames) == ["denied"]
     assert ordinal_names(schema.CpuListener) == ["capsUpdated", "effectiveCapsUpdated", "idle"]
     assert list(schema.CpuHolding.schema.fieldnames) == ["cpu", "held", "effective"]
+
+
+def test_admin_set_policy_is_appended_and_reports_the_policy_state(schema):
+    methods = schema.Admin.schema.methods
+    # Appended: the first four keep their ordinals; setPolicy comes after them
+    # (ordinal 4 on this branch; methods appended concurrently may precede it).
+    ordered = ordinal_names(schema.Admin)
+    assert ordered[:4] == ["load", "revoke", "grants", "stats"]
+    assert ordered.index("setPolicy") >= 4
+    set_policy = methods["setPolicy"]
+    assert list(set_policy.param_type.fieldnames) == ["name", "source"]
+    assert list(set_policy.result_type.fieldnames) == ["state"]
+    # The policy state is appended to stats and grants results, after their fields.
+    assert list(methods["stats"].result_type.fieldnames) == ["threads", "rpc", "plan", "policy"]
+    assert list(methods["grants"].result_type.fieldnames) == ["grants", "policy"]
+    assert list(schema.Admin.PolicyState.schema.fieldnames) == [
+        "active",
+        "builtin",
+        "hasBypass",
+        "bypass",
+        "exits",
+    ]
+    assert list(schema.Admin.PolicyExit.schema.fieldnames) == [
+        "kind",
+        "policy",
+        "callback",
+        "message",
+        "atNs",
+    ]
+    assert list(schema.Admin.PolicyBypass.schema.fieldnames) == [
+        "policy",
+        "thread",
+        "waitedNs",
+        "atNs",
+        "active",
+        "endedNs",
+    ]
+
+
+def test_admin_cpu_delegation_and_schedulers_are_appended_after_set_policy(schema):
+    assert ordinal_names(schema.Admin)[4:] == ["setPolicy", "cpuDelegation", "schedulers"]
+    methods = schema.Admin.schema.methods
+    assert list(methods["cpuDelegation"].param_type.fieldnames) == []
+    assert list(methods["cpuDelegation"].result_type.fieldnames) == ["node"]
+    assert list(methods["schedulers"].result_type.fieldnames) == ["schedulers"]
+    assert list(schema.Admin.SchedulerStats.schema.fieldnames) == [
+        "name",
+        "parent",
+        "alive",
+        "holdings",
+        "rejectedInserts",
+        "forcedAdmits",
+        "deniedKicks",
+        "deniedPreempts",
+        "evictions",
+        "allocated",
+        "exitKind",
+        "exitMessage",
+    ]
+    assert list(schema.Admin.CpuTime.schema.fieldnames) == ["cpu", "ns"]

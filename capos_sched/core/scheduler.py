@@ -331,6 +331,8 @@ class Scheduler:
         self._idle_acc_ns = 0
         self._nr_idle = 0
         self._idle_changed_ns = 0
+        self._nr_busy = 0
+        """CPUs with a running thread: ``pick_idle_cpu`` answers -1 without a scan."""
         self._policy: Any = None
         self._policy_name = ""
         self._cb_exit_thread: Any = None
@@ -370,9 +372,10 @@ class Scheduler:
         already queued moves (a re-key). Queuing on another CPU's local DSQ
         places it there (one migration).
         """
-        queue = self._dsqs.get(dsq)
-        if queue is None:
-            raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}")
+        try:
+            queue = self._dsqs[dsq]  # a subscript, not .get(): a method call less per insert
+        except (KeyError, TypeError):
+            raise PolicyViolation(f"insert of {thread.name}: no DSQ {dsq}") from None
         owner = thread.owner
         if (owner is not None and owner.kind != QUEUED) or thread.state is not RUNNABLE_STATE:
             raise PolicyViolation(
@@ -397,9 +400,10 @@ class Scheduler:
     ) -> bool:
         """Move the front of DSQ ``dsq`` (or ``thread``, which must be queued
         there) to ``cpu``'s local DSQ; False when there is nothing to move."""
-        queue = self._dsqs.get(dsq)
-        if queue is None:
-            raise PolicyViolation(f"move_to_local: no DSQ {dsq}")
+        try:
+            queue = self._dsqs[dsq]
+        except (KeyError, TypeError):
+            raise PolicyViolation(f"move_to_local: no DSQ {dsq}") from None
         if not 0 <= cpu < self.nr_cpus:
             raise PolicyViolation(f"move_to_local: CPU {cpu} outside [0, {self.nr_cpus - 1}]")
         if thread is None:
@@ -457,6 +461,8 @@ class Scheduler:
     def pick_idle_cpu(self, prefer: int = -1) -> int:
         """``prefer`` if it is idle, else the lowest idle CPU, else -1."""
         cpus = self.cpus
+        if self._nr_busy == self.nr_cpus:
+            return -1
         if 0 <= prefer < self.nr_cpus and cpus[prefer].current is None:
             return prefer
         for cpu in cpus:
@@ -534,6 +540,14 @@ class Scheduler:
         if thread is None or thread.generation != ref.generation:
             return _snapshot(self.resolve(ref))  # raises the stale error
         return _snapshot(thread)
+
+    def state_of(self, ref: ThreadRef) -> ThreadState:
+        """The state of the thread ``ref`` names, exited included (no snapshot
+        built: the simulator asks at every timer); StaleThread if reaped."""
+        thread = self._threads.get(ref.tid)
+        if thread is None or thread.generation != ref.generation:
+            return self.resolve(ref).state  # raises the stale error
+        return thread.state
 
     def is_live(self, ref: ThreadRef) -> bool:
         """True while ``ref`` names its thread and the thread has not exited."""
@@ -712,6 +726,7 @@ class Scheduler:
         thread.owner = cpu.running_tag
         thread.last_started_ns = now_ns
         cpu.current = thread
+        self._nr_busy += 1
         budget = thread.slice_ns or class_slice_ns(thread.latency_class, self.slice_ns)
         cpu.running_finish = finish = (
             thread.virtual_runtime_ns + budget * REFERENCE_WEIGHT // thread.weight
@@ -733,6 +748,7 @@ class Scheduler:
         thread.charge_runtime(elapsed_ns)  # as _stop_current, written flat (hot path)
         self._charged_ns += elapsed_ns
         cpu.current = None
+        self._nr_busy -= 1
         thread.owner = None
         thread.state = RUNNABLE_STATE
         thread.preemptions += 1
@@ -973,6 +989,8 @@ class Scheduler:
     def check_invariants(self) -> None:
         """Raise AssertionError if any ownership or bookkeeping rule is broken."""
         owners: dict[int, list[Any]] = collections.defaultdict(list)
+        busy = sum(cpu.current is not None for cpu in self.cpus)
+        assert self._nr_busy == busy, f"busy count {self._nr_busy} != {busy} running CPUs"
         for cpu in self.cpus:
             if cpu.current is not None:
                 owners[cpu.current.tid].append(cpu.running_tag)
@@ -1390,6 +1408,7 @@ class Scheduler:
         thread.charge_runtime(elapsed_ns)
         self._charged_ns += elapsed_ns
         cpu.current = None
+        self._nr_busy -= 1
         thread.owner = None
         thread.state = ThreadState.RUNNABLE
         return thread

@@ -29,8 +29,11 @@ def _policy(_instance: object, attribute: attrs.Attribute, value: str) -> None:
         raise ValueError(f"{attribute.name} {value!r} is neither a built-in policy nor a .py file")
 
 
-GRANT_KINDS = ("schedulingPolicy", "thread")
-"""Grant kinds a manifest can express; CPU delegation will be appended."""
+GRANT_KINDS = ("schedulingPolicy", "thread", "cpuDelegation")
+"""Grant kinds a manifest can express."""
+
+ROOT_SCHEDULER = "root"
+"""The machine's scheduler: always present, never declared under ``schedulers:``."""
 
 
 def _positive(_instance: object, attribute: attrs.Attribute, value: int) -> None:
@@ -91,17 +94,24 @@ class GrantPlan:
     """A capability given to a process under ``name`` (how its client asks for it).
 
     Invariants: ``kind`` is one of GRANT_KINDS; ``target`` is the full name
-    of an existing thread for kind "thread" and None for "schedulingPolicy".
-    (That the thread exists is checked against the whole Plan when loading.)
+    of an existing thread for kind "thread" and None otherwise; ``scheduler``
+    names the scheduler node of a "cpuDelegation" grant ("root" or one of
+    the plan's ``schedulers``) and is None otherwise. (That the thread or
+    scheduler exists is checked against the whole Plan when loading.)
     """
 
     name: str = attrs.field(validator=attrs.validators.min_len(1))
     kind: str = attrs.field(validator=attrs.validators.in_(GRANT_KINDS))
     target: str | None = None
+    scheduler: str | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if (self.kind == "thread") != (self.target is not None):
             raise ValueError(f"grant {self.name!r}: a target is required exactly for kind thread")
+        if (self.kind == "cpuDelegation") != (self.scheduler is not None):
+            raise ValueError(
+                f"grant {self.name!r}: a scheduler is required exactly for kind cpuDelegation"
+            )
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -161,10 +171,15 @@ class Plan:
         if len(set(names)) != len(names):
             raise ValueError("duplicate process names")
         threads = {t.full_name for t in self.threads()}
+        schedulers = {ROOT_SCHEDULER, *(s.name for s in getattr(self, "schedulers", ()))}
         for process in self.processes:
             for grant in process.grants:
                 if grant.target is not None and grant.target not in threads:
                     raise ValueError(f"grant {grant.name!r} names unknown thread {grant.target!r}")
+                if grant.scheduler is not None and grant.scheduler not in schedulers:
+                    raise ValueError(
+                        f"grant {grant.name!r} names unknown scheduler {grant.scheduler!r}"
+                    )
 
     def threads(self) -> tuple[ThreadPlan, ...]:
         """Every thread, in manifest order (process by process)."""
@@ -206,10 +221,16 @@ def _process_json(process: ProcessPlan) -> dict[str, Any]:
     }
     if process.exec is not None:
         out["exec"] = list(process.exec)
-    out["grants"] = {
-        g.name: {"kind": g.kind} if g.target is None else {"kind": g.kind, "thread": g.target}
-        for g in process.grants
-    }
+    out["grants"] = {g.name: _grant_json(g) for g in process.grants}
+    return out
+
+
+def _grant_json(grant: GrantPlan) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": grant.kind}
+    if grant.target is not None:
+        out["thread"] = grant.target
+    if grant.scheduler is not None:
+        out["scheduler"] = grant.scheduler
     return out
 
 

@@ -28,7 +28,15 @@ from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Work
 from . import syntax
 from .errors import Diagnostics, Pos, quote, show_name
 from .evaluator import Exported, Path
-from .plan import BUILTIN_POLICIES, GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
+from .plan import (
+    BUILTIN_POLICIES,
+    ROOT_SCHEDULER,
+    GrantPlan,
+    MachinePlan,
+    Plan,
+    ProcessPlan,
+    ThreadPlan,
+)
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -236,7 +244,14 @@ class _Builder:
                 self.error(self.label_pos((*path, "grants", "")), "a grant name must not be empty")
                 continue
             if isinstance(grant, dict) and self.exported.intact((*path, "grants", grant_name)):
-                grants.append(GrantPlan(grant_name, grant["kind"], grant.get("thread")))
+                grants.append(
+                    GrantPlan(
+                        grant_name,
+                        grant["kind"],
+                        grant.get("thread"),
+                        scheduler=grant.get("scheduler"),
+                    )
+                )
             else:
                 self.failed = True  # already reported
         if self.failed:
@@ -269,6 +284,26 @@ class _Builder:
                     message += f"; did you mean {show_name(suggestion[0])}?"
                 elif "/" not in target:
                     message += "; name a thread as `process/thread`"
+                self.error(self.value_pos(path), message)
+
+    def grant_schedulers(self, processes: dict[str, Any], schedulers: Any) -> None:
+        """Every cpuDelegation grant names "root" or a declared scheduler."""
+        declared = [ROOT_SCHEDULER, *(name for name, _ in _items(schedulers))]
+        for process, body in _items(processes):
+            for grant_name, grant in _items(_get(body, "grants")):
+                target = _get(grant, "scheduler")
+                if _get(grant, "kind") != "cpuDelegation" or not isinstance(target, str):
+                    continue
+                if target in declared:
+                    continue
+                path = ("processes", process, "grants", grant_name, "scheduler")
+                message = (
+                    f"grant {show_name(grant_name)} names scheduler {quote(target)}, "
+                    'which is neither "root" nor declared under `schedulers:`'
+                )
+                suggestion = difflib.get_close_matches(target, declared, n=1, cutoff=0.6)
+                if suggestion:
+                    message += f"; did you mean {quote(suggestion[0])}?"
                 self.error(self.value_pos(path), message)
 
     def endpoints(self, processes: dict[str, Any]) -> None:
@@ -384,6 +419,9 @@ def build_plan(
     if file.complete:  # else a thread or server may be in the part that was dropped
         builder.grant_targets(processes_data if isinstance(processes_data, dict) else {})
         builder.endpoints(processes_data if isinstance(processes_data, dict) else {})
+        builder.grant_schedulers(
+            processes_data if isinstance(processes_data, dict) else {}, data.get("schedulers")
+        )
     machine = builder.machine(data.get("machine"))
     processes: list[ProcessPlan] = []
     for name, body in _items(processes_data):

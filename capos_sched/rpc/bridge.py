@@ -87,6 +87,10 @@ class Bridge(Generic[OwnerT]):
         """Drains run so far (for tests of coalescing)."""
         self.applied = 0
         """Operations run so far."""
+        self.on_publish: Callable[[list[Any]], None] | None = None
+        """Where published items go, in the RPC thread (set there)."""
+        self._published: list[Any] = []
+        self._publish_pending = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the RPC loop (once, from the RPC thread)."""
@@ -157,6 +161,28 @@ class Bridge(Generic[OwnerT]):
         answers = [(call_id, *_apply(op, owner)) for call_id, op in batch]
         self.applied += len(batch)
         self._send(answers)
+
+    def publish(self, items: list[Any]) -> None:
+        """Send plain-data ``items`` to ``on_publish`` in the RPC thread (trio
+        thread). Coalesced: one wake-up of the RPC loop carries every item
+        published until it runs."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not items:
+            return
+        with self._lock:
+            self._published.extend(items)
+            if self._publish_pending:
+                return
+            self._publish_pending = True
+        with contextlib.suppress(RuntimeError):  # the RPC loop is gone: nobody listens
+            loop.call_soon_threadsafe(self._deliver_published)
+
+    def _deliver_published(self) -> None:
+        with self._lock:
+            items, self._published = self._published, []
+            self._publish_pending = False
+        if items and self.on_publish is not None:
+            self.on_publish(items)
 
     def _send(self, answers: list[Answer]) -> None:
         loop = self._loop

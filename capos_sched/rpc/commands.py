@@ -437,20 +437,27 @@ Examples:
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def grants(admin_addr: Address | None, as_json: bool) -> None:
-    """List every grant with its state (granted, revoked, stale)."""
+    """List every grant with its state (granted, revoked, stale), and the policy in force.
+
+    --json prints {"grants": [...], "policy": {...}} (the policy as `policy show --json`).
+    """
     from capos_sched.client import connect_admin
 
-    async def go() -> list[Any]:
-        async with await connect_admin(_admin(admin_addr)) as session:
-            return await session.grants()
+    from .policy_commands import policy_lines
 
-    rows = _run(go, _admin(admin_addr))
+    async def go() -> tuple[list[Any], dict[str, Any]]:
+        async with await connect_admin(_admin(admin_addr)) as session:
+            return await session.grants_and_policy()
+
+    rows, policy = _run(go, _admin(admin_addr))
     if as_json:
-        click.echo(json.dumps([_row_dict(r) for r in rows], indent=2))
+        click.echo(json.dumps({"grants": [_row_dict(r) for r in rows], "policy": policy}, indent=2))
         return
     table = [("PROCESS", "GRANT", "KIND", "TARGET", "STATE", "SESSIONS")]
     table += [(r.process, r.name, r.kind, r.target or "-", r.state, str(r.sessions)) for r in rows]
     _print_table(table)
+    for line in policy_lines(policy):
+        click.echo(line)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -474,18 +481,26 @@ Examples:
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(admin_addr: Address | None, as_json: bool) -> None:
-    """Every thread with its counters, and the RPC counters."""
+    """Every thread with its counters, the RPC counters, and the policy in force
+    (its watchdog bypass and ejection records, as `policy show`)."""
     from capos_sched.client import connect_admin
 
     async def go() -> dict[str, Any]:
         async with await connect_admin(_admin(admin_addr)) as session:
-            return await session.stats()
+            report = await session.stats()
+            report["schedulers"] = await _schedulers_or_none(session)
+            return report
 
     report = _run(go, _admin(admin_addr))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    from .cpus_commands import scheduler_lines
+    from .policy_commands import policy_lines
+
     click.echo(f"plan: {report['plan']}")
+    for line in policy_lines(report["policy"]):
+        click.echo(line)
     table = [("THREAD", "ID", "STATE", "WEIGHT", "CLASS", "CPU", "RUNTIME_MS", "SWITCHES")]
     for t in report["threads"]:
         table.append(
@@ -503,6 +518,18 @@ def stats(admin_addr: Address | None, as_json: bool) -> None:
     _print_table(table)
     rpc = report["rpc"]
     click.echo("rpc: " + ", ".join(f"{k}={v}" for k, v in rpc.items()))
+    for line in scheduler_lines(report["schedulers"] or []):
+        click.echo(line)
+
+
+async def _schedulers_or_none(session: Any) -> list[dict[str, Any]] | None:
+    """Admin.schedulers, or None from a daemon whose host has no CPU delegation."""
+    from capos_sched.client import Unimplemented
+
+    try:
+        return await session.schedulers()  # type: ignore[no-any-return]
+    except Unimplemented:
+        return None
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -679,3 +706,7 @@ def _snapshot_data(thread: str, snap: Any) -> dict[str, Any]:
 
 
 COMMANDS = [serve, load, revoke, grants, stats, set_weight, set_class, snapshot]
+
+from .cpus_commands import cpus  # noqa: E402 - it builds on the helpers above
+
+COMMANDS.append(cpus)

@@ -132,6 +132,7 @@ async def serve_async(
     grants = GrantTable.from_plan(plan, host, config.grants_dir)
     owner = Owner(host, grants, config.manifest_name)
     bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
+    owner.delegation.publish = bridge.publish  # CpuListener notifications, trio -> RPC
     gate = GateLimits(max_answers=config.max_answers, stall_timeout_s=config.stall_timeout_s)
     rpc_config = RpcConfig(
         listen=config.listen,

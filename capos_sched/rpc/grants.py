@@ -47,7 +47,8 @@ TOKEN_BYTES = 32
 
 SECRET_BYTES = 32
 NONCE_BYTES = 16
-KINDS = ("schedulingPolicy", "thread")
+KINDS = ("schedulingPolicy", "thread", "cpuDelegation")
+ROOT_SCHEDULER = "root"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -443,7 +444,15 @@ def check_session(pg: ProcessGrants) -> None:
 
 
 def _sig(gp: Any) -> tuple[str, str, str | None]:
-    return (gp.name, gp.kind, gp.target if gp.kind == "thread" else None)
+    return (gp.name, gp.kind, _target_of(gp))
+
+
+def _target_of(gp: Any) -> str | None:
+    if gp.kind == "thread":
+        return str(gp.target)
+    if gp.kind == "cpuDelegation":
+        return str(gp.scheduler)
+    return None
 
 
 def _exec_of(proc: Any) -> tuple[str, ...] | None:
@@ -453,7 +462,7 @@ def _exec_of(proc: Any) -> tuple[str, ...] | None:
 
 def _new_grant(process: str, gp: Any, host: HostLike) -> Grant:
     ref = None
-    target = gp.target if gp.kind == "thread" else None
+    target = _target_of(gp)
     if gp.kind == "thread":
         ref = host.thread_ref(gp.target)
         if ref is None:  # validate_plan_grants rules this out
@@ -465,6 +474,7 @@ def validate_plan_grants(plan: Any) -> None:
     """Every grant names a known kind and, for threads, a thread of the plan;
     process and grant names are safe as file names. Raises invalidArgument."""
     threads = {t.full_name for t in plan.threads()}
+    schedulers = plan_schedulers(plan)
     seen: set[str] = set()
     for proc in plan.processes:
         if not _SAFE_NAME.fullmatch(proc.name) or proc.name in seen:
@@ -486,6 +496,17 @@ def validate_plan_grants(plan: Any) -> None:
                     "invalidArgument",
                     f"grant {proc.name}.{gp.name} targets {gp.target!r}, not a thread of the plan",
                 )
+            if gp.kind == "cpuDelegation" and gp.scheduler not in schedulers:
+                raise wire_error(
+                    "invalidArgument",
+                    f"grant {proc.name}.{gp.name} names scheduler {gp.scheduler!r}, "
+                    "not a scheduler of the plan",
+                )
+
+
+def plan_schedulers(plan: Any) -> set[str]:
+    """The scheduler names of ``plan``: "root" and its ``schedulers`` section."""
+    return {ROOT_SCHEDULER, *(s.name for s in getattr(plan, "schedulers", ()))}
 
 
 def _grant_name_ok(name: str) -> bool:

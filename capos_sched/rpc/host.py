@@ -8,7 +8,7 @@ RPC layer never reaches through the host into the core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from capos_sched.core import ThreadRef, ThreadSnapshot
@@ -20,6 +20,19 @@ class PlanChangeLike(Protocol):
     added: Sequence[str]
     removed: Sequence[str]
     kept: Sequence[str]
+
+
+class CpuHoldingLike(Protocol):
+    """One CPU a scheduler holds caps on (``CpuCap`` flags of core/delegation.py)."""
+
+    cpu: int
+    held: Any
+    effective: Any
+
+
+NotificationSink = Callable[[Sequence[Any]], None]
+"""Called in the trio thread with the core's ``CpuNotification`` values
+(``scheduler``, ``kind``, ``cpus``, ``cpu``, ``before``, ``after``)."""
 
 
 class Host(Protocol):
@@ -51,3 +64,41 @@ class Host(Protocol):
     def set_latency_class(self, ref: ThreadRef, latency_class: object) -> None: ...
 
     def apply_plan(self, plan: Any, now_ns: int) -> PlanChangeLike: ...
+
+    def set_policy(self, name: str, source: str) -> None:
+        """Switch policy atomically: a built-in ``name`` (empty ``source``) or a
+        user policy's module text; InvalidArgument (nothing changed) if bad."""
+        ...
+
+    def policy_status(self) -> Mapping[str, Any]:
+        """``{"policy", "builtin", "bypass": dict | None, "exits": [dict]}``."""
+
+    # ------------------------------------------------------ CPU delegation
+    # Names are scheduler names ("root" first); bad input raises CoreError
+    # (InvalidArgument for an unknown or non-child name or a bad CPU).
+
+    def scheduler_names(self) -> list[str]: ...
+
+    def scheduler_children(self, name: str) -> list[str]: ...
+
+    def scheduler_alive(self, name: str) -> bool: ...
+
+    def cpu_holdings(self, name: str) -> Sequence[CpuHoldingLike]: ...
+
+    def grant_cpus(
+        self, parent: str, child: str, cpus: Sequence[int], caps: Any, now_ns: int
+    ) -> list[int]:
+        """Grant and act on the effects; the denied CPUs."""
+        ...
+
+    def revoke_cpus(
+        self, parent: str, child: str, cpus: Sequence[int], caps: Any, now_ns: int
+    ) -> None: ...
+
+    def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> None: ...
+
+    def scheduler_stats(self, name: str) -> Any: ...
+
+    def add_notification_sink(self, sink: NotificationSink) -> None:
+        """Every notification the core produces from now on goes to ``sink``."""
+        ...

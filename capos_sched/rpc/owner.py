@@ -10,12 +10,14 @@ revocation applied earlier in the same thread is always seen.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from capos_sched.core import CoreError, StaleThread, ThreadRef, ThreadSnapshot
 
+from .delegation import DelegationOwner
 from .errors import wire_error
 from .grants import Grant, GrantRow, GrantTable, PlanDiff, ProcessGrants
 from .host import Host
@@ -63,6 +65,8 @@ class Owner:
         self.plan_name = plan_name
         self.applied = 0
         """Mutations applied through capabilities."""
+        self.delegation = DelegationOwner(host)
+        """CPU delegation nodes and subscriptions (rpc/delegation.py)."""
 
     def now_ns(self) -> int:
         return self.host.now_ns()
@@ -165,6 +169,16 @@ class Owner:
             diff,
             start,
         )
+
+    def set_policy(self, name: str, source: str) -> Mapping[str, Any]:
+        """Admin.setPolicy: one operation, so the switch is atomic for every
+        other call; the state after it (an ejection while taking over shows)."""
+        self.host.set_policy(name, source)
+        self.applied += 1
+        return self.policy_status()
+
+    def policy_status(self) -> Mapping[str, Any]:
+        return self.host.policy_status()
 
     def prune_token_files(self, names: tuple[str, ...]) -> None:
         self.grants.prune_token_files(names)

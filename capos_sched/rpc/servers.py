@@ -57,6 +57,9 @@ CLAIM_TIMEOUT_S = 5.0
 """How long a handle we cannot recognise directly may take to prove itself."""
 MAX_TOKEN_BYTES = 1024
 MAX_NAME_CHARS = 256
+MAX_POLICY_SOURCE_CHARS = 256 * 1024
+"""Admin.setPolicy's source bound (as ``policy_files.MAX_POLICY_SOURCE_CHARS``)."""
+MAX_EXIT_MESSAGE_CHARS = 2000
 
 
 class RpcCounters:
@@ -86,9 +89,11 @@ class ConnContext:
         "kind",
         "load",
         "max_calls",
+        "nodes",
         "registry",
         "restored",
         "sessions",
+        "subscriptions",
     )
 
     def __init__(
@@ -115,8 +120,16 @@ class ConnContext:
         """The CapSet handed out for each process restored on this connection."""
         self.restored = False
         """A token was restored on this connection (it is no longer idle)."""
+        self.nodes: dict[Any, Any] = {}
+        """The CpuDelegation handed out for each scheduler node (rpc/delegation.py)."""
+        self.subscriptions: set[int] = set()
+        """CpuListener subscriptions open on this connection (bounded)."""
 
     def close(self) -> None:
+        from .delegation_server import end_connection
+
+        end_connection(self)
+        self.nodes.clear()
         self.registry.clear()
         self.caps.clear()
         self.sessions.clear()
@@ -250,7 +263,21 @@ class CapSetServer(capos().CapSet.Server):  # type: ignore[misc,name-defined]
         grant: Grant = await self._ctx.bridge.submit(
             functools.partial(Owner.capset_get, pg=self._pg, name=name)
         )
+        if grant.kind == "cpuDelegation":
+            context.results.cap = await self._node_client_for(grant)
+            return
         context.results.cap = self._client_for(grant)
+
+    async def _node_client_for(self, grant: Grant) -> Any:
+        from .delegation import op_node_for
+        from .delegation_server import node_client
+
+        ctx = self._ctx
+        client = ctx.caps.get(grant)
+        if client is None:
+            node = await ctx.bridge.submit(functools.partial(op_node_for, grant=grant))
+            client = ctx.caps[grant] = node_client(ctx, node)
+        return client
 
     @rpc_method
     async def list_context(self, context: Any) -> None:
@@ -433,7 +460,8 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
 
     @rpc_method
     async def grants_context(self, context: Any) -> None:
-        rows = await self._ctx.bridge.submit(Owner.grant_rows)
+        rows, policy = await self._ctx.bridge.submit(_grants_op)
+        _fill_policy_state(context.results.init("policy"), policy)
         out = context.results.init("grants", len(rows))
         for item, row in zip(out, rows, strict=True):
             item.process = row.process
@@ -445,8 +473,9 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
 
     @rpc_method
     async def stats_context(self, context: Any) -> None:
-        threads, applied, plan_name = await self._ctx.bridge.submit(_stats_op)
+        threads, applied, plan_name, policy = await self._ctx.bridge.submit(_stats_op)
         r = context.results
+        _fill_policy_state(r.init("policy"), policy)
         out = r.init("threads", len(threads))
         for item, snap in zip(out, threads, strict=True):
             item.name = snap.name
@@ -471,6 +500,62 @@ class AdminServer(capos().Admin.Server):  # type: ignore[misc,name-defined]
         rpc.internalErrors = counters.internal_errors
         r.plan = plan_name
 
+    @rpc_method
+    async def setPolicy_context(self, context: Any) -> None:
+        params = context.params
+        name = _text(params, "name", "policy name")
+        source = _text(params, "source", "policy source", limit=MAX_POLICY_SOURCE_CHARS)
+        state = await self._ctx.bridge.submit(
+            functools.partial(Owner.set_policy, name=name, source=source)
+        )
+        log.info(
+            "policy set by the operator",
+            requested=name,
+            user_source=bool(source),
+            active=state["policy"],
+        )
+        _fill_policy_state(context.results.init("state"), state)
 
-def _stats_op(owner: Owner) -> tuple[list[Any], int, str]:
-    return owner.thread_stats(), owner.applied, owner.plan_name
+    @rpc_method
+    async def cpuDelegation_context(self, context: Any) -> None:
+        from .delegation_server import admin_cpu_delegation
+
+        await admin_cpu_delegation(self._ctx, context)
+
+    @rpc_method
+    async def schedulers_context(self, context: Any) -> None:
+        from .delegation_server import admin_schedulers
+
+        await admin_schedulers(self._ctx, context)
+
+
+def _stats_op(owner: Owner) -> tuple[list[Any], int, str, Any]:
+    return owner.thread_stats(), owner.applied, owner.plan_name, owner.policy_status()
+
+
+def _grants_op(owner: Owner) -> tuple[list[Any], Any]:
+    return owner.grant_rows(), owner.policy_status()
+
+
+def _fill_policy_state(out: Any, state: Any) -> None:
+    """An Admin.PolicyState from ``Host.policy_status()`` (RPC thread)."""
+    out.active = state["policy"]
+    out.builtin = bool(state["builtin"])
+    bypass = state.get("bypass")
+    out.hasBypass = bypass is not None
+    if bypass is not None:
+        b = out.init("bypass")
+        b.policy = bypass["policy"] or ""
+        b.thread = bypass["thread"] or ""
+        b.waitedNs = max(0, int(bypass["waited_ns"]))
+        b.atNs = max(0, int(bypass["at_ns"]))
+        b.active = bool(bypass["active"])
+        b.endedNs = max(0, int(bypass["ended_ns"] or 0))
+    exits = state["exits"]
+    items = out.init("exits", len(exits))
+    for item, record in zip(items, exits, strict=True):
+        item.kind = record["kind"]
+        item.policy = record["policy"]
+        item.callback = record["callback"] or ""
+        item.message = record["message"][:MAX_EXIT_MESSAGE_CHARS]
+        item.atNs = max(0, int(record["at_ns"]))

@@ -149,6 +149,7 @@ Examples:
   capos-sched simulate                              # the embedded default manifest
   capos-sched simulate manifests/ipc-pairs.cue --seed 1 --json
   capos-sched simulate manifests/thread-scale.cue --cpus 1 --jitter 0
+  capos-sched simulate big.cue --duration 60 --json > report.json   # progress on stderr
   {DISABLE_WFQ_ENV}=1 capos-sched simulate    # FIFO instead of WFQ
 
 \b
@@ -300,6 +301,15 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
 @cpus_option
 @policy_option
 @json_option
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="A progress line on stderr (virtual time, events/s, ETA): auto shows it when "
+    "stderr is a terminal. stdout (the report, or --json) is never touched.",
+)
 def simulate(
     manifest: Path | None,
     duration: float | None,
@@ -308,6 +318,7 @@ def simulate(
     cpus: int | None,
     policy: str | None,
     as_json: bool,
+    progress_mode: str,
 ) -> None:
     """Simulate MANIFEST on the core's deterministic simulator (virtual time).
 
@@ -319,15 +330,20 @@ def simulate(
     plan, name = _load(manifest)
     if duration is None:
         duration = 3600.0 if _has_finite(plan) else DEFAULT_DURATION_S
-    report = simulate_plan(
-        plan,
-        duration_ns=int(duration * 1e9),
-        seed=seed,
-        cpus=cpus,
-        policy=effective_policy(policy, plan),
-        jitter=DEFAULT_JITTER if jitter is None else jitter,
-        manifest_name=name,
-    )
+    from capos_sched.runtime.progress import sim_progress
+
+    chosen_policy = effective_policy(policy, plan)
+    with sim_progress(progress_mode, f"simulate {Path(name).name}") as progress:
+        report = simulate_plan(
+            plan,
+            duration_ns=int(duration * 1e9),
+            seed=seed,
+            cpus=cpus,
+            policy=chosen_policy,
+            jitter=DEFAULT_JITTER if jitter is None else jitter,
+            manifest_name=name,
+            progress=progress,
+        )
     if as_json:
         click.echo(json.dumps(report))
         return

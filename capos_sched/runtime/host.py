@@ -97,6 +97,64 @@ class PlanHost:
         self._plan = plan
         return PlanChange(added, removed, kept)
 
+    # ----------------------------------------------------------------- policy
+
+    def set_policy(self, policy: Any, reason: str = "operator") -> None:
+        """Switch the policy now (a bare host runs no CPUs: no effects to act on)."""
+        self.scheduler.set_policy(policy, self.scheduler.now_ns)
+
+    def set_policy_source(self, name: str, source: str) -> None:
+        """``Admin.setPolicy``: the built-in ``name`` when ``source`` is empty,
+        else the user policy whose module text is ``source`` (``name`` is its
+        file name, for diagnostics). It is loaded and instantiated under the
+        same guard as a policy file, and its callbacks are bounded like one's.
+        A bad name or source raises InvalidArgument and changes nothing."""
+        from capos_sched.core import BUILTIN_NAMES, InvalidArgument
+        from capos_sched.policy_files import (
+            LIVE_LOAD_BOUND_NS,
+            AlarmGuard,
+            PolicyLoadError,
+            load_policy_source,
+        )
+
+        if not source:
+            if name not in BUILTIN_NAMES:
+                raise InvalidArgument(
+                    f"unknown built-in policy {name!r}: expected one of "
+                    f"{', '.join(BUILTIN_NAMES)} (or a user policy's source)"
+                )
+            self.set_policy(name)
+            return
+        if not name:
+            raise InvalidArgument("a user policy needs a name (its file name)")
+        try:
+            spec = load_policy_source(source, name, bound_ns=LIVE_LOAD_BOUND_NS)
+            policy = AlarmGuard(LIVE_LOAD_BOUND_NS).call(spec.create)
+        except PolicyLoadError as exc:
+            raise InvalidArgument(str(exc)) from None
+        except Exception as exc:  # POLICY() raised or overran: nothing changed yet
+            raise InvalidArgument(f"{name}: creating POLICY failed: {exc}") from None
+        if self.scheduler.guard is None:
+            self.scheduler.guard = AlarmGuard()  # made here, in the owner's thread
+        self.set_policy(policy)
+
+    def policy_status(self) -> dict[str, Any]:
+        """The policy in force, the last stall bypass (None: never) and the
+        exit records, oldest first; times as ``rel_ns`` makes them."""
+        core = self.scheduler
+        return {
+            "policy": core.policy_name,
+            "builtin": isinstance(core.policy, Policy),
+            "bypass": None,
+            "exits": [
+                {**record.as_dict(), "at_ns": self.rel_ns(record.at_ns)} for record in core.exits
+            ],
+        }
+
+    def rel_ns(self, now_ns: int) -> int:
+        """A core time as reported (a bare host: as is)."""
+        return now_ns
+
     def on_thread_added(self, thread_plan: ThreadPlan, ref: ThreadRef) -> None:
         """Hook for subclasses (the runtime attaches a workload here)."""
 

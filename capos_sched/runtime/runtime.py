@@ -229,6 +229,10 @@ class Runtime(PlanHost):
         """The built-in policy a stall bypass replaced, restored once stalls clear."""
         self._quiet_since_ns: int | None = None
         self._bypasses = 0
+        self._last_exit: Any = None
+        """The newest exit record logged (records are logged once, in order)."""
+        self.notification_sinks: list[Callable[[Any], None]] = []
+        """Called with the CPU-delegation notifications of every effect acted on."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -561,6 +565,10 @@ class Runtime(PlanHost):
         core = self.scheduler
         while not self._stopping:
             dispatch = core.pick_next(k, self.now_ns())
+            if core.exits and core.exits[-1] is not self._last_exit:
+                self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
+            if self.notification_sinks:
+                self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
                 await event.wait()
@@ -701,8 +709,21 @@ class Runtime(PlanHost):
             self._kick(cpu)
         for cpu in effects.preempts:
             self._preempt_for_wake(cpu)
-        for record in effects.ejections:
-            self._log_ejection(record)
+        if effects.ejections:
+            self._log_new_exits()
+        if self.notification_sinks:
+            self._notify(list(getattr(effects, "notifications", None) or ()))
+
+    def _notify(self, notifications: list[Any]) -> None:
+        """Hand CPU-delegation notifications to the sinks (CpuListener
+        subscribers, rpc/delegation.py): those of an effect, and those the core
+        raised in dispatch (``take_notifications``: a revoke in effect on a CPU)."""
+        take = getattr(self.scheduler, "take_notifications", None)
+        if callable(take):
+            notifications += take()
+        if notifications:
+            for sink in self.notification_sinks:
+                sink(notifications)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
@@ -749,6 +770,18 @@ class Runtime(PlanHost):
             # lowered when the next one starts, so this cannot go stale).
             self._workers[cpu].preempt()
             self._wake_preemptions += 1
+
+    def _log_new_exits(self) -> None:
+        """Log every exit record of the core not logged yet, oldest first."""
+        exits = self.scheduler.exits
+        new = []
+        for record in reversed(exits):
+            if record is self._last_exit:
+                break
+            new.append(record)
+        for record in reversed(new):
+            self._log_ejection(record)
+        self._last_exit = exits[-1] if exits else None
 
     def _log_ejection(self, record: Any) -> None:
         log.error(
@@ -852,7 +885,7 @@ class Runtime(PlanHost):
             record = core.eject("stall", message, now)
             if record is not None:
                 self._bypasses += 1
-                self._log_ejection(record)
+                self._log_new_exits()
                 self._bypassed = previous if previous in {p.value for p in Policy} else None
                 self._bypass = {
                     "at_ns": self._rel(now),
@@ -884,7 +917,7 @@ class Runtime(PlanHost):
         Ends a bypass. ``policy`` is a built-in name or a policy object."""
         previous = self.scheduler.policy_name
         effects = self.scheduler.set_policy(policy, self.now_ns())
-        if self._bypass is not None and self._bypassed is not None:
+        if self._bypass is not None and self._bypass["ended_ns"] is None:
             self._bypass["ended_ns"] = self._rel(self.now_ns())
         self._bypassed = None
         self._quiet_since_ns = None
@@ -892,6 +925,16 @@ class Runtime(PlanHost):
         self._act(effects)
         for k in range(self.cpus):
             self._kick(k)
+
+    def policy_status(self) -> dict[str, Any]:
+        """PlanHost's, with the watchdog's last bypass (times since the run started)."""
+        status = super().policy_status()
+        if self._bypass is not None:
+            status["bypass"] = {**self._bypass, "active": self._bypass["ended_ns"] is None}
+        return status
+
+    def rel_ns(self, now_ns: int) -> int:
+        return self._rel(now_ns)
 
     def _stall_reason(self, stall: Stall) -> str:
         core = self.scheduler

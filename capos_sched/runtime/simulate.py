@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from capos_sched.core import Policy
-from capos_sched.sim import Simulator
+from capos_sched.sim import Progress, Simulator
 
 if TYPE_CHECKING:
     from capos_sched.manifest import Plan
@@ -28,9 +28,10 @@ def simulate_plan(
     policy: Policy | str | None = None,
     jitter: float = DEFAULT_JITTER,
     manifest_name: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Simulate ``plan`` for ``duration_ns`` of virtual time (or until every finite
-    thread finished) and return the run report."""
+    thread finished) and return the run report; ``progress`` as in ``Simulator.run``."""
     from capos_sched.policy_files import policy_and_guard
 
     chosen, guard = policy_and_guard(policy or plan.machine.policy)
@@ -46,7 +47,7 @@ def simulate_plan(
     for thread in plan.threads():
         sim.add_thread(thread.full_name, thread.workload, thread.weight, thread.latency_class)
         kinds[thread.full_name] = (thread.process, thread.workload.kind)
-    raw = sim.run(duration_ns)
+    raw = sim.run(duration_ns, progress)
     threads = []
     for entry in raw["threads"]:
         process, kind = kinds[entry["name"]]

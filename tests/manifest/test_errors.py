@@ -453,7 +453,34 @@ def test_grant_of_a_thread_without_its_process():
 
 def test_unknown_grant_kind():
     text = BASE + 'processes: q: grants: h: kind: "cpu"\n'
-    error_at(text, '"cpu"', 'unknown kind "cpu"; expected one of "schedulingPolicy", "thread"')
+    error_at(
+        text,
+        '"cpu"',
+        'unknown kind "cpu"; expected one of "schedulingPolicy", "thread", "cpuDelegation"',
+    )
+
+
+def test_cpu_delegation_grant_of_an_unknown_scheduler():
+    text = BASE + 'processes: q: grants: d: {kind: "cpuDelegation", scheduler: "rot"}\n'
+    error_at(
+        text,
+        '"rot"',
+        'grant `d` names scheduler "rot", which is neither "root" nor declared under '
+        '`schedulers:`; did you mean "root"?',
+    )
+
+
+def test_cpu_delegation_grant_needs_a_scheduler():
+    text = BASE + 'processes: q: grants: d: kind: "cpuDelegation"\n'
+    assert errors(text), "a cpuDelegation grant without a scheduler must be refused"
+
+
+def test_cpu_delegation_grant_of_root_is_in_the_plan():
+    plan = load_plan_text(
+        BASE + 'processes: q: grants: d: {kind: "cpuDelegation", scheduler: "root"}\n', "t.cue"
+    )
+    (grant,) = plan.process("q").grants
+    assert (grant.kind, grant.scheduler, grant.target) == ("cpuDelegation", "root", None)
 
 
 def test_endpoint_with_clients_but_no_server():

@@ -215,11 +215,14 @@ def daemon(workdir: Path) -> Iterator[Daemon]:
 class InProcess:
     """serve_async in a trio thread of this process (no signals, PlanHost)."""
 
-    def __init__(self, workdir: Path, plan: Any, max_calls: int = 1024) -> None:
+    def __init__(
+        self, workdir: Path, plan: Any, max_calls: int = 1024, host_factory: Any = None
+    ) -> None:
         from capos_sched.rpc.addr import parse_address
         from capos_sched.rpc.daemon import DaemonConfig, serve_async
         from capos_sched.serve import plan_host, plan_loader
 
+        factory = host_factory or plan_host
         self.dir = workdir
         self.listen = f"unix:{workdir / 'l.sock'}"
         self.admin = f"unix:{workdir / 'a.sock'}"
@@ -248,7 +251,7 @@ class InProcess:
                             config,
                             plan,
                             plan_loader,
-                            plan_host,
+                            factory,
                             task_status=task_status,
                             handle_signals=False,
                         )
@@ -295,6 +298,36 @@ def base_plan() -> Any:
 @pytest.fixture
 def inproc(workdir: Path) -> Iterator[InProcess]:
     d = InProcess(workdir, base_plan())
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------ CPU delegation
+
+DELEG_MANIFEST = """\
+package capos
+
+machine: {cpus: 4, policy: "wfq"}
+
+processes: {
+	work: threads: a: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	ops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}
+	nothing: grants: policy: kind: "schedulingPolicy"
+}
+"""
+
+
+@pytest.fixture
+def deleg(workdir: Path) -> Iterator[InProcess]:
+    from capos_sched.manifest import load_plan_text
+
+    from .fake_delegation import fake_plan_host
+
+    d = InProcess(
+        workdir, load_plan_text(DELEG_MANIFEST, "deleg.cue"), host_factory=fake_plan_host()
+    )
     try:
         yield d
     finally:

@@ -150,7 +150,7 @@ def test_token_files_admin_socket_and_grants(daemon: Daemon) -> None:
     assert stat.S_ISSOCK(daemon.admin_path.stat().st_mode)
     out = cli("grants", "--admin", daemon.admin, "--json")
     assert out.returncode == 0, out.stderr
-    rows = {(r["process"], r["grant"]): r for r in json.loads(out.stdout)}
+    rows = {(r["process"], r["grant"]): r for r in json.loads(out.stdout)["grants"]}
     assert set(rows) == {
         ("tuner", "policy"),
         ("tuner", "a"),
@@ -453,7 +453,7 @@ def test_default_manifest_grants_nothing(workdir: Path) -> None:
     try:
         assert not d.grants.exists() or list(d.grants.glob("*.token")) == []
         out = cli("grants", "--admin", d.admin, "--json")
-        assert out.returncode == 0 and json.loads(out.stdout) == []
+        assert out.returncode == 0 and json.loads(out.stdout)["grants"] == []
 
         async def go() -> None:
             with pytest.raises(Disconnected):

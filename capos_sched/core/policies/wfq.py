@@ -5,7 +5,8 @@ weight (interactive slice / 4, batch slice * 4), computed afresh at every
 enqueue; ties go by enqueue order. The mechanism charges vruntime +=
 elapsed * REF / weight. The rules, callback by callback:
 
-- select_cpu: where the driver asked (the last CPU), else the least-loaded CPU.
+- select_cpu: where the driver asked (the last CPU), else the least-loaded CPU
+  (fewest queued + running; ties: the lowest CPU).
 - enqueue: a new thread starts at its CPU's virtual time; any other enqueue
   clamps lag: vruntime >= virtual time - slice (a sleeper banks at most one
   slice; scx_simple's rule). A wake kicks an idle CPU, and an interactive wake
@@ -16,15 +17,30 @@ elapsed * REF / weight. The rules, callback by callback:
 - running: the CPU's virtual time = max(itself, min(vruntime of the picked
   thread, vruntime of the new front)): it never decreases.
 - set_weight: a queued thread is re-keyed at once (weight or class changed).
+
+Why two side structures (both O(log CPUs) per operation, independent of the
+thread count, so a 64-CPU pick does not walk 63 siblings):
+
+- ``_fronts``, a heap of ``front key << bits | cpu`` with lazy repair. Every
+  non-empty queue has an entry whose key is at most its true front key: an
+  insert that makes a new front pushes one, and anything that raises a front
+  (a pop, a re-key, a thread the mechanism removed) leaves a lower bound,
+  which is checked against the queue when it reaches the top and replaced by
+  the true front. So the first entry that matches its queue is the lowest
+  front (ties: the lowest CPU), exactly what a walk over the siblings finds.
+- ``_loads``, a tournament tree of ``load << bits | cpu``; the callbacks that
+  see a load change (enqueue, dispatch, running, stopping, exit_thread) mark
+  the CPU dirty, and a least-loaded placement refreshes the dirty leaves
+  before it reads the root.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from ..constants import REFERENCE_WEIGHT as REF
 from ..policy import ENQ_NEW, ENQ_PREEMPTED
-from ..runqueue import balance_victim
 from ..thread import LatencyClass, class_slice_ns
 
 INTERACTIVE = LatencyClass.INTERACTIVE
@@ -45,12 +61,16 @@ class WfqPolicy:
         self.queues = [ctx.create_dsq(cpu, ordered=True) for cpu in range(ctx.nr_cpus)]
         self.vtime = [0] * ctx.nr_cpus
         self._vtime_checked = [0] * ctx.nr_cpus
+        self._bits = max(1, (ctx.nr_cpus - 1).bit_length())
+        self._mask = (1 << self._bits) - 1
+        self._fronts: list[int] = []
+        self._loads = TournamentTree(ctx.nr_cpus)
+        self._dirty: set[int] = set(range(ctx.nr_cpus))
 
     def select_cpu(self, ctx: Any, thread: Any, prev_cpu: int) -> int:
         if prev_cpu >= 0:
             return prev_cpu
-        load = [len(q) + (not ctx.is_idle(k)) for k, q in enumerate(self.queues)]
-        return min(range(ctx.nr_cpus), key=lambda k: (load[k], k))
+        return self._least_loaded(ctx)
 
     def enqueue(self, ctx: Any, thread: Any, flags: int) -> None:
         cpu = thread.last_cpu
@@ -59,7 +79,7 @@ class WfqPolicy:
             ctx.raise_vruntime(thread, floor)
         budget = self.class_slice[thread.latency_class]
         finish = thread.virtual_runtime_ns + budget * REF // thread.weight
-        ctx.insert(thread, cpu, finish, budget)
+        self._insert(ctx, thread, cpu, finish, budget)
         if flags & ENQ_PREEMPTED:
             return  # this CPU picks next anyway
         if ctx.is_idle(cpu):
@@ -73,9 +93,13 @@ class WfqPolicy:
 
     def dispatch(self, ctx: Any, cpu: int) -> None:
         own = self.queues[cpu]
-        own_key, victim = balance_victim(self.queues, own, self.pull_threshold_ns)
-        if victim is not None:
-            ctx.move_to_local(victim.id, cpu, source="steal" if own_key is None else "pull")
+        own_key = own.head_key()
+        victim = self._lowest_sibling(cpu)
+        if victim is not None and (
+            own_key is None or victim[0] <= own_key - self.pull_threshold_ns
+        ):
+            self._dirty.add(victim[1])
+            ctx.move_to_local(victim[1], cpu, source="steal" if own_key is None else "pull")
         elif own_key is not None:
             ctx.move_to_local(own.id, cpu)
 
@@ -87,16 +111,123 @@ class WfqPolicy:
             vruntime = front.virtual_runtime_ns
         if vruntime > self.vtime[cpu]:
             self.vtime[cpu] = vruntime
+        self._dirty.add(cpu)
+
+    def stopping(self, ctx: Any, thread: Any, runnable: bool) -> None:
+        self._dirty.add(thread.last_cpu)
+
+    def exit_thread(self, ctx: Any, thread: Any) -> None:
+        if thread.last_cpu is not None:
+            self._dirty.add(thread.last_cpu)
 
     def set_weight(self, ctx: Any, thread: Any, weight: int) -> None:
         dsq = ctx.queued_on(thread)
         if dsq is not None and 0 <= dsq < ctx.nr_cpus:
             budget = self.class_slice[thread.latency_class]
             finish = thread.virtual_runtime_ns + budget * REF // weight
-            ctx.insert(thread, dsq, finish, budget)
+            self._insert(ctx, thread, dsq, finish, budget)
+
+    # ------------------------------------------------ side structures (see top)
+
+    def _insert(self, ctx: Any, thread: Any, cpu: int, finish: int, budget: int) -> None:
+        queue = self.queues[cpu]
+        front = queue.head_key()
+        ctx.insert(thread, cpu, finish, budget)
+        self._dirty.add(cpu)
+        if front is None or finish < front:  # a new front: the one case that lowers it
+            heapq.heappush(self._fronts, finish << self._bits | cpu)
+            if len(self._fronts) > 4 * len(self.queues) + 16:
+                self._rebuild_fronts()
+
+    def _rebuild_fronts(self) -> None:
+        bits = self._bits
+        self._fronts = [
+            key << bits | cpu
+            for cpu, queue in enumerate(self.queues)
+            if (key := queue.head_key()) is not None
+        ]
+        heapq.heapify(self._fronts)
+
+    def _lowest_sibling(self, cpu: int) -> tuple[int, int] | None:
+        """(front key, CPU) of the non-empty queue other than ``cpu``'s with the
+        lowest front (ties: the lowest CPU), or None; repairs stale entries."""
+        fronts, queues, bits, mask = self._fronts, self.queues, self._bits, self._mask
+        own: list[int] = []
+        found = None
+        while fronts:
+            entry = fronts[0]
+            k = entry & mask
+            key = entry >> bits
+            true_key = queues[k].head_key()
+            if true_key != key:  # a lower bound left by a pop or a removal
+                if true_key is None:
+                    heapq.heappop(fronts)
+                else:
+                    heapq.heapreplace(fronts, true_key << bits | k)
+            elif k == cpu:
+                own.append(heapq.heappop(fronts))
+            else:
+                found = key, k
+                break
+        for entry in own:
+            heapq.heappush(fronts, entry)
+        return found
+
+    def _least_loaded(self, ctx: Any) -> int:
+        loads, queues, bits = self._loads, self.queues, self._bits
+        for k in self._dirty:
+            loads.set(k, (len(queues[k]) + (not ctx.is_idle(k))) << bits | k)
+        self._dirty.clear()
+        return loads.min() & self._mask
 
     def check_invariants(self, ctx: Any) -> None:
         """The documented rule checked: no CPU's virtual time ever decreases."""
         for cpu, (now, before) in enumerate(zip(self.vtime, self._vtime_checked, strict=True)):
             assert now >= before, f"CPU {cpu} virtual time decreased: {before} -> {now}"
         self._vtime_checked = list(self.vtime)
+        bits, mask = self._bits, self._mask
+        for cpu, queue in enumerate(self.queues):
+            key = queue.head_key()
+            if key is not None:
+                bounds = [e >> bits for e in self._fronts if e & mask == cpu]
+                assert bounds and min(bounds) <= key, f"CPU {cpu}: no front entry <= {key}"
+            if cpu not in self._dirty:
+                load = len(queue) + (not ctx.is_idle(cpu))
+                leaf = self._loads._tree[self._loads._base + cpu]
+                assert leaf == load << bits | cpu, f"CPU {cpu}: load leaf {leaf} != {load}"
+
+
+class TournamentTree:
+    """The minimum of ``size`` integer leaves, kept in a complete binary tree:
+    ``set`` is O(log size), ``min`` is O(1).
+
+    Invariant: every inner node holds the minimum of its two children; leaves
+    beyond ``size`` hold a value larger than any set one.
+    """
+
+    __slots__ = ("_base", "_tree")
+
+    def __init__(self, size: int) -> None:
+        base = 1
+        while base < size:
+            base *= 2
+        self._base = base
+        self._tree: list[float | int] = [float("inf")] * (2 * base)
+
+    def set(self, leaf: int, value: int) -> None:
+        tree = self._tree
+        i = self._base + leaf
+        if tree[i] == value:
+            return
+        tree[i] = value
+        i >>= 1
+        while i:
+            left, right = tree[2 * i], tree[2 * i + 1]
+            best = left if left < right else right
+            if tree[i] == best:
+                break  # nothing above can change
+            tree[i] = best
+            i >>= 1
+
+    def min(self) -> int:
+        return self._tree[1]  # type: ignore[return-value]
