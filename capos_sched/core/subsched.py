@@ -367,7 +367,13 @@ class Delegation:
         if name in self.tree.nodes:
             raise InvalidArgument(f"cannot attach scheduler {name!r}: the name is taken")
         # Refuse before any change: the parent's split must give the child a CPU.
-        self._split(parent, extra=(name, weight))
+        if parent not in self.manual:
+            try:
+                self._check_split(parent, self._enq_count(parent), (name, weight))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"cannot attach scheduler {name!r} under {parent!r}: {exc}"
+                ) from None
         self.tree.attach(name, parent, weight)
         self.dead.pop(name, None)
         st = SchedState(name, self.tree.nodes[name].depth, None, SubCtx(self, name))
@@ -402,7 +408,7 @@ class Delegation:
         old = node.weight
         self.tree.set_weight(name, weight)
         try:
-            self._split(node.parent)
+            self._check_split(node.parent, self._enq_count(node.parent))
         except InvalidArgument:
             self.tree.set_weight(name, old)
             raise
@@ -413,7 +419,6 @@ class Delegation:
     def _route(self) -> None:
         """Replace the Scheduler's callback slots by routers (once)."""
         if self.routed:
-            self.rebind_root()
             return
         self.routed = True
         for thread in self.sched._threads.values():
@@ -628,7 +633,7 @@ class Delegation:
             return CpuCap.NONE
         if immediate and caps & CpuCap.ENQ_IMMED and not self.sched.cpus[cpu].local._entries:
             return CpuCap.NONE
-        return (CpuCap.ENQ if immediate else DELIVERY) & ~caps
+        return (CpuCap.ENQ_IMMED if immediate else DELIVERY) & ~caps
 
     def choose(self, cpu: Any, now_ns: int) -> tuple[Thread | None, str]:
         """What ``cpu`` runs next under delegation: its IPC slot, its local DSQ,
@@ -822,6 +827,25 @@ class Delegation:
         if extra is not None:
             participants.append(extra)
         return proportional_split(cpus, participants)
+
+    def _enq_count(self, name: str) -> int:
+        return sum(1 for caps in self.tree.nodes[name].held.values() if caps & CpuCap.ENQ)
+
+    def _check_split(self, parent: str, n: int, extra: tuple[str, int] | None = None) -> None:
+        """Raise unless the default split under ``parent`` with ``n`` enq CPUs
+        (and ``extra`` attached) gives every scheduler below a CPU, all the way
+        down: an attach or weight change is refused before anything changes."""
+        node = self.tree.nodes[parent]
+        participants = [(parent, ROOT_SELF_WEIGHT)]
+        participants += [(c, self.tree.nodes[c].weight) for c in node.children]
+        if extra is not None:
+            participants.append(extra)
+        if parent in self.manual or len(participants) == 1:
+            return
+        split = proportional_split(list(range(n)), participants)
+        for child in node.children:
+            if self.tree.nodes[child].children:
+                self._check_split(child, len(split.exclusive[child]))
 
     def rebalance(self, parent: str, now_ns: int) -> None:
         """The qmap split under ``parent``: exclusive ``enq`` ranges by weight,
