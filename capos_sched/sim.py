@@ -274,6 +274,11 @@ class Simulator:
         sim = self._threads.get(ref.tid)
         return None if sim is None else sim.program
 
+    def act(self, effects: Effects) -> None:
+        """Act on the effects of a core call made from outside (an operator's
+        act scheduled with ``at``): kicks, preempts, notifications."""
+        self._act(effects)
+
     def _act(self, effects: Effects) -> None:
         self.notifications.extend(effects.notifications)
         self.notifications.extend(self.core.take_notifications())

@@ -1017,7 +1017,7 @@ class Scheduler:
             assert 0 <= thread._vruntime_remainder < thread.weight, thread
         check = getattr(self._policy, "check_invariants", None)
         if check is not None:
-            check(self)
+            check(self if self._routed is None else self._routed.root_ctx)
         if self._routed is not None:
             self._routed.check_invariants()
 

@@ -54,6 +54,9 @@ class PlanHost:
             plan.machine.slice_ns,
             guard=guard or file_guard,
         )
+        from capos_sched.drive import attach_schedulers
+
+        attach_schedulers(self.scheduler, plan)
         self._refs: dict[str, ThreadRef] = {}
         for thread_plan in plan.threads():
             self._spawn(thread_plan, 0)
@@ -166,8 +169,14 @@ class PlanHost:
         acts on ``effects``: callers released by a server killed mid-call)."""
 
     def _spawn(self, thread_plan: ThreadPlan, now_ns: int) -> ThreadRef:
+        from capos_sched.drive import scheduler_of_thread
+
         wake = self.scheduler.spawn(
-            thread_plan.full_name, now_ns, thread_plan.weight, thread_plan.latency_class
+            thread_plan.full_name,
+            now_ns,
+            thread_plan.weight,
+            thread_plan.latency_class,
+            scheduler=scheduler_of_thread(self._plan, thread_plan),
         )
         self._refs[thread_plan.full_name] = wake.thread
         self.on_thread_added(thread_plan, wake.thread)
