@@ -193,10 +193,6 @@ class SubCtx:
     over its own DSQ namespace, with every delivery checked against its caps."""
 
     GLOBAL_DSQ = GLOBAL_DSQ
-    partial_view = True
-    """Its policy sees only its own threads' callbacks: other schedulers'
-    threads run on the same CPUs, so a cache of per-CPU load fed by callbacks
-    is a hint here (wfq refreshes its load leaves at each placement)."""
 
     def __init__(self, deleg: Delegation, name: str) -> None:
         self._d = deleg

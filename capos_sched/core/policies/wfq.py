@@ -31,10 +31,7 @@ thread count, so a 64-CPU pick does not walk 63 siblings):
 - ``_loads``, a tournament tree of ``load << bits | cpu``; the callbacks that
   see a load change (enqueue, dispatch, running, stopping, exit_thread) mark
   the CPU dirty, and a least-loaded placement refreshes the dirty leaves
-  before it reads the root. Under a sub-scheduler (``ctx.partial_view``: its
-  policy sees the callbacks of its own threads only, while other schedulers'
-  threads run on the same CPUs and the mechanism may take a thread off a queue
-  by rejecting its delivery) every leaf is refreshed at each placement.
+  before it reads the root.
 """
 
 from __future__ import annotations
@@ -178,8 +175,6 @@ class WfqPolicy:
 
     def _least_loaded(self, ctx: Any) -> int:
         loads, queues, bits = self._loads, self.queues, self._bits
-        if getattr(ctx, "partial_view", False):
-            self._dirty.update(range(len(queues)))
         for k in self._dirty:
             loads.set(k, (len(queues[k]) + (not ctx.is_idle(k))) << bits | k)
         self._dirty.clear()
@@ -196,7 +191,7 @@ class WfqPolicy:
             if key is not None:
                 bounds = [e >> bits for e in self._fronts if e & mask == cpu]
                 assert bounds and min(bounds) <= key, f"CPU {cpu}: no front entry <= {key}"
-            if cpu not in self._dirty and not getattr(ctx, "partial_view", False):
+            if cpu not in self._dirty:
                 load = len(queue) + (not ctx.is_idle(cpu))
                 leaf = self._loads._tree[self._loads._base + cpu]
                 assert leaf == load << bits | cpu, f"CPU {cpu}: load leaf {leaf} != {load}"
