@@ -73,6 +73,8 @@ ENQ_CAPS_SHIFT = 8
 MAX_REJECTS = 2
 """Rejects of one thread in one delivery before it is force-admitted."""
 DELIVERY = CpuCap.ENQ | CpuCap.ENQ_IMMED
+MAX_PENDING = 4096
+"""Notifications kept for ``take_notifications`` (the oldest are dropped)."""
 
 
 def missing_caps(flags: int) -> CpuCap:
@@ -761,6 +763,8 @@ class Delegation:
     def notify(self, note: CpuNotification) -> None:
         """Record a notification for the Effects, and tell the policy."""
         self.pending.append(note)
+        if len(self.pending) > MAX_PENDING:  # a driver that never drains stays bounded
+            del self.pending[:-MAX_PENDING]
         st = self.states.get(note.scheduler)
         if st is None:
             return
