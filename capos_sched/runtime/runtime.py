@@ -337,6 +337,8 @@ class Runtime(PlanHost):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watchdog)
+                if self.plan.schedulers:
+                    nursery.start_soon(self._delegation)
                 if duration_s is not None:
                     nursery.start_soon(self._deadline, duration_s)
                 task_status.started(self)
@@ -840,6 +842,32 @@ class Runtime(PlanHost):
             raise RuntimeFailure(f"cannot restart the worker of CPU {k}: {exc}") from exc
         if self._stopping:
             worker.preempt()
+
+    async def _delegation(self) -> None:
+        """The plan's timed ``events:`` (at their times from the start) and the
+        default split's pool rotation: the acts ``simulate`` runs on virtual time."""
+        from capos_sched.drive import apply_event
+
+        assert self._started_ns is not None
+        pending = list(self.plan.events)
+        while True:
+            now = self.now_ns()
+            for event in [e for e in pending if self._started_ns + e.at_ns <= now]:
+                pending.remove(event)
+                effects, problem = apply_event(self.scheduler, event, now)
+                self._act(effects)
+                if problem is not None:
+                    log.warning("delegation event refused", problem=problem)
+            rotation = self.scheduler.next_delegation_event_ns()
+            if rotation is not None and rotation <= now:
+                self._act(self.scheduler.delegation_tick(now))
+                rotation = self.scheduler.next_delegation_event_ns()
+            wakes = [self._started_ns + e.at_ns for e in pending]
+            if rotation is not None:
+                wakes.append(rotation)
+            if not wakes:
+                return
+            await trio.sleep(max(0, min(wakes) - self.now_ns()) / 1e9)
 
     async def _watchdog(self) -> None:
         period_s = max(self.watchdog_threshold_ns / 4, 1_000_000) / 1e9
