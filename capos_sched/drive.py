@@ -115,3 +115,28 @@ def apply_event(core: Scheduler, event: Any, now_ns: int) -> tuple[Effects, str 
         return core.kill_scheduler(parent, event.child, event.reason or event.name, now_ns), None
     except CoreError as exc:
         return Effects(), f"event {event.name}: {exc}"
+
+
+def scheduler_rows(core: Scheduler) -> list[dict[str, Any]]:
+    """The report's per-scheduler rows (``simulate`` and ``run``): live ones in
+    tree order, then killed ones; holdings, counters, CPU time allocated per
+    CPU, exit record. Empty without sub-schedulers."""
+    names = core.scheduler_names()
+    killed = core.killed_schedulers()
+    if names == ["root"] and not killed:
+        return []
+    rows = []
+    for name in names:
+        row = core.scheduler_stats(name).as_dict()
+        row["parent"] = core.scheduler_parent(name)
+        row["weight"] = core.scheduler_weight(name)
+        row["holdings"] = [
+            {"cpu": h.cpu, "held": h.held.names, "effective": h.effective.names}
+            for h in core.cpu_holdings(name)
+        ]
+        rows.append(row)
+    for name in killed:
+        row = core.scheduler_stats(name).as_dict()
+        row["holdings"] = []
+        rows.append(row)
+    return rows

@@ -1060,6 +1060,21 @@ class Scheduler:
     def scheduler_alive(self, name: str) -> bool:
         return self._delegation().alive(name)
 
+    def scheduler_parent(self, name: str) -> str | None:
+        """The parent of a live scheduler (None for the root)."""
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].parent
+
+    def scheduler_weight(self, name: str) -> int:
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].weight
+
+    def killed_schedulers(self) -> list[str]:
+        """Schedulers removed by a kill (their stats and exit record remain)."""
+        return [] if self._deleg is None else list(self._deleg.dead)
+
     def scheduler_of(self, ref: ThreadRef) -> str:
         """The scheduler a live thread belongs to."""
         return self.resolve(ref).scheduler

@@ -67,7 +67,7 @@ from capos_sched.core import (
     WakeReason,
     ideal_shares,
 )
-from capos_sched.drive import step, thread_row
+from capos_sched.drive import scheduler_rows, step, thread_row
 from capos_sched.runtime.host import PlanHost
 from capos_sched.runtime.protocol import (
     OP_HASH,
@@ -415,6 +415,7 @@ class Runtime(PlanHost):
             "threads": threads,
             "policy_final": self.scheduler.policy_name,
             "policy_exits": [record.as_dict() for record in self.scheduler.exits],
+            "schedulers": scheduler_rows(self.scheduler),
             "stop_reason": self._stop_reason,
             "wake_preemptions": self._wake_preemptions,
             "watchdog": {

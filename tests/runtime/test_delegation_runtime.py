@@ -35,3 +35,6 @@ def test_run_builds_the_tree_and_runs_the_timed_revoke():
     stats = runtime.scheduler.scheduler_stats("web")
     assert set(stats.allocated_ns) <= {1, 2} and stats.allocated_ns.get(1, 0) > 0
     runtime.scheduler.check_invariants()
+    rows = {r["name"]: r for r in runtime.report()["schedulers"]}
+    assert [h["cpu"] for h in rows["web"]["holdings"]] == [1]
+    assert rows["web"]["parent"] == "root" and rows["web"]["weight"] == 200
