@@ -181,6 +181,8 @@ class RtThread:
     crashes_in_a_row: int = 0
     """Slices in a row whose worker died under this thread (reset by a slice that ends)."""
     worker_crashes: int = 0
+    cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
+    """Run time per CPU, as charged to the core (``cpu_runtime_ns`` in the report)."""
 
     @property
     def cpu_bound(self) -> bool:
@@ -387,6 +389,7 @@ class Runtime(PlanHost):
                 finished_ns=rt.finished_ns,
                 failed=rt.failed,
                 removed=rt.removed,
+                cpu_runtime_ns={str(c): ns for c, ns in sorted(rt.cpu_runtime_ns.items())},
             )
             # The run report's order: name, process, weight, class, workload, ...
             threads.append(
@@ -682,6 +685,7 @@ class Runtime(PlanHost):
         if stop is Stop.CALL:
             rt.call_started_ns = now
             rt.reply_pending = False
+        rt.cpu_runtime_ns[k] = rt.cpu_runtime_ns.get(k, 0) + elapsed
         effects = step(self.scheduler, k, now, elapsed, stop, rt.workload, self._program_of)
         if stop is Stop.FINISHED:
             rt.finished_ns = self._rel(now)

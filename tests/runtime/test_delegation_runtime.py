@@ -35,6 +35,11 @@ def test_run_builds_the_tree_and_runs_the_timed_revoke():
     stats = runtime.scheduler.scheduler_stats("web")
     assert set(stats.allocated_ns) <= {1, 2} and stats.allocated_ns.get(1, 0) > 0
     runtime.scheduler.check_invariants()
-    rows = {r["name"]: r for r in runtime.report()["schedulers"]}
+    report = runtime.report()
+    rows = {r["name"]: r for r in report["schedulers"]}
+    for thread in report["threads"]:  # each child's threads ran only on its CPUs
+        cpus = {int(c) for c, ns in thread["cpu_runtime_ns"].items() if ns}
+        assert cpus <= ({1, 2} if thread["process"] == "front" else {3}), thread
+        assert sum(thread["cpu_runtime_ns"].values()) == thread["runtime_ns"]
     assert [h["cpu"] for h in rows["web"]["holdings"]] == [1]
     assert rows["web"]["parent"] == "root" and rows["web"]["weight"] == 200
