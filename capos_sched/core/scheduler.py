@@ -59,7 +59,7 @@ from .policy import (
     PolicyExit,
     PolicyViolation,
 )
-from .runqueue import QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
+from .runqueue import KEY_MAX, KEY_MIN, QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
 from .thread import (
     LatencyClass,
     Thread,
@@ -382,8 +382,10 @@ class Scheduler:
                 f"insert of {thread.name}: thread is {thread.state.name}"
                 + ("" if owner is None else f" and owned by {owner.kind} of CPU {owner.cpu}")
             )
-        if queue.ordered and (type(key) is not int):
-            raise PolicyViolation(f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r}")
+        if queue.ordered and (type(key) is not int or not KEY_MIN <= key <= KEY_MAX):
+            raise PolicyViolation(
+                f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r} (a signed 64-bit int)"
+            )
         if owner is not None and owner is not queue:
             owner.discard(thread)
         local_cpu = queue.cpu

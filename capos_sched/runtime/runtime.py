@@ -69,6 +69,7 @@ from capos_sched.core import (
 )
 from capos_sched.drive import scheduler_rows, step, thread_row
 from capos_sched.runtime.host import PlanHost
+from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import (
     OP_HASH,
     OP_SPIN,
@@ -235,6 +236,9 @@ class Runtime(PlanHost):
         """The newest exit record logged (records are logged once, in order)."""
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
+        self.probe: SliceProbe | None = None
+        self._probe_times: tuple[int, ...] | None = None
+        """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -491,6 +495,9 @@ class Runtime(PlanHost):
         else:
             rt.program = Program.start(workload)
 
+    def on_threads_spawned(self) -> None:
+        self._kick_idle_if_work()  # a plan applied in steps: its new threads may run at once
+
     def on_thread_removed(
         self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
     ) -> None:
@@ -570,6 +577,7 @@ class Runtime(PlanHost):
     async def _cpu_loop(self, k: int) -> None:
         core = self.scheduler
         while not self._stopping:
+            picking = time.perf_counter_ns()
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
@@ -580,9 +588,10 @@ class Runtime(PlanHost):
                 await event.wait()
                 self._parked[k] = None
                 continue
-            await self._run_dispatch(k, dispatch)
+            await self._run_dispatch(k, dispatch, picking)
 
-    async def _run_dispatch(self, k: int, dispatch: Dispatch) -> None:
+    async def _run_dispatch(self, k: int, dispatch: Dispatch, picking: int = 0) -> None:
+        picked = time.perf_counter_ns()
         rt = self._threads[dispatch.thread]
         start = self.now_ns()
         rt.dispatches += 1
@@ -648,6 +657,8 @@ class Runtime(PlanHost):
                 t1 = self._clock()
                 self._overhead.add(max(0, t1 - t0 - elapsed))
                 rt.crashes_in_a_row = 0
+                if self.probe is not None and rt.hash is None:
+                    self._probe_times = (picking, picked, t0, worker.sent_ns, position, acc, t1)
                 break
             if rt.hash is not None and status != ST_ERROR:
                 rt.hash.position, rt.hash.acc = position, acc
@@ -680,6 +691,27 @@ class Runtime(PlanHost):
                 },
             )
         self._after_run(k, rt, elapsed, stop, end)
+        if self.probe is not None and self._probe_times is not None:
+            self._probe_record(elapsed)
+
+    def _probe_record(self, elapsed: int) -> None:
+        """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
+        assert self.probe is not None and self._probe_times is not None
+        picking, picked, t0, sent, received, replied, t1 = self._probe_times
+        self._probe_times = None
+        done = time.perf_counter_ns()
+        if self._clock is not time.perf_counter_ns:
+            return  # an injected clock: the stamps are not comparable
+        self.probe.add(
+            pick=picked - picking if picking else 0,
+            prepare=t0 - picked,
+            send=sent - t0,
+            to_worker=received - sent,
+            worker_extra=replied - received - elapsed,
+            from_worker=t1 - replied,
+            after_run=done - t1,
+            overhead=t1 - t0 - elapsed,
+        )
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
         if stop is Stop.CALL:
