@@ -17,6 +17,13 @@ dispatcher written in Python could cost.
 instance main's, before a change: ``git archive main | tar -x -C /tmp/base``,
 then ``--compare-core /tmp/base/capos_sched/core``) in the same process, its
 batches interleaved with ours, so a loaded host slows both alike.
+
+The report names the implementation of the ordered DSQ that ran
+(``implementation``: "c" for the compiled accelerator, "python" for the
+reference; ``CAPOS_SCHED_PURE=1`` forces the reference). When it is "c", the
+pure-Python reference is timed too, interleaved (``reference_ns_per_dispatch``,
+``vs_reference``). ``bytes_per_thread`` is what the loaded core allocated
+(tracemalloc), divided by the thread count.
 """
 
 from __future__ import annotations
@@ -25,16 +32,23 @@ import gc
 import heapq
 import importlib.util
 import json
+import os
 import random
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
-from capos_sched.core import MAX_WEIGHT, SLICE_NS, Scheduler
+from capos_sched.core import MAX_WEIGHT, SLICE_NS, Scheduler, runqueue
 from capos_sched.core.constants import MAX_CPUS
+
+CORE_DIR = str(Path(runqueue.__file__).parent)
+GOAL_RATIO = 3.0
+GOAL_BYTES_PER_THREAD = 1024
 
 
 def median_batch_ns(run_batch: Callable[[int], None], cycles: int) -> float:
@@ -49,10 +63,30 @@ def median_batch_ns(run_batch: Callable[[int], None], cycles: int) -> float:
     return statistics.median(batches)
 
 
-def load_core(directory: str) -> type:
+def load_core(directory: str, name: str = "bench_compared_core", pure: bool = False) -> type:
     """The ``Scheduler`` class of the core package at ``directory`` (loaded
-    under its own name, so it does not replace ours)."""
-    name = "bench_compared_core"
+    under its own name, so it does not replace ours); ``pure``: with
+    ``CAPOS_SCHED_PURE=1`` while it imports, so it runs the reference."""
+    saved = os.environ.get("CAPOS_SCHED_PURE")
+    if pure:
+        os.environ["CAPOS_SCHED_PURE"] = "1"
+    try:
+        return _load_core(directory, name)
+    finally:
+        if pure:
+            if saved is None:
+                del os.environ["CAPOS_SCHED_PURE"]
+            else:
+                os.environ["CAPOS_SCHED_PURE"] = saved
+
+
+def implementation_of(scheduler: type) -> str:
+    """ "c" or "python": the ordered DSQ the core of ``scheduler`` uses."""
+    package = scheduler.__module__.rpartition(".")[0]
+    return sys.modules[f"{package}.runqueue"].IMPLEMENTATION
+
+
+def _load_core(directory: str, name: str) -> type:
     spec = importlib.util.spec_from_file_location(
         name, f"{directory}/__init__.py", submodule_search_locations=[directory]
     )
@@ -63,13 +97,35 @@ def load_core(directory: str) -> type:
     return module.Scheduler
 
 
-def dispatch_batch(threads: int, cpus: int, seed: int = 0, scheduler: type = Scheduler):
-    """A loaded core and ``run_batch(n)`` running n dispatch cycles on it."""
+def load_threads(core, threads: int, cpus: int, seed: int) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(seed)
-    core = scheduler(cpus)
-    placement = sys.modules[scheduler.__module__].QueueCpu
+    placement = sys.modules[type(core).__module__].QueueCpu
     for i in range(threads):
         core.spawn(f"t{i}", 0, rng.randint(1, MAX_WEIGHT), placement=placement(i % cpus))
+
+
+def bytes_per_thread(threads: int, cpus: int, seed: int = 0, scheduler: type = Scheduler) -> float:
+    """Bytes the core allocates per runnable thread (tracemalloc, after loading
+    ``threads`` and one pick per CPU), with the empty core subtracted."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        core = scheduler(cpus)
+        empty = tracemalloc.get_traced_memory()[0]
+        load_threads(core, threads, cpus, seed)
+        for cpu in range(cpus):
+            core.pick_next(cpu, 0)
+        gc.collect()
+        loaded = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return (loaded - empty) / threads
+
+
+def dispatch_batch(threads: int, cpus: int, seed: int = 0, scheduler: type = Scheduler):
+    """A loaded core and ``run_batch(n)`` running n dispatch cycles on it."""
+    core = scheduler(cpus)
+    load_threads(core, threads, cpus, seed)
     clock = [0]
     for cpu in range(cpus):
         core.pick_next(cpu, 0)
@@ -130,9 +186,25 @@ def measure_heapq(threads: int, cycles: int, seed: int = 0) -> float:
     return median_batch_ns(run_batch, cycles)
 
 
-def run(threads: int, cpus: int, cycles: int, compare_core: str | None = None) -> dict:
+def run(
+    threads: int,
+    cpus: int,
+    cycles: int,
+    compare_core: str | None = None,
+    reference: bool = True,
+    memory: bool = True,
+) -> dict:
     compared: dict = {}
-    if compare_core is not None:
+    implementation = runqueue.IMPLEMENTATION
+    if compare_core is None and reference and implementation != "python":
+        pure = load_core(CORE_DIR, "bench_reference_core", pure=True)
+        assert implementation_of(pure) == "python"
+        dispatch_ns, pure_ns = compare_dispatch(threads, cpus, cycles, pure)
+        compared = {
+            "reference_ns_per_dispatch": round(pure_ns, 1),
+            "vs_reference": round(dispatch_ns / pure_ns, 3),
+        }
+    elif compare_core is not None:
         dispatch_ns, other_ns = compare_dispatch(threads, cpus, cycles, load_core(compare_core))
         compared = {
             "compared_core": compare_core,
@@ -142,15 +214,27 @@ def run(threads: int, cpus: int, cycles: int, compare_core: str | None = None) -
     else:
         dispatch_ns = measure_dispatch(threads, cpus, cycles)
     heapq_ns = measure_heapq(threads, cycles)
+    ratio = dispatch_ns / heapq_ns
+    memory_report: dict = {}
+    if memory:
+        per_thread = bytes_per_thread(threads, cpus)
+        memory_report = {
+            "bytes_per_thread": round(per_thread),
+            "memory_goal_met": per_thread <= GOAL_BYTES_PER_THREAD,
+        }
     return {
         "threads": threads,
         "cpus": cpus,
         "cycles": cycles,
+        "implementation": implementation,
         "ns_per_dispatch": round(dispatch_ns, 1),
         "heapq_ns": round(heapq_ns, 1),
-        "ratio": round(dispatch_ns / heapq_ns, 2),
-        "python": sys.version.split()[0],
+        "ratio": round(ratio, 2),
+        "ratio_goal_met": ratio <= GOAL_RATIO,
+        **memory_report,
         **compared,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
     }
 
 
@@ -189,22 +273,56 @@ Examples:
     help="Also time the core package in this directory, interleaved with ours. "
     "[default: none (ours only)]",
 )
+@click.option(
+    "--reference/--no-reference",
+    default=True,
+    show_default=True,
+    help="When the C accelerator runs, also time the pure-Python reference, interleaved.",
+)
+@click.option(
+    "--memory/--no-memory",
+    default=True,
+    show_default=True,
+    help="Report bytes per thread in the loaded core (tracemalloc; loads it once more).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def dispatch(threads: int, cpus: int, cycles: int, compare_core: str | None, as_json: bool) -> None:
+def dispatch(
+    threads: int,
+    cpus: int,
+    cycles: int,
+    compare_core: str | None,
+    reference: bool,
+    memory: bool,
+    as_json: bool,
+) -> None:
     """Cost of one dispatch cycle (pick, charge, re-enqueue, steal checks) at N threads,
     against heapq pop+push at the same N, measured in the same run."""
     if not as_json:
         click.echo(
             f"measuring {cycles} dispatch cycles at {threads} threads on {cpus} CPUs...", err=True
         )
-    result = run(threads, cpus, cycles, compare_core)
+    result = run(threads, cpus, cycles, compare_core, reference, memory)
     if as_json:
         click.echo(json.dumps(result))
         return
     click.echo(
-        f"{result['ns_per_dispatch']:.0f} ns per dispatch vs heapq {result['heapq_ns']:.0f} ns"
-        f" -> ratio {result['ratio']:.2f} (goal <= 3 at 100,000 threads)"
+        f"[{result['implementation']}] {result['ns_per_dispatch']:.0f} ns per dispatch"
+        f" vs heapq {result['heapq_ns']:.0f} ns -> ratio {result['ratio']:.2f}"
+        f" (goal <= {GOAL_RATIO:g} at 100,000 threads: "
+        f"{'met' if result['ratio_goal_met'] else 'not met'})"
     )
+    if "reference_ns_per_dispatch" in result:
+        click.echo(
+            f"pure-Python reference, interleaved: {result['reference_ns_per_dispatch']:.0f} ns"
+            f" (accelerated / reference = {result['vs_reference']:.3f})"
+        )
+    if "bytes_per_thread" in result:
+        click.echo(
+            f"{result['bytes_per_thread']} bytes per thread in the core"
+            f" (goal <= {GOAL_BYTES_PER_THREAD}: "
+            f"{'met' if result['memory_goal_met'] else 'not met'})"
+        )
+    click.echo(f"load average (1 min): {result['load_avg_1m']}")
 
 
 if __name__ == "__main__":

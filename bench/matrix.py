@@ -35,6 +35,7 @@ minute) usable on a loaded host.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import platform
@@ -774,6 +775,21 @@ register(Case("multiprocess", measure_multiprocess, render_multiprocess, gates_m
 register(Case("scale", measure_scale, render_scale, gates_scale))
 register(Case("short_request", measure_short_request, render_short_request))
 
+CASE_MODULES: tuple[str, ...] = ()
+"""Modules imported at the end of this one, each ``register``-ing cases of its
+own (``from bench.matrix import Case, Settings, register``): a case kept in its
+own module (``bench/delegation.py``, say) joins the matrix by adding its name
+here; its rendering and gates come with it."""
+
+
+def load_case_modules(names: Sequence[str] = CASE_MODULES) -> None:
+    """Import the modules that register more cases (once each, as imports go)."""
+    for name in names:
+        importlib.import_module(name)
+
+
+load_case_modules()
+
 
 def render_markdown(result: dict[str, Any]) -> str:
     agg = result["matrix"]
@@ -1021,6 +1037,10 @@ def matrix(
     else:
         click.echo(markdown)
 
+
+from bench.delegation import register_case as _register_delegation  # noqa: E402
+
+_register_delegation(register, Case)
 
 if __name__ == "__main__":
     matrix()

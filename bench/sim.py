@@ -83,7 +83,9 @@ def heapq_baseline(events: int, standing: int, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def run_child(path: Path, duration_s: float, seed: int, progress_mode: str) -> dict[str, Any]:
+def run_child(
+    path: Path, duration_s: float, seed: int, progress_mode: str, policy: str = "wfq"
+) -> dict[str, Any]:
     """One scenario, in this process: load, simulate, baseline; the figures."""
     from capos_sched.manifest import load_plan
     from capos_sched.runtime.progress import sim_progress
@@ -103,7 +105,7 @@ def run_child(path: Path, duration_s: float, seed: int, progress_mode: str) -> d
                 shown(now_ns, end_ns, events)
 
         report = simulate_plan(
-            plan, duration_ns=int(duration_s * 1e9), seed=seed, progress=progress
+            plan, duration_ns=int(duration_s * 1e9), seed=seed, policy=policy, progress=progress
         )
     simulated = time.perf_counter()
     events = counted[0]
@@ -111,6 +113,7 @@ def run_child(path: Path, duration_s: float, seed: int, progress_mode: str) -> d
     baseline_s = heapq_baseline(events, plan.machine.cpus + sleepers, seed)
     simulate_s = simulated - loaded
     return {
+        "policy": report["policy"],
         "threads": len(report["threads"]),
         "sleepers": sleepers,
         "cpus": report["cpus"],
@@ -128,7 +131,13 @@ def run_child(path: Path, duration_s: float, seed: int, progress_mode: str) -> d
 
 
 def run_scenario(
-    scenario: str, threads: int, cpus: int, duration_s: float, seed: int, progress_mode: str
+    scenario: str,
+    threads: int,
+    cpus: int,
+    duration_s: float,
+    seed: int,
+    progress_mode: str,
+    policy: str = "wfq",
 ) -> dict[str, Any]:
     """Write the manifest, run it in a fresh process, time that whole process."""
     with tempfile.TemporaryDirectory(prefix="capos-bench-sim-") as directory:
@@ -142,6 +151,7 @@ def run_scenario(
             repr(duration_s),
             str(seed),
             progress_mode,
+            policy,
         ]
         start = time.perf_counter()
         completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
@@ -150,7 +160,7 @@ def run_scenario(
         raise click.ClickException(f"{scenario}: the child exited {completed.returncode}")
     result = json.loads(completed.stdout)
     goal_shape = threads == GOAL_SHAPE["threads"] and cpus == GOAL_SHAPE["cpus"]
-    full = goal_shape and duration_s >= FULL_DURATION_S[scenario]
+    full = goal_shape and duration_s >= FULL_DURATION_S[scenario] and policy == "wfq"
     return {
         "scenario": scenario,
         **result,
@@ -169,8 +179,8 @@ def run_scenario(
 
 
 def child_main() -> None:
-    path, duration, seed, mode = sys.argv[1:5]
-    result = run_child(Path(path), float(duration), int(seed), mode)
+    path, duration, seed, mode, policy = sys.argv[1:6]
+    result = run_child(Path(path), float(duration), int(seed), mode, policy)
     sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -189,6 +199,7 @@ Examples:
   capos-sched bench sim --quick --json                # a tenth of the virtual time (under load)
   capos-sched bench sim --scenario mixed --duration 2
   capos-sched bench sim --threads 2000 --cpus 16 --quick
+  capos-sched bench sim --quick --policy eevdf --json
 
 \b
 Each scenario runs in its own process (the goals are for the whole process);
@@ -229,6 +240,13 @@ a progress line goes to stderr when it is a terminal (see --progress).
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights, draw and jitter.")
 @click.option(
+    "--policy",
+    type=click.Choice(["wfq", "eevdf", "fifo"]),
+    default="wfq",
+    show_default=True,
+    help="The built-in policy simulated (the goals are judged for wfq, the default).",
+)
+@click.option(
     "--progress",
     "progress_mode",
     type=click.Choice(["auto", "always", "never"]),
@@ -244,6 +262,7 @@ def sim(
     duration: float | None,
     quick: bool,
     seed: int,
+    policy: str,
     progress_mode: str,
     as_json: bool,
 ) -> None:
@@ -257,11 +276,12 @@ def sim(
                 f"{scenario}: {threads} threads x {cpus} CPUs x {virtual:g} virtual s...",
                 err=True,
             )
-        results.append(run_scenario(scenario, threads, cpus, virtual, seed, progress_mode))
+        results.append(run_scenario(scenario, threads, cpus, virtual, seed, progress_mode, policy))
     document = {
         "benchmark": "sim",
         "quick": quick,
         "seed": seed,
+        "policy": policy,
         "load_average": _load_average(),
         "cpu_count": os.cpu_count(),
         "scenarios": results,
@@ -272,11 +292,12 @@ def sim(
     for r in results:
         met = {True: "met", False: "NOT met", None: "not judged at this size"}[r["goal_met"]]
         click.echo(
-            f"{r['scenario']}: {r['threads']} threads x {r['cpus']} CPUs x {r['virtual_s']:g} "
-            f"virtual s: whole process {r['process_s']:.1f} s (load {r['load_s']:.1f} s, "
-            f"simulate {r['simulate_s']:.1f} s); {r['virtual_s_per_wall_s']:.3f} virtual s "
-            f"per wall s; {r['events_per_s']:,} events/s ({r['ratio_to_heapq']}x the heapq "
-            f"loop); peak RSS {r['peak_rss_mib']:.0f} MiB; goal {met}"
+            f"{r['scenario']} ({r['policy']}): {r['threads']} threads x {r['cpus']} CPUs x "
+            f"{r['virtual_s']:g} virtual s: whole process {r['process_s']:.1f} s "
+            f"(load {r['load_s']:.1f} s, simulate {r['simulate_s']:.1f} s); "
+            f"{r['virtual_s_per_wall_s']:.3f} virtual s per wall s; "
+            f"{r['events_per_s']:,} events/s ({r['ratio_to_heapq']}x the heapq loop); "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB; goal {met}"
         )
     click.echo(f"load average {document['load_average']}")
 

@@ -105,6 +105,7 @@ def _register() -> None:
     from bench.manifest_check import manifest
     from bench.matrix import matrix
     from bench.sim import sim
+    from bench.slice import slice_bench
     from capos_sched.commands import bench
     from capos_sched.manifest.commands import check, export
     from capos_sched.rpc.bench import rpc
@@ -125,6 +126,7 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(simulate)
     bench.add_command(matrix)
+    bench.add_command(slice_bench)
 
 
 _register()

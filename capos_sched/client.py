@@ -39,11 +39,12 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import capnp
 
-from capos_sched.core import LatencyClass, ThreadState  # the enums only (schema ordinals)
 from capos_sched.wire import (
     CPU_CAPS,
     FD_ENV,
     Address,
+    LatencyClass,
+    ThreadState,
     capos,
     latch_kind,
     parse_address,
@@ -197,7 +198,7 @@ E = TypeVar("E", LatencyClass, ThreadState)
 
 
 def _decode(enum_type: type[E], value: Any) -> E:
-    """A schema enum from the wire (by ordinal: the schema and core share them)."""
+    """A schema enum from the wire, by ordinal (wire.py's copies of the schema's enums)."""
     ordinal = int(getattr(value, "raw", value))
     try:
         return enum_type(ordinal)

@@ -8,6 +8,7 @@ layer imports it too, so both sides read and write the same wire text.
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import tempfile
@@ -34,6 +35,52 @@ def capos() -> Any:
     import capnp
 
     return capnp.load(str(schema_path()))
+
+
+# ------------------------------------------------------------ schema enums
+
+
+class LatencyClass(enum.Enum):
+    """The schema's ``LatencyClass`` as the client sees it: values are the schema's
+    ordinals, ``wire_name`` its spelling. The core has its own enum with the same
+    ordinals (tests/rpc/test_client_imports.py checks they agree); the client never
+    imports the core."""
+
+    INTERACTIVE = 0
+    NORMAL = 1
+    BATCH = 2
+    IPC_SERVER = 3
+
+    @property
+    def wire_name(self) -> str:
+        """The schema / manifest spelling (``ipcServer``, ``interactive`` ...)."""
+        return _CLASS_WIRE_NAMES[self.value]
+
+    @classmethod
+    def parse(cls, value: object) -> LatencyClass:
+        """A member from itself, its ordinal, its wire name, or any enum member with
+        the same ``wire_name`` (the core's); ValueError naming the accepted set otherwise."""
+        if isinstance(value, LatencyClass):
+            return value
+        name = getattr(value, "wire_name", value)
+        if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(cls):
+            return cls(name)
+        if isinstance(name, str) and name in _CLASS_WIRE_NAMES:
+            return cls(_CLASS_WIRE_NAMES.index(name))
+        accepted = ", ".join(_CLASS_WIRE_NAMES)
+        raise ValueError(f"unknown latency class {value!r}; expected one of {accepted}")
+
+
+_CLASS_WIRE_NAMES = ("interactive", "normal", "batch", "ipcServer")
+
+
+class ThreadState(enum.Enum):
+    """The schema's ``ThreadState`` ordinals (the client's copy, as LatencyClass)."""
+
+    RUNNABLE = 0
+    RUNNING = 1
+    BLOCKED = 2
+    EXITED = 3
 
 
 # ---------------------------------------------------------- exec'd processes

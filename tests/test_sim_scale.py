@@ -9,6 +9,7 @@ CPUs, reads every element of it).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import random
@@ -268,8 +269,94 @@ def test_bench_sim_reports_both_scenarios_against_heapq() -> None:
         assert s["goal_met"] is None  # not the goal's size: not judged
     assert document["scenarios"][1]["sleepers"] > 30
     assert len(document["load_average"]) == 3
+    assert document["policy"] == "wfq" and document["scenarios"][0]["policy"] == "wfq"
+
+
+def test_bench_sim_runs_the_policy_asked_for() -> None:
+    args = ["bench", "sim", "--scenario", "mixed", "--threads", "100", "--cpus", "2"]
+    result = CliRunner().invoke(main, [*args, "--duration", "0.1", "--policy", "eevdf", "--json"])
+    assert result.exit_code == 0, result.output
+    (scenario,) = json.loads(result.stdout)["scenarios"]
+    assert scenario["policy"] == "eevdf" and scenario["events"] > 50
 
 
 def test_heapq_baseline_runs_the_events_it_is_asked_for() -> None:
     small, large = heapq_baseline(1000, 10), heapq_baseline(100_000, 10)
     assert 0 < small < large
+
+
+def test_eevdf_picks_the_earliest_eligible_deadline_as_the_scan_did() -> None:
+    # The two heaps against the definition (a walk of the DSQ in deadline
+    # order for the first eligible thread), through sleeps, re-weights, kills.
+    rng = random.Random(11)
+    s = Scheduler(4, "eevdf")
+    policy = s.policy_object
+    refs = [s.spawn(f"t{k}", 0, weight=rng.randint(1, 4096)).thread for k in range(80)]
+    blocked: list = []
+    now, picks = 0, 0
+    for step in range(1500):
+        now += rng.randrange(1, MS)
+        cpu = rng.randrange(4)
+        if s.running_thread(cpu) is not None:
+            ran = rng.randrange(1, 3 * MS)
+            if rng.random() < 0.3:
+                blocked.append(s.block_current(cpu, now, ran))
+            else:
+                s.preempt_current(cpu, now, ran)
+        if blocked and rng.random() < 0.4:
+            woken = blocked.pop(rng.randrange(len(blocked)))
+            if s.is_live(woken):
+                s.wake(woken, now)
+        live = [r for r in refs if s.is_live(r)]
+        if step % 13 == 0:
+            s.set_weight(rng.choice(live), rng.randint(1, 4096))
+        if step % 97 == 0:
+            victim = rng.choice(live)
+            if s.running_thread(s.snapshot(victim).cpu) != victim:
+                s.kill(victim, now)
+        queued = list(s.iter_dsq(0))
+        eligible = [t for t in queued if policy.eligible(t)]
+        expected = (eligible or queued or [None])[0]
+        dispatch = s.pick_next(cpu, now)
+        if expected is None:
+            assert dispatch is None or dispatch.source == "ipcSlot", step
+        else:
+            picks += 1
+            assert dispatch.thread == expected.ref, step
+        s.check_invariants()
+    assert picks > 500
+    assert len(policy._later) + len(policy._now) <= 2 * len(policy.queue) + 64 + 1
+
+
+def test_eevdf_sends_back_a_thread_that_v_left_behind() -> None:
+    # Kills: taking the front of the eligible heap without re-checking it (V
+    # can go down after a thread was promoted). White-box: the heaps and the
+    # sums are set by hand around three queued threads (v, deadline).
+    s = Scheduler(1, "eevdf")
+    policy = s.policy_object
+    a, b, c = (s._threads[s.spawn(n, 0).thread.tid] for n in "abc")
+    policy._later.clear()
+    for order, (thread, v, deadline) in enumerate(((a, 5, 10), (b, 8, 20), (c, 1, 30)), 1):
+        st = thread.policy_data
+        st.offset, st.deadline, st.entry = v - thread.virtual_runtime_ns, deadline, order
+        heapq.heappush(policy._later, (v, order, thread))
+    policy.sum_w, policy.sum_wv = 1, 9  # V = 9: all three eligible
+    assert policy._earliest_eligible(s) is a  # the earliest deadline
+    s.move_to_local(0, 0, a)
+    policy.sum_wv = 3  # V = 3: b (v 8) is no longer eligible, c (v 1) is
+    assert policy._earliest_eligible(s) is c
+    assert [e[2] for e in policy._later] == [b]  # b waits for V again
+    policy.sum_wv = 8  # V = 8: b is eligible again, at equality (v <= V)
+    assert policy._earliest_eligible(s) is b
+
+
+def test_eevdf_heaps_stay_bounded_under_re_keys() -> None:
+    # Kills: dropping the compaction (each re-key leaves a dead entry).
+    s = Scheduler(1, "eevdf")
+    refs = [s.spawn(f"t{i}", 0).thread for i in range(50)]
+    for round_ in range(100):
+        for r in refs:
+            s.set_weight(r, 1 + (round_ * 37 + r.tid) % 4096)
+    policy = s.policy_object
+    assert len(policy._later) + len(policy._now) <= 2 * 50 + 64 + 1
+    s.check_invariants()

@@ -7,18 +7,29 @@ DSQ holding it.
 Why a binary heap with lazy deletion: enqueue and pick are O(log n) with the C
 ``heapq`` primitives, and the rare removals of a queued thread (exit, a weight
 change that re-keys it) only mark its entry dead instead of an O(n) search.
-Dead entries are skipped at the front and the heap is compacted whenever they
-outnumber the live ones, so its size stays below ``2 * live + 1``: a queue is
+Dead entries are skipped at the front and the heap is compacted (by a discard
+or a pop) whenever they outnumber the live ones, so its size stays below
+``2 * live + 1``: a queue is
 bounded by the live thread count however many changes are made.
 
 Ties on the key break by ``enqueue_seq``, a scheduler-wide counter, so
 equal keys leave the queue in enqueue order.
+
+Two implementations of the ordered DSQ and of the steal/pull walk: the
+pure-Python reference here (``PureVirtualFinishQueue``, ``pure_balance_victim``)
+and an optional C accelerator (``_accel.c``, the same heap with its entries in a
+C array), built at install time when a compiler is there. ``VirtualFinishQueue``
+and ``balance_victim`` are the accelerated ones when the extension imports and
+``CAPOS_SCHED_PURE`` is unset (or empty or 0), else the reference;
+``IMPLEMENTATION`` says which ("c" or "python"). The same tests run against both
+(tests/conftest.py, ``make test``).
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -50,7 +61,13 @@ enqueues, nine years at a million a second, before ties could misorder."""
 _SEQ_MASK = (1 << SEQ_BITS) - 1
 
 
-class VirtualFinishQueue:
+KEY_MIN = -(1 << 63)
+KEY_MAX = (1 << 63) - 1
+"""Ordered-DSQ keys are signed 64-bit (as sched_ext's dsq_vtime is 64-bit): the
+scheduler refuses others, for both implementations alike."""
+
+
+class PureVirtualFinishQueue:
     """A min-heap of runnable threads ordered by (virtual finish, enqueue order).
 
     Each heap entry is one integer, ``virtual_finish << SEQ_BITS | seq``: Python
@@ -87,8 +104,15 @@ class VirtualFinishQueue:
         while heap:
             thread = entries.pop(heapq.heappop(heap) & _SEQ_MASK, None)
             if thread is not None:
+                if len(heap) > 2 * len(entries) + 1:
+                    self._compact()  # dead entries left behind by discards
                 return thread
         return None
+
+    def _compact(self) -> None:
+        entries = self._entries
+        self._heap = [e for e in self._heap if (e & _SEQ_MASK) in entries]
+        heapq.heapify(self._heap)
 
     def head(self) -> tuple[int, Thread] | None:
         heap, entries = self._heap, self._entries
@@ -124,8 +148,7 @@ class VirtualFinishQueue:
             return
         del entries[thread.queue_seq]
         if len(self._heap) > 2 * len(entries) + 1:
-            self._heap = [e for e in self._heap if (e & _SEQ_MASK) in entries]
-            heapq.heapify(self._heap)
+            self._compact()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -220,16 +243,16 @@ class FifoQueue:
         return thread
 
 
-def _front_key(queue: VirtualFinishQueue) -> int | None:
+def _front_key(queue: PureVirtualFinishQueue) -> int | None:
     heap = queue._heap
     if heap and (heap[0] & _SEQ_MASK) in queue._entries:
         return heap[0] >> SEQ_BITS
     return queue.head_key()  # skips dead entries at the front
 
 
-def balance_victim(
-    queues: list[VirtualFinishQueue], own: VirtualFinishQueue, threshold: int
-) -> tuple[int | None, VirtualFinishQueue | None]:
+def pure_balance_victim(
+    queues: list[PureVirtualFinishQueue], own: PureVirtualFinishQueue, threshold: int
+) -> tuple[int | None, PureVirtualFinishQueue | None]:
     """The steal/pull walk over ordered queues, in one call: ``(own front key,
     victim)``. The victim is the sibling with the lowest front key (ties: the
     earlier in ``queues``), if ``own`` is empty (a steal) or that key is at
@@ -255,3 +278,75 @@ def balance_victim(
         if (limit is None or key <= limit) and (best_key is None or key < best_key):
             best_key, victim = key, sibling
     return own_key, victim
+
+
+def _load_accelerator():  # type: ignore[no-untyped-def]
+    """The C extension module, or None where it was not built."""
+    try:
+        from . import _accel  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _accel
+
+
+def pure_requested() -> bool:
+    """CAPOS_SCHED_PURE set (not empty, not 0): use the reference even where
+    the accelerator was built."""
+    return os.environ.get("CAPOS_SCHED_PURE", "") not in ("", "0")
+
+
+_accel = _load_accelerator()
+AcceleratedVirtualFinishQueue: type | None = None
+if _accel is not None:
+
+    class _AcceleratedVirtualFinishQueue(_accel.HeapQueue):  # type: ignore[misc,name-defined]
+        """PureVirtualFinishQueue with its heap in C (``_accel.HeapQueue``):
+        same order, same lazy deletion, same bound ``heap <= 2 * live + 1``.
+        ``push``, ``pop``, ``head``, ``front``, ``head_key``, ``discard`` and
+        ``len`` are C; ``_entries`` is the live seq -> thread dict."""
+
+        __slots__ = ("cpu", "id")
+        kind = QUEUED
+        ordered = True
+
+        def __init__(self, dsq_id: int = 0, cpu: int | None = None) -> None:
+            self.id = dsq_id
+            self.cpu = cpu
+
+        @property
+        def _heap(self) -> list[int]:
+            """The heap slots as the reference stores them (a copy; white-box tests)."""
+            at = self._heap_at
+            return [key << SEQ_BITS | seq for key, seq in map(at, range(self._heap_size()))]
+
+        def __iter__(self) -> Iterator[Thread]:
+            """As PureVirtualFinishQueue.__iter__: lazy, O(log k) per thread taken."""
+            size, at, entries = self._heap_size(), self._heap_at, self._entries
+            if not size:
+                return
+            frontier = [(at(0), 0)]
+            while frontier:
+                (_, seq), index = heapq.heappop(frontier)
+                thread = entries.get(seq)
+                if thread is not None:
+                    yield thread
+                for child in (2 * index + 1, 2 * index + 2):
+                    if child < size:
+                        heapq.heappush(frontier, (at(child), child))
+
+        def remove(self, thread: Thread) -> Thread:
+            """Take ``thread`` out of the queue (it must be live in it)."""
+            self.discard(thread)
+            return thread
+
+    AcceleratedVirtualFinishQueue = _AcceleratedVirtualFinishQueue
+
+
+if AcceleratedVirtualFinishQueue is not None and not pure_requested():
+    VirtualFinishQueue: type = AcceleratedVirtualFinishQueue
+    balance_victim = _accel.balance_victim
+    IMPLEMENTATION = "c"
+else:
+    VirtualFinishQueue = PureVirtualFinishQueue
+    balance_victim = pure_balance_victim
+    IMPLEMENTATION = "python"

@@ -59,7 +59,7 @@ from .policy import (
     PolicyExit,
     PolicyViolation,
 )
-from .runqueue import QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
+from .runqueue import KEY_MAX, KEY_MIN, QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
 from .thread import (
     LatencyClass,
     Thread,
@@ -382,8 +382,10 @@ class Scheduler:
                 f"insert of {thread.name}: thread is {thread.state.name}"
                 + ("" if owner is None else f" and owned by {owner.kind} of CPU {owner.cpu}")
             )
-        if queue.ordered and (type(key) is not int):
-            raise PolicyViolation(f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r}")
+        if queue.ordered and (type(key) is not int or not KEY_MIN <= key <= KEY_MAX):
+            raise PolicyViolation(
+                f"insert of {thread.name} into ordered DSQ {dsq}: key {key!r} (a signed 64-bit int)"
+            )
         if owner is not None and owner is not queue:
             owner.discard(thread)
         local_cpu = queue.cpu
@@ -1017,7 +1019,7 @@ class Scheduler:
             assert 0 <= thread._vruntime_remainder < thread.weight, thread
         check = getattr(self._policy, "check_invariants", None)
         if check is not None:
-            check(self)
+            check(self if self._routed is None else self._routed.root_ctx)
         if self._routed is not None:
             self._routed.check_invariants()
 
@@ -1059,6 +1061,21 @@ class Scheduler:
 
     def scheduler_alive(self, name: str) -> bool:
         return self._delegation().alive(name)
+
+    def scheduler_parent(self, name: str) -> str | None:
+        """The parent of a live scheduler (None for the root)."""
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].parent
+
+    def scheduler_weight(self, name: str) -> int:
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].weight
+
+    def killed_schedulers(self) -> list[str]:
+        """Schedulers removed by a kill (their stats and exit record remain)."""
+        return [] if self._deleg is None else list(self._deleg.dead)
 
     def scheduler_of(self, ref: ThreadRef) -> str:
         """The scheduler a live thread belongs to."""

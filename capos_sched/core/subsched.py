@@ -73,6 +73,8 @@ ENQ_CAPS_SHIFT = 8
 MAX_REJECTS = 2
 """Rejects of one thread in one delivery before it is force-admitted."""
 DELIVERY = CpuCap.ENQ | CpuCap.ENQ_IMMED
+MAX_PENDING = 4096
+"""Notifications kept for ``take_notifications`` (the oldest are dropped)."""
 
 
 def missing_caps(flags: int) -> CpuCap:
@@ -277,7 +279,9 @@ class SubCtx:
         self._s.kick(cpu, preempt)
 
     def is_idle(self, cpu: int) -> bool:
-        return self._s.is_idle(cpu)
+        """Runs no thread of this scheduler (see ``RootCtx.is_idle``)."""
+        current = self._s.cpus[cpu].current
+        return current is None or current.scheduler != self.name
 
     def pick_idle_cpu(self, prefer: int = -1) -> int:
         """``prefer`` if idle and held, else the lowest idle CPU held, else -1."""
@@ -322,6 +326,42 @@ class SubCtx:
             )
 
 
+class RootCtx:
+    """The root policy's ctx under delegation: the Scheduler itself, except
+    that ``is_idle(cpu)`` means "runs no thread of the root" (each policy
+    sees only its own threads' load; another scheduler's running thread
+    leaves a CPU idle to it, as the policy's own callbacks saw it)."""
+
+    GLOBAL_DSQ = GLOBAL_DSQ
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._s = sched
+        self.nr_cpus = sched.nr_cpus
+        self.slice_ns = sched.slice_ns
+        self.insert = sched.insert
+        self.move_to_local = sched.move_to_local
+        self.kick = sched.kick
+        self.local_dsq = sched.local_dsq
+        self.create_dsq = sched.create_dsq
+        self.pick_idle_cpu = sched.pick_idle_cpu
+        self.nr_queued = sched.nr_queued
+        self.iter_dsq = sched.iter_dsq
+        self.queued_on = sched.queued_on
+        self.raise_vruntime = sched.raise_vruntime
+        self.running_virtual_finish = sched.running_virtual_finish
+
+    @property
+    def now_ns(self) -> int:
+        return self._s.now_ns
+
+    def is_idle(self, cpu: int) -> bool:
+        current = self._s.cpus[cpu].current
+        return current is None or current.scheduler != ROOT
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
 class Delegation:
     """The scheduler tree of one Scheduler: per-scheduler policies, enforcement,
     eviction, kill and the default (qmap) split. See the module docstring."""
@@ -334,7 +374,8 @@ class Delegation:
         self.sched = sched
         self.rotation_ns = rotation_ns
         self.tree = DelegationTree(sched.nr_cpus)
-        self.states: dict[str, SchedState] = {ROOT: SchedState(ROOT, 0, None, sched)}
+        self.root_ctx = RootCtx(sched)
+        self.states: dict[str, SchedState] = {ROOT: SchedState(ROOT, 0, None, self.root_ctx)}
         self.dead: dict[str, SchedState] = {}
         self.effective: list[dict[str, CpuCap]] = [
             {ROOT: implied(CpuCap.ENQ_IMMED | CpuCap.ENQ | CpuCap.PREEMPT)}
@@ -462,7 +503,7 @@ class Delegation:
         if fn is None:
             return None
         if st.name == ROOT:
-            return fn(self.sched, *args)
+            return fn(self.root_ctx, *args)
         try:
             return fn(st.ctx, *args)
         except BaseException as exc:
@@ -530,7 +571,7 @@ class Delegation:
     def _r_enqueue(self, _ctx: Any, thread: Thread, flags: int) -> None:
         st = self.states[thread.scheduler]
         if st.name == ROOT:
-            st.cb["enqueue"](self.sched, thread, flags)
+            st.cb["enqueue"](self.root_ctx, thread, flags)
             return
         if thread.last_cpu is not None:
             steered = self._steer(st, thread.last_cpu)
@@ -660,7 +701,7 @@ class Delegation:
             s._dispatching = cpu.id
             if st.name == ROOT:
                 try:
-                    s._cb_dispatch(s, cpu.id)
+                    s._cb_dispatch(self.root_ctx, cpu.id)
                 except BaseException as exc:
                     s._fault("dispatch", exc)
             else:
@@ -722,6 +763,8 @@ class Delegation:
     def notify(self, note: CpuNotification) -> None:
         """Record a notification for the Effects, and tell the policy."""
         self.pending.append(note)
+        if len(self.pending) > MAX_PENDING:  # a driver that never drains stays bounded
+            del self.pending[:-MAX_PENDING]
         st = self.states.get(note.scheduler)
         if st is None:
             return
@@ -809,6 +852,8 @@ class Delegation:
         s = self.sched
         for thread in moved:
             s._call("init_thread", s._cb_init_thread, thread)
+            if thread.state is ThreadState.RUNNING:  # it runs under the parent now
+                s._call("running", s._cb_running, thread)
         for thread in moved:
             if thread.state is ThreadState.RUNNABLE and thread.owner is None:
                 s._enqueue(thread, ENQ_SWITCH)

@@ -360,9 +360,11 @@ class GrantTable:
 
     # ------------------------------------------------------------------ load
 
-    def diff(self, plan: Any) -> PlanDiff:
-        """What ``apply_plan`` would change; validates and changes nothing."""
-        validate_plan_grants(plan)
+    def diff(self, plan: Any, *, validated: bool = False) -> PlanDiff:
+        """What ``apply_plan`` would change; validates (unless the caller already
+        did, with ``validate_plan_grants``) and changes nothing."""
+        if not validated:
+            validate_plan_grants(plan)
         new = {p.name: p for p in plan.processes}
         revoked_keys: list[str] = []
         for name, pg in self.processes.items():
@@ -378,7 +380,14 @@ class GrantTable:
         )
         return PlanDiff(tuple(revoked_keys), added, removed, restarted)
 
-    def apply_plan(self, plan: Any, host: HostLike, removed_threads: Iterable[str]) -> PlanDiff:
+    def apply_plan(
+        self,
+        plan: Any,
+        host: HostLike,
+        removed_threads: Iterable[str],
+        *,
+        validated: bool = False,
+    ) -> PlanDiff:
         """Make the table match ``plan`` (called right after the host applied it).
 
         Grants whose (name, kind, target) is unchanged and whose thread was
@@ -386,7 +395,7 @@ class GrantTable:
         else dropped is latched: ``stale`` when its thread was removed,
         ``revoked`` otherwise. Token files follow.
         """
-        diff = self.diff(plan)
+        diff = self.diff(plan, validated=validated)
         gone_threads = set(removed_threads)
         new = {p.name: p for p in plan.processes}
         for name in diff.removed_processes:

@@ -1,14 +1,17 @@
 """Admin.load: the RPC thread's plan loads, one at a time.
 
 A load parses the manifest in a child interpreter (offload.py), checks every
-``exec`` program, applies plan and grants in one owner operation, writes the
-token files off the owner thread, then stops and starts exec'd processes
+``exec`` program, applies plan and grants in owner steps (the new threads are
+spawned a batch per step, then one step swaps plan and grants: other calls,
+answered between the steps, see the old plan or the new one, never a mix),
+writes the token files off the owner thread, then stops and starts exec'd processes
 (children.py). Any error before the owner operation changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,10 @@ from .owner import LoadResult, Owner
 
 log = structlog.get_logger("capos_sched.rpc")
 
+LOAD_STEP_THREADS = 500
+"""Threads per owner step of a plan load: about 25 ms of core spawns on the 2-core
+VMs (docs/benchmarks.md, "Plan loads"), well under the 100 ms an owner step may take."""
+
 PlanLoader = Callable[[str, str], Any]
 """``loader(source_text, name) -> Plan``; raises an exception whose str is the diagnostics.
 A module-level function: it runs in a child interpreter (see offload.py)."""
@@ -40,6 +47,8 @@ class PlanLoads:
     loader: PlanLoader | None
     children: ChildSupervisor
     base_dir: Path
+    step_threads: int = LOAD_STEP_THREADS
+    """Threads spawned (or killed) per owner step of a load."""
     _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     async def load(self, source: str, name: str) -> LoadResult:
@@ -59,9 +68,7 @@ class PlanLoads:
                     argv = getattr(proc, "exec", None)
                     if argv:
                         check_exec(proc.name, tuple(argv), base)
-                result: LoadResult = await self.bridge.submit(
-                    functools.partial(Owner.load, plan=plan, name=name)
-                )
+                result = await self.apply_plan(plan, name)
             except WireError as exc:
                 _log_refused(name, str(exc))
                 raise
@@ -83,6 +90,28 @@ class PlanLoads:
             for pname, argv, pg in result.start:
                 await self.children.start(pname, argv, pg, base)
             return result
+
+    async def apply_plan(self, plan: Any, name: str) -> LoadResult:
+        """Apply ``plan`` in owner steps of at most ``step_threads`` threads each, so the
+        owner answers other calls between them; they see the old plan until the commit.
+        A failure (or cancellation) before the commit undoes the staging."""
+        submit = self.bridge.submit
+        await submit(functools.partial(Owner.stage_load, plan=plan))
+        try:
+            while not await submit(functools.partial(Owner.load_step, limit=self.step_threads)):
+                pass
+            result: LoadResult = await submit(functools.partial(Owner.commit_load, name=name))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(submit(Owner.abort_load))
+            raise
+        try:
+            while not await submit(functools.partial(Owner.retire_step, limit=self.step_threads)):
+                pass
+        finally:  # committed whatever happens here: never leave the owner mid-load
+            with contextlib.suppress(Exception):
+                await asyncio.shield(submit(Owner.abort_load))
+        return result
 
 
 def _log_refused(name: str, diagnostics: str) -> None:

@@ -19,7 +19,7 @@ from capos_sched.core import CoreError, StaleThread, ThreadRef, ThreadSnapshot
 
 from .delegation import DelegationOwner
 from .errors import wire_error
-from .grants import Grant, GrantRow, GrantTable, PlanDiff, ProcessGrants
+from .grants import Grant, GrantRow, GrantTable, PlanDiff, ProcessGrants, validate_plan_grants
 from .host import Host
 
 
@@ -67,6 +67,11 @@ class Owner:
         """Mutations applied through capabilities."""
         self.delegation = DelegationOwner(host)
         """CPU delegation nodes and subscriptions (rpc/delegation.py)."""
+
+        self._staged: Any = None
+        """The plan being loaded in steps (``stage_load`` .. ``commit_load``), if any."""
+        self.load_steps = 0
+        """Owner operations taken by stepped loads so far (for tests of the stepping)."""
 
     def now_ns(self) -> int:
         return self.host.now_ns()
@@ -151,10 +156,67 @@ class Owner:
         return self.grants.rows(self.host)
 
     def load(self, plan: Any, name: str) -> LoadResult:
-        """Swap plans atomically: validate everything, then apply host and grants."""
+        """Swap plans atomically in one operation: validate, then apply host and grants."""
         self.grants.diff(plan)  # raises invalidArgument before anything changes
         change = self.host.apply_plan(plan, self.now_ns())
-        diff = self.grants.apply_plan(plan, self.host, change.removed)
+        return self._loaded(plan, name, change, self.grants.apply_plan)
+
+    # A stepped load (rpc/loads.py): stage_load, load_step until True, commit_load,
+    # retire_step until True; abort_load if anything before the commit failed.
+    # Between these operations the bridge runs everyone else's: they see the old
+    # plan until commit_load, which swaps host names and grants in one operation.
+
+    def stage_load(self, plan: Any) -> int:
+        """Validate ``plan`` and stage it; changes nothing. Returns the threads to spawn."""
+        if self._staged is not None:
+            raise wire_error("failed", "a plan load is already in progress")
+        validate_plan_grants(plan)  # invalidArgument before anything changes
+        self._staged = self.host.stage_plan(plan)
+        self.load_steps += 1
+        return len(self._staged.pending)
+
+    def load_step(self, limit: int) -> bool:
+        """Spawn up to ``limit`` of the staged threads (no RPC can name them yet)."""
+        self.load_steps += 1
+        return self.host.spawn_step(self._staging(), self.now_ns(), limit)
+
+    def commit_load(self, name: str) -> LoadResult:
+        """Make the staged plan the plan: host names and grants, in this one operation."""
+        staged = self._staging()
+        self.load_steps += 1
+        change = self.host.commit_plan(staged)
+        return self._loaded(
+            staged.plan,
+            name,
+            change,
+            lambda plan, host, removed: self.grants.apply_plan(plan, host, removed, validated=True),
+        )
+
+    def retire_step(self, limit: int) -> bool:
+        """Kill up to ``limit`` threads the committed plan removed (no name reaches them)."""
+        staged = self._staged
+        if staged is None:
+            return True
+        self.load_steps += 1
+        done = self.host.retire_step(staged, self.now_ns(), limit)
+        if done:
+            self._staged = None
+        return done
+
+    def abort_load(self) -> None:
+        """Undo a staged load before its commit (kill what it spawned); after the commit,
+        only forget it (a removed thread not killed yet stays nameless)."""
+        staged, self._staged = self._staged, None
+        if staged is not None and staged.state == "staging":
+            self.host.abort_plan(staged, self.now_ns())
+
+    def _staging(self) -> Any:
+        if self._staged is None or self._staged.state != "staging":
+            raise wire_error("failed", "no plan load is being staged")
+        return self._staged
+
+    def _loaded(self, plan: Any, name: str, change: Any, apply_grants: Any) -> LoadResult:
+        diff = apply_grants(plan, self.host, change.removed)
         self.plan_name = name
         start = tuple(
             (pname, pg.exec, pg)

@@ -30,6 +30,10 @@ Replies (worker -> daemon), ``REPLY``: ``status, tid, elapsed_ns, position, acc`
   early by the flag), ``ST_COMPLETE`` (hash reached ``a3``), ``ST_ERROR``
   (unknown data id or op; nothing ran), ``ST_READY`` (sent once at start-up,
   ``elapsed_ns`` holds the worker's pid).
+- An ``OP_SPIN`` reply has no position or accumulator: it carries instead the
+  worker's ``CLOCK_MONOTONIC`` (``time.perf_counter_ns``) when it received the
+  request (``position``) and when it sent the reply (``acc``), for the
+  per-slice breakdown (``capos_sched.runtime.probe``).
 
 The preempt flag is byte 0 of a small shared-memory page per CPU (an inherited
 ``memfd``): the daemon writes 1 to cut the running slice short and 0 when it

@@ -67,8 +67,9 @@ from capos_sched.core import (
     WakeReason,
     ideal_shares,
 )
-from capos_sched.drive import step, thread_row
+from capos_sched.drive import scheduler_rows, step, thread_row
 from capos_sched.runtime.host import PlanHost
+from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import (
     OP_HASH,
     OP_SPIN,
@@ -181,6 +182,8 @@ class RtThread:
     crashes_in_a_row: int = 0
     """Slices in a row whose worker died under this thread (reset by a slice that ends)."""
     worker_crashes: int = 0
+    cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
+    """Run time per CPU, as charged to the core (``cpu_runtime_ns`` in the report)."""
 
     @property
     def cpu_bound(self) -> bool:
@@ -233,6 +236,9 @@ class Runtime(PlanHost):
         """The newest exit record logged (records are logged once, in order)."""
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
+        self.probe: SliceProbe | None = None
+        self._probe_times: tuple[int, ...] | None = None
+        """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
         self._initial_policy = self.scheduler.policy_name
         ncpus = len(self.scheduler.cpus)
@@ -337,6 +343,8 @@ class Runtime(PlanHost):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watchdog)
+                if self.plan.schedulers:
+                    nursery.start_soon(self._delegation)
                 if duration_s is not None:
                     nursery.start_soon(self._deadline, duration_s)
                 task_status.started(self)
@@ -385,6 +393,7 @@ class Runtime(PlanHost):
                 finished_ns=rt.finished_ns,
                 failed=rt.failed,
                 removed=rt.removed,
+                cpu_runtime_ns={str(c): ns for c, ns in sorted(rt.cpu_runtime_ns.items())},
             )
             # The run report's order: name, process, weight, class, workload, ...
             threads.append(
@@ -413,6 +422,7 @@ class Runtime(PlanHost):
             "threads": threads,
             "policy_final": self.scheduler.policy_name,
             "policy_exits": [record.as_dict() for record in self.scheduler.exits],
+            "schedulers": scheduler_rows(self.scheduler),
             "stop_reason": self._stop_reason,
             "wake_preemptions": self._wake_preemptions,
             "watchdog": {
@@ -484,6 +494,9 @@ class Runtime(PlanHost):
                 self._fail_unstarted(rt, f"cannot allocate hash data: {exc}")
         else:
             rt.program = Program.start(workload)
+
+    def on_threads_spawned(self) -> None:
+        self._kick_idle_if_work()  # a plan applied in steps: its new threads may run at once
 
     def on_thread_removed(
         self, full_name: str, ref: ThreadRef, running_on: int | None, effects: Effects
@@ -564,6 +577,7 @@ class Runtime(PlanHost):
     async def _cpu_loop(self, k: int) -> None:
         core = self.scheduler
         while not self._stopping:
+            picking = time.perf_counter_ns()
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
@@ -574,9 +588,10 @@ class Runtime(PlanHost):
                 await event.wait()
                 self._parked[k] = None
                 continue
-            await self._run_dispatch(k, dispatch)
+            await self._run_dispatch(k, dispatch, picking)
 
-    async def _run_dispatch(self, k: int, dispatch: Dispatch) -> None:
+    async def _run_dispatch(self, k: int, dispatch: Dispatch, picking: int = 0) -> None:
+        picked = time.perf_counter_ns()
         rt = self._threads[dispatch.thread]
         start = self.now_ns()
         rt.dispatches += 1
@@ -642,6 +657,8 @@ class Runtime(PlanHost):
                 t1 = self._clock()
                 self._overhead.add(max(0, t1 - t0 - elapsed))
                 rt.crashes_in_a_row = 0
+                if self.probe is not None and rt.hash is None:
+                    self._probe_times = (picking, picked, t0, worker.sent_ns, position, acc, t1)
                 break
             if rt.hash is not None and status != ST_ERROR:
                 rt.hash.position, rt.hash.acc = position, acc
@@ -674,11 +691,33 @@ class Runtime(PlanHost):
                 },
             )
         self._after_run(k, rt, elapsed, stop, end)
+        if self.probe is not None and self._probe_times is not None:
+            self._probe_record(elapsed)
+
+    def _probe_record(self, elapsed: int) -> None:
+        """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
+        assert self.probe is not None and self._probe_times is not None
+        picking, picked, t0, sent, received, replied, t1 = self._probe_times
+        self._probe_times = None
+        done = time.perf_counter_ns()
+        if self._clock is not time.perf_counter_ns:
+            return  # an injected clock: the stamps are not comparable
+        self.probe.add(
+            pick=picked - picking if picking else 0,
+            prepare=t0 - picked,
+            send=sent - t0,
+            to_worker=received - sent,
+            worker_extra=replied - received - elapsed,
+            from_worker=t1 - replied,
+            after_run=done - t1,
+            overhead=t1 - t0 - elapsed,
+        )
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
         if stop is Stop.CALL:
             rt.call_started_ns = now
             rt.reply_pending = False
+        rt.cpu_runtime_ns[k] = rt.cpu_runtime_ns.get(k, 0) + elapsed
         effects = step(self.scheduler, k, now, elapsed, stop, rt.workload, self._program_of)
         if stop is Stop.FINISHED:
             rt.finished_ns = self._rel(now)
@@ -840,6 +879,32 @@ class Runtime(PlanHost):
             raise RuntimeFailure(f"cannot restart the worker of CPU {k}: {exc}") from exc
         if self._stopping:
             worker.preempt()
+
+    async def _delegation(self) -> None:
+        """The plan's timed ``events:`` (at their times from the start) and the
+        default split's pool rotation: the acts ``simulate`` runs on virtual time."""
+        from capos_sched.drive import apply_event
+
+        assert self._started_ns is not None
+        pending = list(self.plan.events)
+        while True:
+            now = self.now_ns()
+            for event in [e for e in pending if self._started_ns + e.at_ns <= now]:
+                pending.remove(event)
+                effects, problem = apply_event(self.scheduler, event, now)
+                self._act(effects)
+                if problem is not None:
+                    log.warning("delegation event refused", problem=problem)
+            rotation = self.scheduler.next_delegation_event_ns()
+            if rotation is not None and rotation <= now:
+                self._act(self.scheduler.delegation_tick(now))
+                rotation = self.scheduler.next_delegation_event_ns()
+            wakes = [self._started_ns + e.at_ns for e in pending]
+            if rotation is not None:
+                wakes.append(rotation)
+            if not wakes:
+                return
+            await trio.sleep(max(0, min(wakes) - self.now_ns()) / 1e9)
 
     async def _watchdog(self) -> None:
         period_s = max(self.watchdog_threshold_ns / 4, 1_000_000) / 1e9

@@ -138,16 +138,18 @@ def serve(sock: socket.socket, flag: mmap.mmap) -> None:
 
 def _serve(sock: socket.socket, flag: mmap.mmap) -> None:
     datasets: dict[int, tuple[mmap.mmap, memoryview, int, int]] = {}
+    perf_counter_ns = time.perf_counter_ns
     fd_space = socket.CMSG_SPACE(array.array("i").itemsize)
     sock.send(REPLY.pack(ST_READY, 0, os.getpid(), 0, 0))
     while True:
         msg, ancdata, _flags, _addr = sock.recvmsg(REQUEST.size, fd_space)
         if not msg:
             return  # EOF: the daemon is gone or closed us
+        received_ns = perf_counter_ns()
         op, tid, limit_ns, a1, a2, a3, acc = REQUEST.unpack(msg)
         if op == OP_SPIN:
             status, elapsed = spin(limit_ns, flag)
-            sock.send(REPLY.pack(status, tid, elapsed, 0, 0))
+            sock.send(REPLY.pack(status, tid, elapsed, received_ns, perf_counter_ns()))
         elif op == OP_HASH:
             entry = datasets.get(a1)
             if entry is None:

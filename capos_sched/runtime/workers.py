@@ -18,7 +18,8 @@ import signal
 import socket
 import subprocess
 import threading
-from typing import IO
+import time
+from typing import IO, Any
 
 import attrs
 import structlog
@@ -109,11 +110,14 @@ class Worker:
     sched_idle: bool = False
     """Run the process under SCHED_IDLE instead of only reniced (see RuntimeConfig)."""
     process: subprocess.Popen[bytes] | None = None
-    sock: trio.socket.SocketType | None = None
+    sock: socket.socket | None = None
+    """Non-blocking; read and written with trio's wait_readable/wait_writable."""
     pid: int | None = None
     attached: set[int] = attrs.Factory(set)
     pending_detach: list[int] = attrs.Factory(list)
     busy: bool = False
+    sent_ns: int = 0
+    """CLOCK_MONOTONIC when the last request's send returned (for the probe)."""
 
     @classmethod
     def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
@@ -124,9 +128,7 @@ class Worker:
 
     async def start(self) -> None:
         """Spawn the process (replacing any previous one) and wait for its READY."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self._close_socket()
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             cmd = python_module_argv(
@@ -163,12 +165,13 @@ class Worker:
             raise
         finally:
             child_end.close()
-        self.sock = trio.socket.from_stdlib_socket(parent_end)
+        parent_end.setblocking(False)
+        self.sock = parent_end
         self.attached = set()
         self.pending_detach = []
         try:
             with trio.move_on_after(START_TIMEOUT_S) as scope:
-                data = await self.sock.recv(REPLY.size)
+                data = await self._recv()
         except OSError as exc:  # e.g. ECONNRESET from a child that died at once
             await self.kill()
             raise WorkerDied(f"worker for CPU {self.cpu} did not start: {exc}") from exc
@@ -189,11 +192,12 @@ class Worker:
         try:
             try:
                 await self._flush_detaches()
-                await self.sock.send(payload)
+                await self._send(payload)
+                self.sent_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"send failed: {exc}", ran=False) from exc
             try:
-                data = await self.sock.recv(REPLY.size)
+                data = await self._recv()
             except OSError as exc:
                 raise WorkerDied(f"socket error: {exc}") from exc
         finally:
@@ -206,8 +210,8 @@ class Worker:
         """Map shared data ``data_id`` in the worker (sent with SCM_RIGHTS; no reply)."""
         assert self.sock is not None
         try:
-            await self.sock.sendmsg(
-                [encode_request(OP_ATTACH, a1=data_id, a2=blocks, a3=block_size)],
+            await self._send(
+                encode_request(OP_ATTACH, a1=data_id, a2=blocks, a3=block_size),
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
             )
         except OSError as exc:
@@ -224,7 +228,42 @@ class Worker:
         assert self.sock is not None
         while self.pending_detach:
             data_id = self.pending_detach.pop()
-            await self.sock.send(encode_request(OP_DETACH, a1=data_id))
+            await self._send(encode_request(OP_DETACH, a1=data_id))
+
+    async def _send(self, message: bytes, ancdata: list[Any] | None = None) -> None:
+        """Send one record, no trio checkpoint when the socket has room (it
+        always has: one request at a time, tiny records). The reply's wait that
+        follows every request is the dispatch's checkpoint; a checkpoint here
+        would hand the trio thread to other tasks between the send and that
+        wait, and the worker's reply would wait for them."""
+        assert self.sock is not None
+        while True:
+            try:
+                if ancdata is None:
+                    self.sock.send(message)
+                else:
+                    self.sock.sendmsg([message], ancdata)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+
+    async def _recv(self) -> bytes:
+        """Wait for one record and read it: the epoll wait first (a reply is
+        never there yet right after a request), the ``recv`` once it is
+        readable, and no second checkpoint after it (``trio.socket`` adds one)."""
+        assert self.sock is not None
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                return self.sock.recv(REPLY.size)
+            except BlockingIOError:
+                continue
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+            self.sock = None
 
     def preempt(self) -> None:
         """Raise the flag: the running (or next) kernel stops at its next poll."""
@@ -260,17 +299,14 @@ class Worker:
         if self.sock is not None:
             try:
                 with trio.move_on_after(0.2):
-                    await self.sock.send(encode_request(OP_EXIT))
+                    await self._send(encode_request(OP_EXIT))
             except OSError:
                 pass
-            self.sock.close()
-            self.sock = None
+            self._close_socket()
         await self.reap(timeout_s)
 
     async def kill(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self._close_socket()
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()

@@ -493,3 +493,16 @@ def test_an_attach_that_would_starve_a_grandchild_is_refused_whole():
         sched.attach_scheduler("c", "root", "wfq", 100, 0)  # a would keep 1 CPU for 2
     assert sched.scheduler_names() == ["root", "a", "b"]
     assert held(sched, "b") == {3: ENQ}
+
+
+def test_a_delegate_gets_its_cpus_before_the_root_whose_threads_fill_the_rest():
+    sched = two_children("wfq", "fifo")
+    for k in range(4):
+        sched.spawn(f"r{k}", 0)
+        sched.spawn(f"a{k}", 0, scheduler="a")
+        sched.spawn(f"b{k}", 0, scheduler="b")
+    for _ in range(30):
+        run_cycles(sched, 1)
+        assert cpus_of(sched, "a") == {1, 2}
+        assert cpus_of(sched, "b") == {3}
+        assert cpus_of(sched, "root") == {0}
