@@ -127,3 +127,51 @@ def test_the_real_daemon_serves_the_root_node_and_fails_closed(workdir: Path) ->
         assert_no_traceback(out.stderr)
     finally:
         assert d.stop() == 0
+
+
+TREE_MANIFEST = """\
+package capos
+
+machine: {cpus: 4, policy: "wfq"}
+schedulers: {
+	web: {weight: 200}
+	api: {parent: "web", weight: 100}
+	batch: {weight: 100}
+}
+processes: {
+	front: {
+		scheduler: "web"
+		threads: w: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	}
+	webops: grants: node: {kind: "cpuDelegation", scheduler: "web"}
+}
+"""
+
+
+def test_a_sub_scheduler_grant_reaches_its_subtree_only(workdir: Path) -> None:
+    from .conftest import Daemon, cli
+
+    d = Daemon(workdir, TREE_MANIFEST, args=("--no-execute",))
+    try:
+
+        async def main() -> None:
+            async with await cl.connect(d.listen, token=d.token("webops")) as s:
+                web = await s.cpu_delegation("node")
+                assert await web.children() == ["api"]
+                held = [h.cpu for h in await web.holdings() if "enq" in h.held]
+                assert held, "the default split gives web exclusive CPUs"
+                assert await web.grant("api", held[:1], ["enq"]) == []
+                for call in (web.grant("batch", held[:1], ["enq"]), web.child("root")):
+                    with pytest.raises(cl.InvalidArgument):
+                        await call
+                api = await web.child("api")
+                assert held[0] in [h.cpu for h in await api.holdings()]
+                out = cli("cpus", "kill", "api", "--admin", d.admin, "--reason", "drill")
+                assert out.returncode == 0, out.stderr
+                with pytest.raises(cl.Stale):
+                    await api.holdings()
+                assert await web.children() == []
+
+        arun(main)
+    finally:
+        assert d.stop() == 0
