@@ -1038,5 +1038,9 @@ def matrix(
         click.echo(markdown)
 
 
+from bench.delegation import register_case as _register_delegation  # noqa: E402
+
+_register_delegation(register, Case)
+
 if __name__ == "__main__":
     matrix()

@@ -69,3 +69,74 @@ def thread_row(name: str, snap: ThreadSnapshot, **extra: Any) -> dict[str, Any]:
         "migrations": snap.migrations,
         **extra,
     }
+
+
+# -- the plan's scheduler tree: one construction for simulate and run ----------
+
+
+def attach_schedulers(core: Scheduler, plan: Any, now_ns: int = 0) -> list[Effects]:
+    """Attach the plan's sub-schedulers to ``core`` (parents first), each with
+    a fresh instance of its policy (the machine's when it names none); the
+    root's default split gives them CPUs. Returns the effects of each attach."""
+    from capos_sched.policy_files import policy_and_guard
+
+    effects = []
+    for sched in plan.schedulers:
+        policy, _guard = policy_and_guard(sched.policy or plan.machine.policy)
+        fx = core.attach_scheduler(sched.name, sched.parent, policy, sched.weight, now_ns)
+        effects.append(fx)
+    return effects
+
+
+def scheduler_of_thread(plan: Any, thread_plan: Any) -> str:
+    """The scheduler that runs ``thread_plan`` (its process's; default the root)."""
+    process = plan.process(thread_plan.process)
+    return "root" if process is None else process.scheduler
+
+
+def apply_event(core: Scheduler, event: Any, now_ns: int) -> tuple[Effects, str | None]:
+    """Run one timed delegation event (``events:`` in the manifest): the parent
+    of ``event.child`` grants, revokes or kills. A refused act (the child was
+    killed already, say) changes nothing and comes back as a message."""
+    from capos_sched.core import CoreError, CpuCap
+    from capos_sched.core.delegation import parse_caps
+
+    if not core.scheduler_alive(event.child):
+        return Effects(), f"event {event.name}: scheduler {event.child!r} is not alive"
+    parent = next(
+        name for name in core.scheduler_names() if event.child in core.scheduler_children(name)
+    )
+    caps = parse_caps(event.caps) if event.caps else CpuCap.NONE
+    try:
+        if event.action == "grant":
+            return core.grant_cpus(parent, event.child, event.cpus, caps, now_ns)[1], None
+        if event.action == "revoke":
+            return core.revoke_cpus(parent, event.child, event.cpus, caps, now_ns), None
+        return core.kill_scheduler(parent, event.child, event.reason or event.name, now_ns), None
+    except CoreError as exc:
+        return Effects(), f"event {event.name}: {exc}"
+
+
+def scheduler_rows(core: Scheduler) -> list[dict[str, Any]]:
+    """The report's per-scheduler rows (``simulate`` and ``run``): live ones in
+    tree order, then killed ones; holdings, counters, CPU time allocated per
+    CPU, exit record. Empty without sub-schedulers."""
+    names = core.scheduler_names()
+    killed = core.killed_schedulers()
+    if names == ["root"] and not killed:
+        return []
+    rows = []
+    for name in names:
+        row = core.scheduler_stats(name).as_dict()
+        row["parent"] = core.scheduler_parent(name)
+        row["weight"] = core.scheduler_weight(name)
+        row["holdings"] = [
+            {"cpu": h.cpu, "held": h.held.names, "effective": h.effective.names}
+            for h in core.cpu_holdings(name)
+        ]
+        rows.append(row)
+    for name in killed:
+        row = core.scheduler_stats(name).as_dict()
+        row["holdings"] = []
+        rows.append(row)
+    return rows

@@ -34,7 +34,7 @@ from capos_sched.core import (
     ThreadState,
     WakeReason,
 )
-from capos_sched.drive import step, thread_row
+from capos_sched.drive import scheduler_rows, step, thread_row
 from capos_sched.runtime.stats import Samples
 from capos_sched.workload import Program, Stop, Workload, is_finite
 
@@ -274,6 +274,11 @@ class Simulator:
         sim = self._threads.get(ref.tid)
         return None if sim is None else sim.program
 
+    def act(self, effects: Effects) -> None:
+        """Act on the effects of a core call made from outside (an operator's
+        act scheduled with ``at``): kicks, preempts, notifications."""
+        self._act(effects)
+
     def _act(self, effects: Effects) -> None:
         self.notifications.extend(effects.notifications)
         self.notifications.extend(self.core.take_notifications())
@@ -320,27 +325,3 @@ class Simulator:
             self.core.charge_current(cpu, partial)
             sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + partial
         self.now_ns = end
-
-
-def scheduler_rows(core: Scheduler) -> list[dict[str, Any]]:
-    """Per scheduler (live ones in tree order, then killed ones): holdings,
-    counters, CPU time allocated per CPU, exit record (the run report)."""
-    deleg = core._deleg
-    if deleg is None or core._routed is None:
-        return []
-    rows = []
-    for name in core.scheduler_names():
-        node = deleg.tree.nodes[name]
-        row = core.scheduler_stats(name).as_dict()
-        row["parent"] = node.parent
-        row["weight"] = node.weight
-        row["holdings"] = [
-            {"cpu": h.cpu, "held": h.held.names, "effective": h.effective.names}
-            for h in core.cpu_holdings(name)
-        ]
-        rows.append(row)
-    for name in deleg.dead:
-        row = core.scheduler_stats(name).as_dict()
-        row["holdings"] = []
-        rows.append(row)
-    return rows

@@ -1019,7 +1019,7 @@ class Scheduler:
             assert 0 <= thread._vruntime_remainder < thread.weight, thread
         check = getattr(self._policy, "check_invariants", None)
         if check is not None:
-            check(self)
+            check(self if self._routed is None else self._routed.root_ctx)
         if self._routed is not None:
             self._routed.check_invariants()
 
@@ -1061,6 +1061,21 @@ class Scheduler:
 
     def scheduler_alive(self, name: str) -> bool:
         return self._delegation().alive(name)
+
+    def scheduler_parent(self, name: str) -> str | None:
+        """The parent of a live scheduler (None for the root)."""
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].parent
+
+    def scheduler_weight(self, name: str) -> int:
+        deleg = self._delegation()
+        deleg.check_live(name)
+        return deleg.tree.nodes[name].weight
+
+    def killed_schedulers(self) -> list[str]:
+        """Schedulers removed by a kill (their stats and exit record remain)."""
+        return [] if self._deleg is None else list(self._deleg.dead)
 
     def scheduler_of(self, ref: ThreadRef) -> str:
         """The scheduler a live thread belongs to."""

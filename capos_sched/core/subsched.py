@@ -73,6 +73,8 @@ ENQ_CAPS_SHIFT = 8
 MAX_REJECTS = 2
 """Rejects of one thread in one delivery before it is force-admitted."""
 DELIVERY = CpuCap.ENQ | CpuCap.ENQ_IMMED
+MAX_PENDING = 4096
+"""Notifications kept for ``take_notifications`` (the oldest are dropped)."""
 
 
 def missing_caps(flags: int) -> CpuCap:
@@ -277,7 +279,9 @@ class SubCtx:
         self._s.kick(cpu, preempt)
 
     def is_idle(self, cpu: int) -> bool:
-        return self._s.is_idle(cpu)
+        """Runs no thread of this scheduler (see ``RootCtx.is_idle``)."""
+        current = self._s.cpus[cpu].current
+        return current is None or current.scheduler != self.name
 
     def pick_idle_cpu(self, prefer: int = -1) -> int:
         """``prefer`` if idle and held, else the lowest idle CPU held, else -1."""
@@ -322,6 +326,42 @@ class SubCtx:
             )
 
 
+class RootCtx:
+    """The root policy's ctx under delegation: the Scheduler itself, except
+    that ``is_idle(cpu)`` means "runs no thread of the root" (each policy
+    sees only its own threads' load; another scheduler's running thread
+    leaves a CPU idle to it, as the policy's own callbacks saw it)."""
+
+    GLOBAL_DSQ = GLOBAL_DSQ
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._s = sched
+        self.nr_cpus = sched.nr_cpus
+        self.slice_ns = sched.slice_ns
+        self.insert = sched.insert
+        self.move_to_local = sched.move_to_local
+        self.kick = sched.kick
+        self.local_dsq = sched.local_dsq
+        self.create_dsq = sched.create_dsq
+        self.pick_idle_cpu = sched.pick_idle_cpu
+        self.nr_queued = sched.nr_queued
+        self.iter_dsq = sched.iter_dsq
+        self.queued_on = sched.queued_on
+        self.raise_vruntime = sched.raise_vruntime
+        self.running_virtual_finish = sched.running_virtual_finish
+
+    @property
+    def now_ns(self) -> int:
+        return self._s.now_ns
+
+    def is_idle(self, cpu: int) -> bool:
+        current = self._s.cpus[cpu].current
+        return current is None or current.scheduler != ROOT
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
 class Delegation:
     """The scheduler tree of one Scheduler: per-scheduler policies, enforcement,
     eviction, kill and the default (qmap) split. See the module docstring."""
@@ -334,7 +374,8 @@ class Delegation:
         self.sched = sched
         self.rotation_ns = rotation_ns
         self.tree = DelegationTree(sched.nr_cpus)
-        self.states: dict[str, SchedState] = {ROOT: SchedState(ROOT, 0, None, sched)}
+        self.root_ctx = RootCtx(sched)
+        self.states: dict[str, SchedState] = {ROOT: SchedState(ROOT, 0, None, self.root_ctx)}
         self.dead: dict[str, SchedState] = {}
         self.effective: list[dict[str, CpuCap]] = [
             {ROOT: implied(CpuCap.ENQ_IMMED | CpuCap.ENQ | CpuCap.PREEMPT)}
@@ -367,7 +408,13 @@ class Delegation:
         if name in self.tree.nodes:
             raise InvalidArgument(f"cannot attach scheduler {name!r}: the name is taken")
         # Refuse before any change: the parent's split must give the child a CPU.
-        self._split(parent, extra=(name, weight))
+        if parent not in self.manual:
+            try:
+                self._check_split(parent, self._enq_count(parent), (name, weight))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"cannot attach scheduler {name!r} under {parent!r}: {exc}"
+                ) from None
         self.tree.attach(name, parent, weight)
         self.dead.pop(name, None)
         st = SchedState(name, self.tree.nodes[name].depth, None, SubCtx(self, name))
@@ -402,7 +449,7 @@ class Delegation:
         old = node.weight
         self.tree.set_weight(name, weight)
         try:
-            self._split(node.parent)
+            self._check_split(node.parent, self._enq_count(node.parent))
         except InvalidArgument:
             self.tree.set_weight(name, old)
             raise
@@ -413,7 +460,6 @@ class Delegation:
     def _route(self) -> None:
         """Replace the Scheduler's callback slots by routers (once)."""
         if self.routed:
-            self.rebind_root()
             return
         self.routed = True
         for thread in self.sched._threads.values():
@@ -457,7 +503,7 @@ class Delegation:
         if fn is None:
             return None
         if st.name == ROOT:
-            return fn(self.sched, *args)
+            return fn(self.root_ctx, *args)
         try:
             return fn(st.ctx, *args)
         except BaseException as exc:
@@ -525,7 +571,7 @@ class Delegation:
     def _r_enqueue(self, _ctx: Any, thread: Thread, flags: int) -> None:
         st = self.states[thread.scheduler]
         if st.name == ROOT:
-            st.cb["enqueue"](self.sched, thread, flags)
+            st.cb["enqueue"](self.root_ctx, thread, flags)
             return
         if thread.last_cpu is not None:
             steered = self._steer(st, thread.last_cpu)
@@ -628,7 +674,7 @@ class Delegation:
             return CpuCap.NONE
         if immediate and caps & CpuCap.ENQ_IMMED and not self.sched.cpus[cpu].local._entries:
             return CpuCap.NONE
-        return (CpuCap.ENQ if immediate else DELIVERY) & ~caps
+        return (CpuCap.ENQ_IMMED if immediate else DELIVERY) & ~caps
 
     def choose(self, cpu: Any, now_ns: int) -> tuple[Thread | None, str]:
         """What ``cpu`` runs next under delegation: its IPC slot, its local DSQ,
@@ -655,7 +701,7 @@ class Delegation:
             s._dispatching = cpu.id
             if st.name == ROOT:
                 try:
-                    s._cb_dispatch(s, cpu.id)
+                    s._cb_dispatch(self.root_ctx, cpu.id)
                 except BaseException as exc:
                     s._fault("dispatch", exc)
             else:
@@ -717,6 +763,8 @@ class Delegation:
     def notify(self, note: CpuNotification) -> None:
         """Record a notification for the Effects, and tell the policy."""
         self.pending.append(note)
+        if len(self.pending) > MAX_PENDING:  # a driver that never drains stays bounded
+            del self.pending[:-MAX_PENDING]
         st = self.states.get(note.scheduler)
         if st is None:
             return
@@ -804,6 +852,8 @@ class Delegation:
         s = self.sched
         for thread in moved:
             s._call("init_thread", s._cb_init_thread, thread)
+            if thread.state is ThreadState.RUNNING:  # it runs under the parent now
+                s._call("running", s._cb_running, thread)
         for thread in moved:
             if thread.state is ThreadState.RUNNABLE and thread.owner is None:
                 s._enqueue(thread, ENQ_SWITCH)
@@ -822,6 +872,25 @@ class Delegation:
         if extra is not None:
             participants.append(extra)
         return proportional_split(cpus, participants)
+
+    def _enq_count(self, name: str) -> int:
+        return sum(1 for caps in self.tree.nodes[name].held.values() if caps & CpuCap.ENQ)
+
+    def _check_split(self, parent: str, n: int, extra: tuple[str, int] | None = None) -> None:
+        """Raise unless the default split under ``parent`` with ``n`` enq CPUs
+        (and ``extra`` attached) gives every scheduler below a CPU, all the way
+        down: an attach or weight change is refused before anything changes."""
+        node = self.tree.nodes[parent]
+        participants = [(parent, ROOT_SELF_WEIGHT)]
+        participants += [(c, self.tree.nodes[c].weight) for c in node.children]
+        if extra is not None:
+            participants.append(extra)
+        if parent in self.manual or len(participants) == 1:
+            return
+        split = proportional_split(list(range(n)), participants)
+        for child in node.children:
+            if self.tree.nodes[child].children:
+                self._check_split(child, len(split.exclusive[child]))
 
     def rebalance(self, parent: str, now_ns: int) -> None:
         """The qmap split under ``parent``: exclusive ``enq`` ranges by weight,

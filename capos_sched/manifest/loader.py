@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 
 from capos_sched import paths
@@ -197,4 +198,4 @@ def _file_error(filename: str, message: str) -> ManifestError:
 
 
 def _with_export(plan: Plan, exported: Exported) -> Plan:
-    return Plan(plan.source, plan.machine, plan.processes, exported=json_text(exported.data, None))
+    return attrs.evolve(plan, exported=json_text(exported.data, None))

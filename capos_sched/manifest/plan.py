@@ -122,6 +122,75 @@ def _exec_tuple(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
+MAX_SCHEDULER_DEPTH = 4
+DELEGATION_ACTIONS = ("grant", "revoke", "kill")
+CAP_NAMES = ("enqImmed", "enq", "preempt")
+
+
+@attrs.frozen
+class SchedulerPlan:
+    """A sub-scheduler: ``parent`` is "root" or another SchedulerPlan's name,
+    ``policy`` a built-in name, a policy file path, or None (the machine's),
+    ``weight`` in 1..10000. (That the tree is a tree of depth at most 4 is
+    checked by the Plan.)"""
+
+    name: str = attrs.field(validator=_name)
+    parent: str = ROOT_SCHEDULER
+    policy: str | None = attrs.field(default=None)
+    weight: int = attrs.field(default=100, validator=_weight)
+
+    @policy.validator
+    def _check_policy(self, attribute: attrs.Attribute, value: str | None) -> None:
+        if value is not None:
+            _policy(self, attribute, value)
+
+    def __attrs_post_init__(self) -> None:
+        if self.name == ROOT_SCHEDULER:
+            raise ValueError('"root" is the machine\'s scheduler; it cannot be declared')
+
+
+@attrs.frozen
+class DelegationEventPlan:
+    """A timed act: at ``at_ns`` the parent of ``child`` grants or revokes
+    ``caps`` on ``cpus``, or kills ``child`` (with ``reason``)."""
+
+    name: str
+    at_ns: int
+    action: str = attrs.field(validator=attrs.validators.in_(DELEGATION_ACTIONS))
+    child: str = attrs.field(validator=_name)
+    cpus: tuple[int, ...] = attrs.field(default=(), converter=_tuple)
+    caps: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    reason: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.at_ns < 0:
+            raise ValueError(f"event {self.name!r}: negative time")
+        if any(cap not in CAP_NAMES for cap in self.caps):
+            raise ValueError(f"event {self.name!r}: unknown cap in {self.caps!r}")
+        if self.action != "kill" and not (self.cpus and self.caps):
+            raise ValueError(f"event {self.name!r}: a {self.action} needs cpus and caps")
+
+
+def scheduler_depths(schedulers: tuple[SchedulerPlan, ...]) -> dict[str, int]:
+    """Depth of each scheduler (root = 0); ValueError naming an unknown
+    parent or a cycle."""
+    parents = {s.name: s.parent for s in schedulers}
+    depths: dict[str, int] = {ROOT_SCHEDULER: 0}
+    for name in parents:
+        chain = []
+        current = name
+        while current not in depths:
+            if current in chain:
+                raise ValueError(f"schedulers form a cycle: {' -> '.join([*chain, current])}")
+            if current not in parents:
+                raise ValueError(f"scheduler {chain[-1]!r} names unknown parent {current!r}")
+            chain.append(current)
+            current = parents[current]
+        for step in reversed(chain):
+            depths[step] = depths[parents[step]] + 1
+    return depths
+
+
 @attrs.frozen
 class ProcessPlan:
     """A process: its threads (manifest order), optional client command and grants.
@@ -135,6 +204,8 @@ class ProcessPlan:
     threads: tuple[ThreadPlan, ...] = attrs.field(converter=_tuple)
     exec: tuple[str, ...] | None = attrs.field(default=None, converter=_exec_tuple)
     grants: tuple[GrantPlan, ...] = attrs.field(default=(), converter=_tuple)
+    scheduler: str = attrs.field(default=ROOT_SCHEDULER, kw_only=True)
+    """The scheduler whose policy runs the threads ("root" or a SchedulerPlan)."""
 
     def __attrs_post_init__(self) -> None:
         names = [t.name for t in self.threads]
@@ -164,12 +235,38 @@ class Plan:
     source: str
     machine: MachinePlan
     processes: tuple[ProcessPlan, ...] = attrs.field(converter=_tuple)
+    schedulers: tuple[SchedulerPlan, ...] = attrs.field(default=(), converter=_tuple, kw_only=True)
+    """Sub-schedulers, parents before children (docs/delegation.md)."""
+    events: tuple[DelegationEventPlan, ...] = attrs.field(
+        default=(), converter=_tuple, kw_only=True
+    )
+    """Timed delegation acts, by time."""
     exported: str | None = attrs.field(default=None, kw_only=True, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         names = [p.name for p in self.processes]
         if len(set(names)) != len(names):
             raise ValueError("duplicate process names")
+        declared = [s.name for s in self.schedulers]
+        if len(set(declared)) != len(declared):
+            raise ValueError("duplicate scheduler names")
+        depths = scheduler_depths(self.schedulers)
+        deep = [n for n, d in depths.items() if d > MAX_SCHEDULER_DEPTH]
+        if deep:
+            raise ValueError(f"scheduler {deep[0]!r} is deeper than {MAX_SCHEDULER_DEPTH}")
+        order = [s.name for s in self.schedulers]
+        if any(
+            depths[s.parent] and order.index(s.parent) > i for i, s in enumerate(self.schedulers)
+        ):
+            raise ValueError("schedulers must list parents before children")
+        for process in self.processes:
+            if process.scheduler not in depths:
+                raise ValueError(
+                    f"process {process.name!r} names unknown scheduler {process.scheduler!r}"
+                )
+        for event in self.events:
+            if event.child not in declared:
+                raise ValueError(f"event {event.name!r} names unknown scheduler {event.child!r}")
         threads = {t.full_name for t in self.threads()}
         schedulers = {ROOT_SCHEDULER, *(s.name for s in getattr(self, "schedulers", ()))}
         for process in self.processes:

@@ -30,11 +30,14 @@ from .errors import Diagnostics, Pos, quote, show_name
 from .evaluator import Exported, Path
 from .plan import (
     BUILTIN_POLICIES,
+    MAX_SCHEDULER_DEPTH,
     ROOT_SCHEDULER,
+    DelegationEventPlan,
     GrantPlan,
     MachinePlan,
     Plan,
     ProcessPlan,
+    SchedulerPlan,
     ThreadPlan,
 )
 
@@ -144,12 +147,12 @@ class _Builder:
             return None
         return MachinePlan(data["cpus"], policy, slice_ns)
 
-    def policy(self, value: str) -> str | None:
+    def policy(self, value: str, path: Path = ("machine", "policy")) -> str | None:
         """A built-in name, or a policy file (``.py``) resolved relative to the
         manifest; the file is loaded (and executed) only when a run starts."""
         if value in BUILTIN_POLICIES:
             return value
-        pos = self.value_pos(("machine", "policy"))
+        pos = self.value_pos(path)
         if not value.endswith(".py"):
             names = ", ".join(quote(n) for n in BUILTIN_POLICIES)
             self.error(
@@ -254,9 +257,116 @@ class _Builder:
                 )
             else:
                 self.failed = True  # already reported
-        if self.failed:
+        scheduler = data.get("scheduler", ROOT_SCHEDULER)
+        if self.failed or not isinstance(scheduler, str):
             return None
-        return ProcessPlan(name, tuple(threads), command, tuple(grants))
+        return ProcessPlan(name, tuple(threads), command, tuple(grants), scheduler=scheduler)
+
+    # -- sub-schedulers and timed delegation events (docs/delegation.md) ----
+
+    def schedulers(self, data: Any, processes: Any) -> tuple[SchedulerPlan, ...]:
+        """The declared sub-schedulers, parents first; unknown parents, cycles,
+        depth over 4, bad policies and unknown process schedulers are errors."""
+        found: dict[str, SchedulerPlan] = {}
+        for name, body in _items(data):
+            path: Path = ("schedulers", name)
+            if not isinstance(body, dict) or not self.exported.intact(path):
+                self.failed = True
+                continue
+            if name == ROOT_SCHEDULER:
+                self.error(
+                    self.label_pos(path),
+                    'the scheduler "root" is the machine\'s own; declare sub-schedulers only',
+                )
+                continue
+            if not self.name("scheduler", name, path):
+                continue
+            policy = body.get("policy")
+            if policy is not None:
+                policy = self.policy(policy, (*path, "policy"))
+                if policy is None:
+                    continue
+            found[name] = SchedulerPlan(name, body["parent"], policy, body["weight"])
+        depth: dict[str, int] = {ROOT_SCHEDULER: 0}
+        ordered: list[SchedulerPlan] = []
+
+        def place(name: str, chain: tuple[str, ...]) -> int | None:
+            if name in depth:
+                return depth[name]
+            plan = found[name]
+            parent_pos = self.value_pos(("schedulers", name, "parent"))
+            if plan.parent in chain or plan.parent == name:
+                cycle = " -> ".join((*chain, name, plan.parent))
+                self.error(parent_pos, f"schedulers form a cycle: {cycle}")
+                return None
+            if plan.parent not in found and plan.parent != ROOT_SCHEDULER:
+                self.error(
+                    parent_pos,
+                    f"scheduler {show_name(name)} names unknown parent {quote(plan.parent)}"
+                    + _suggest(plan.parent, [ROOT_SCHEDULER, *found]),
+                )
+                return None
+            up = place(plan.parent, (*chain, name)) if plan.parent != ROOT_SCHEDULER else 0
+            if up is None:
+                return None
+            if up + 1 > MAX_SCHEDULER_DEPTH:
+                self.error(
+                    self.label_pos(("schedulers", name)),
+                    f"scheduler {show_name(name)} is at depth {up + 1}; "
+                    f"the tree may be at most {MAX_SCHEDULER_DEPTH} deep",
+                )
+                return None
+            depth[name] = up + 1
+            ordered.append(plan)
+            return up + 1
+
+        for name in found:
+            if place(name, ()) is None:
+                self.failed = True
+        known = [ROOT_SCHEDULER, *found]
+        for process, body in _items(processes):
+            target = _get(body, "scheduler")
+            if isinstance(target, str) and target not in known:
+                self.error(
+                    self.value_pos(("processes", process, "scheduler")),
+                    f"process {show_name(process)} names unknown scheduler {quote(target)}"
+                    + _suggest(target, known),
+                )
+        return tuple(ordered)
+
+    def events(self, data: Any, schedulers: tuple[SchedulerPlan, ...]) -> list[Any]:
+        """The timed delegation events, by time (ties: manifest order)."""
+        declared = [s.name for s in schedulers]
+        events = []
+        for name, body in _items(data):
+            path: Path = ("events", name)
+            if not isinstance(body, dict) or not self.exported.intact(path):
+                self.failed = True
+                continue
+            at = self.duration(body, "at", path, positive=False)
+            if at is None:
+                continue
+            child = body["child"]
+            if child not in declared:
+                self.error(
+                    self.value_pos((*path, "child")),
+                    f"event {show_name(name)} names {quote(child)}, which is not declared under "
+                    "`schedulers:`" + _suggest(child, declared),
+                )
+                continue
+            if body["action"] != "kill" and not (body["cpus"] and body["caps"]):
+                self.error(
+                    self.label_pos(path),
+                    f"event {show_name(name)}: a {body['action']} needs `cpus` and `caps`",
+                )
+                continue
+            events.append(
+                DelegationEventPlan(
+                    name, at, body["action"], child, body["cpus"], body["caps"], body["reason"]
+                )
+            )
+        events.sort(key=lambda e: e.at_ns)
+        return events
 
     # -- whole-manifest checks ----------------------------------------------
     def grant_targets(self, processes: dict[str, Any]) -> None:
@@ -430,6 +540,13 @@ def build_plan(
             process = builder.process(name, body, path)
             if process is not None:
                 processes.append(process)
+    schedulers = builder.schedulers(data.get("schedulers"), processes_data)
+    events = builder.events(data.get("events"), schedulers)
     if builder.failed or machine is None or diagnostics:
         return None
-    return Plan(source_name, machine, tuple(processes))
+    return Plan(source_name, machine, tuple(processes), schedulers=schedulers, events=tuple(events))
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {quote(close[0])}?" if close else ""

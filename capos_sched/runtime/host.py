@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from capos_sched.core import Effects, Policy, Scheduler, ThreadRef
+from capos_sched.core import Effects, InvalidArgument, Policy, Scheduler, ThreadRef
 
 if TYPE_CHECKING:
     from capos_sched.manifest import Plan, ThreadPlan
@@ -80,6 +80,9 @@ class PlanHost:
             plan.machine.slice_ns,
             guard=guard or file_guard,
         )
+        from capos_sched.drive import attach_schedulers
+
+        attach_schedulers(self.scheduler, plan)
         self._refs: dict[str, ThreadRef] = {}
         for thread_plan in plan.threads():
             self._spawn(thread_plan, 0)
@@ -114,7 +117,14 @@ class PlanHost:
     # says done, commit_plan, retire_step until done; abort_plan before commit.
 
     def stage_plan(self, plan: Plan) -> StagedPlan:
-        """What replacing the plan by ``plan`` will do; changes nothing."""
+        """What replacing the plan by ``plan`` will do; changes nothing. The
+        scheduler tree is fixed for a run: a plan with other ``schedulers``
+        is refused (InvalidArgument)."""
+        if plan.schedulers != self._plan.schedulers:
+            raise InvalidArgument(
+                "a loaded plan must declare the same schedulers as the running one "
+                "(the scheduler tree is fixed for a run)"
+            )
         old = {t.full_name for t in self._plan.threads()}
         new = {t.full_name: t for t in plan.threads()}
         for thread_plan in new.values():  # validate before the first mutation
@@ -140,7 +150,9 @@ class PlanHost:
         del staged.pending[:limit]
         staged.steps += 1
         for thread_plan in batch:
-            staged.spawned[thread_plan.full_name] = self._spawn_unnamed(thread_plan, now_ns)
+            staged.spawned[thread_plan.full_name] = self._spawn_unnamed(
+                thread_plan, now_ns, staged.plan
+            )
         if batch:
             self.on_threads_spawned()
         return not staged.pending
@@ -262,9 +274,17 @@ class PlanHost:
         self._refs[thread_plan.full_name] = ref
         return ref
 
-    def _spawn_unnamed(self, thread_plan: ThreadPlan, now_ns: int) -> ThreadRef:
+    def _spawn_unnamed(
+        self, thread_plan: ThreadPlan, now_ns: int, plan: Plan | None = None
+    ) -> ThreadRef:
+        from capos_sched.drive import scheduler_of_thread
+
         wake = self.scheduler.spawn(
-            thread_plan.full_name, now_ns, thread_plan.weight, thread_plan.latency_class
+            thread_plan.full_name,
+            now_ns,
+            thread_plan.weight,
+            thread_plan.latency_class,
+            scheduler=scheduler_of_thread(plan or self._plan, thread_plan),
         )
         self.on_thread_added(thread_plan, wake.thread)
         return wake.thread

@@ -67,7 +67,7 @@ from capos_sched.core import (
     WakeReason,
     ideal_shares,
 )
-from capos_sched.drive import step, thread_row
+from capos_sched.drive import scheduler_rows, step, thread_row
 from capos_sched.runtime.host import PlanHost
 from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import (
@@ -182,6 +182,8 @@ class RtThread:
     crashes_in_a_row: int = 0
     """Slices in a row whose worker died under this thread (reset by a slice that ends)."""
     worker_crashes: int = 0
+    cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
+    """Run time per CPU, as charged to the core (``cpu_runtime_ns`` in the report)."""
 
     @property
     def cpu_bound(self) -> bool:
@@ -340,6 +342,8 @@ class Runtime(PlanHost):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watchdog)
+                if self.plan.schedulers:
+                    nursery.start_soon(self._delegation)
                 if duration_s is not None:
                     nursery.start_soon(self._deadline, duration_s)
                 task_status.started(self)
@@ -388,6 +392,7 @@ class Runtime(PlanHost):
                 finished_ns=rt.finished_ns,
                 failed=rt.failed,
                 removed=rt.removed,
+                cpu_runtime_ns={str(c): ns for c, ns in sorted(rt.cpu_runtime_ns.items())},
             )
             # The run report's order: name, process, weight, class, workload, ...
             threads.append(
@@ -416,6 +421,7 @@ class Runtime(PlanHost):
             "threads": threads,
             "policy_final": self.scheduler.policy_name,
             "policy_exits": [record.as_dict() for record in self.scheduler.exits],
+            "schedulers": scheduler_rows(self.scheduler),
             "stop_reason": self._stop_reason,
             "wake_preemptions": self._wake_preemptions,
             "watchdog": {
@@ -574,6 +580,8 @@ class Runtime(PlanHost):
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
+            if self.notification_sinks:
+                self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
                 await event.wait()
@@ -708,6 +716,7 @@ class Runtime(PlanHost):
         if stop is Stop.CALL:
             rt.call_started_ns = now
             rt.reply_pending = False
+        rt.cpu_runtime_ns[k] = rt.cpu_runtime_ns.get(k, 0) + elapsed
         effects = step(self.scheduler, k, now, elapsed, stop, rt.workload, self._program_of)
         if stop is Stop.FINISHED:
             rt.finished_ns = self._rel(now)
@@ -744,10 +753,19 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         if effects.ejections:
             self._log_new_exits()
-        notifications = getattr(effects, "notifications", None)
+        if self.notification_sinks:
+            self._notify(list(getattr(effects, "notifications", None) or ()))
+
+    def _notify(self, notifications: list[Any]) -> None:
+        """Hand CPU-delegation notifications to the sinks (CpuListener
+        subscribers, rpc/delegation.py): those of an effect, and those the core
+        raised in dispatch (``take_notifications``: a revoke in effect on a CPU)."""
+        take = getattr(self.scheduler, "take_notifications", None)
+        if callable(take):
+            notifications += take()
         if notifications:
             for sink in self.notification_sinks:
-                sink(notifications)  # CpuListener subscribers (rpc/delegation.py)
+                sink(notifications)
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
@@ -864,6 +882,32 @@ class Runtime(PlanHost):
             raise RuntimeFailure(f"cannot restart the worker of CPU {k}: {exc}") from exc
         if self._stopping:
             worker.preempt()
+
+    async def _delegation(self) -> None:
+        """The plan's timed ``events:`` (at their times from the start) and the
+        default split's pool rotation: the acts ``simulate`` runs on virtual time."""
+        from capos_sched.drive import apply_event
+
+        assert self._started_ns is not None
+        pending = list(self.plan.events)
+        while True:
+            now = self.now_ns()
+            for event in [e for e in pending if self._started_ns + e.at_ns <= now]:
+                pending.remove(event)
+                effects, problem = apply_event(self.scheduler, event, now)
+                self._act(effects)
+                if problem is not None:
+                    log.warning("delegation event refused", problem=problem)
+            rotation = self.scheduler.next_delegation_event_ns()
+            if rotation is not None and rotation <= now:
+                self._act(self.scheduler.delegation_tick(now))
+                rotation = self.scheduler.next_delegation_event_ns()
+            wakes = [self._started_ns + e.at_ns for e in pending]
+            if rotation is not None:
+                wakes.append(rotation)
+            if not wakes:
+                return
+            await trio.sleep(max(0, min(wakes) - self.now_ns()) / 1e9)
 
     async def _watchdog(self) -> None:
         period_s = max(self.watchdog_threshold_ns / 4, 1_000_000) / 1e9

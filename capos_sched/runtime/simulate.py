@@ -43,9 +43,28 @@ def simulate_plan(
         jitter=jitter,
         guard=guard,
     )
+    from capos_sched.drive import apply_event, attach_schedulers, scheduler_of_thread
+
+    attach_schedulers(sim.core, plan)
+    refused: list[str] = []
+
+    def run_event(event: Any) -> None:
+        effects, problem = apply_event(sim.core, event, sim.now_ns)
+        sim.act(effects)
+        if problem is not None:
+            refused.append(problem)
+
+    for event in plan.events:
+        sim.at(event.at_ns, lambda event=event: run_event(event))
     kinds = {}
     for thread in plan.threads():
-        sim.add_thread(thread.full_name, thread.workload, thread.weight, thread.latency_class)
+        sim.add_thread(
+            thread.full_name,
+            thread.workload,
+            thread.weight,
+            thread.latency_class,
+            scheduler=scheduler_of_thread(plan, thread),
+        )
         kinds[thread.full_name] = (thread.process, thread.workload.kind)
     raw = sim.run(duration_ns, progress)
     threads = []
@@ -65,4 +84,6 @@ def simulate_plan(
         "virtual_time": True,
         "policy_final": raw["policy_final"],
         "policy_exits": raw["policy_exits"],
+        "schedulers": raw["schedulers"],
+        "refused_events": refused,
     }
