@@ -103,6 +103,12 @@ def test_the_pool_is_shared_round_robin():
             "a revoke needs `cpus` and `caps`",
         ),
         (
+            'schedulers: a: {}\nevents: x: {at: "1s", action: "revoke", child: "a", '
+            'cpus: [1, 9], caps: ["enq"]}',
+            "m.cue:3:63: event `x` names CPU 9; the machine has CPUs 0-3",
+        ),
+        ("schedulers: a: {weight: 10001}", "weight 10001 outside [1, 10000]"),
+        (
             'schedulers: a: {}\nevents: x: {at: "1s", action: "kill", child: "b"}',
             'event `x` names "b", which is not declared',
         ),
