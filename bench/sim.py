@@ -154,11 +154,20 @@ def run_scenario(
             policy,
         ]
         start = time.perf_counter()
-        completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            stdout, _ = child.communicate()
+        except KeyboardInterrupt:  # the child has it too: let it end by itself
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
         process_s = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise click.ClickException(f"{scenario}: the child exited {completed.returncode}")
-    result = json.loads(completed.stdout)
+    if child.returncode != 0:
+        raise click.ClickException(f"{scenario}: the child exited {child.returncode}")
+    result = json.loads(stdout)
     goal_shape = threads == GOAL_SHAPE["threads"] and cpus == GOAL_SHAPE["cpus"]
     full = goal_shape and duration_s >= FULL_DURATION_S[scenario] and policy == "wfq"
     return {
@@ -179,8 +188,13 @@ def run_scenario(
 
 
 def child_main() -> None:
+    """The child process of one scenario (Ctrl-C reaches it too: it exits 130
+    quietly and the parent reports the interruption)."""
     path, duration, seed, mode, policy = sys.argv[1:6]
-    result = run_child(Path(path), float(duration), int(seed), mode, policy)
+    try:
+        result = run_child(Path(path), float(duration), int(seed), mode, policy)
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -59,6 +59,21 @@ class CoreHost:
     def apply_plan(self, plan: Any, now_ns: int) -> Any:
         return self.inner.apply_plan(plan, now_ns)
 
+    def stage_plan(self, plan: Any) -> Any:
+        return self.inner.stage_plan(plan)
+
+    def spawn_step(self, staged: Any, now_ns: int, limit: int) -> bool:
+        return self.inner.spawn_step(staged, now_ns, limit)  # type: ignore[no-any-return]
+
+    def commit_plan(self, staged: Any) -> Any:
+        return self.inner.commit_plan(staged)
+
+    def retire_step(self, staged: Any, now_ns: int, limit: int) -> bool:
+        return self.inner.retire_step(staged, now_ns, limit)  # type: ignore[no-any-return]
+
+    def abort_plan(self, staged: Any, now_ns: int) -> None:
+        self.inner.abort_plan(staged, now_ns)
+
     def set_policy(self, name: str, source: str) -> None:
         self.inner.set_policy_source(name, source)
 
@@ -138,21 +153,6 @@ class CoreHost:
 def _names(caps: Any) -> list[str]:
     names = getattr(caps, "names", None)
     return list(names) if names is not None else [str(caps)]
-
-    def stage_plan(self, plan: Any) -> Any:
-        return self.inner.stage_plan(plan)
-
-    def spawn_step(self, staged: Any, now_ns: int, limit: int) -> bool:
-        return self.inner.spawn_step(staged, now_ns, limit)  # type: ignore[no-any-return]
-
-    def commit_plan(self, staged: Any) -> Any:
-        return self.inner.commit_plan(staged)
-
-    def retire_step(self, staged: Any, now_ns: int, limit: int) -> bool:
-        return self.inner.retire_step(staged, now_ns, limit)  # type: ignore[no-any-return]
-
-    def abort_plan(self, staged: Any, now_ns: int) -> None:
-        self.inner.abort_plan(staged, now_ns)
 
 
 def plan_host(plan: Any, *args: Any, **kwargs: Any) -> CoreHost:

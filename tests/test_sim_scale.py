@@ -12,9 +12,15 @@ from __future__ import annotations
 import heapq
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -360,3 +366,25 @@ def test_eevdf_heaps_stay_bounded_under_re_keys() -> None:
     policy = s.policy_object
     assert len(policy._later) + len(policy._now) <= 2 * 50 + 64 + 1
     s.check_invariants()
+
+
+@pytest.mark.slow
+def test_bench_sim_stops_cleanly_on_ctrl_c() -> None:
+    # Ctrl-C reaches the parent and the scenario's child (one process group):
+    # no traceback, no child left behind.
+    command = [sys.executable, "-c", "from capos_sched.cli import main; main()", "bench", "sim"]
+    process = subprocess.Popen(
+        [*command, "--scenario", "mixed", "--quick", "--progress", "never"],
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Aborted!" in err, err
+    assert "Traceback" not in err and out == ""
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # the whole group is gone

@@ -55,18 +55,23 @@ processes: {
 """
 
 GOAL_RATIO = 0.80
+MAX_ANSWERS = 4096
+"""serve's ``--max-answers`` default (rpc/daemon.py, DaemonConfig)."""
 GOAL_LOADED_P99_MS = 2.0
 
 
 # ------------------------------------------------------------ echo server
 
 
-def echo_server(address: str) -> None:
+def echo_server(address: str, gated: bool = False) -> None:
     """A raw pycapnp server: CapSet.get hands out a handle and a policy whose
-    methods return at once (the baseline)."""
+    methods return at once (the baseline). ``gated``: every connection goes
+    through the daemon's Gate (rpc/gate.py) exactly as in ``serve``, so echo
+    vs gated echo is the gate's relay cost alone."""
     import capnp
 
     from .addr import parse_address
+    from .gate import Gate, GateLimits
     from .schema import capos
 
     s = capos()
@@ -110,7 +115,27 @@ def echo_server(address: str) -> None:
                 await capnp.TwoPartyServer(stream, bootstrap=Restorer()).on_disconnect()
 
             addr = parse_address(address)
-            if addr.kind == "unix":
+            if gated:
+                loop = asyncio.get_running_loop()
+                tasks: set[asyncio.Task[None]] = set()
+
+                async def serve_gate(gate: Gate) -> None:
+                    inner = await gate.open()
+                    await serve(await capnp.AsyncIoStream.create_connection(sock=inner))
+
+                def on_peer(gate: Gate) -> None:
+                    task = asyncio.ensure_future(serve_gate(gate))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+
+                def factory() -> asyncio.Protocol:
+                    return Gate(GateLimits(), on_peer).protocol()
+
+                if addr.kind == "unix":
+                    server = await loop.create_unix_server(factory, addr.path)
+                else:
+                    server = await loop.create_server(factory, addr.host, addr.port)
+            elif addr.kind == "unix":
                 server = await capnp.AsyncIoStream.create_unix_server(serve, addr.path)
             else:
                 server = await capnp.AsyncIoStream.create_server(serve, addr.host, addr.port)
@@ -177,6 +202,62 @@ async def _measure(
     }
 
 
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def _held_answers(address: str, token: bytes, pid: int, limit: int) -> dict[str, Any]:
+    """The server's RSS growth while this client holds answers: it keeps every
+    response (the server keeps each answer until its Finish) and calls until a
+    call waits for 1 s (the gate's ``--max-answers`` bound) or ``limit`` calls."""
+    import capnp
+
+    from .addr import parse_address
+    from .schema import capos
+
+    s = capos()
+    addr = parse_address(address)
+    async with capnp.kj_loop():
+        if addr.kind == "unix":
+            stream = await capnp.AsyncIoStream.create_unix_connection(addr.path)
+        else:
+            stream = await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+        client = capnp.TwoPartyClient(stream)
+        held: list[Any] = []
+        try:
+            restorer = client.bootstrap().cast_as(s.Restorer)
+            caps = (await restorer.restore(token)).caps
+            policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
+            handle = (await caps.get("t")).cap.as_interface(s.ThreadHandle)
+            await asyncio.sleep(0.2)
+            before = _rss_bytes(pid)
+            bounded = False
+            try:
+                for i in range(limit):
+                    async with asyncio.timeout(1.0):
+                        held.append(await policy.setWeight(handle, 1 + i % 100))
+            except TimeoutError:
+                bounded = True
+            await asyncio.sleep(0.2)
+            during = _rss_bytes(pid)
+            count = len(held)
+        finally:
+            held.clear()
+            client.close()
+            stream.close()
+    answers = count + 3  # + restore and the two gets (the bootstrap is no call here)
+    return {
+        "answers_held": answers,
+        "stopped_at_bound": bounded,
+        "rss_before_bytes": before,
+        "rss_growth_bytes": during - before,
+        "bytes_per_answer": round((during - before) / answers),
+    }
+
+
 def _summary(lat: list[float], elapsed: float) -> dict[str, float]:
     ordered = sorted(lat)
     n = len(ordered)
@@ -196,10 +277,67 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for key in ("calls", "calls_per_s", "p50_ms", "p99_ms")
         }
     out["rounds"] = len(runs)
+    out["host_per_round"] = [r["host"] for r in runs if "host" in r]
     return out
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _tree_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``pid`` itself and of its live children
+    (the daemon's workers), from /proc; (0, 0) where /proc cannot tell."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(stat: list[str]) -> float:
+        return (int(stat[11]) + int(stat[12])) / tick  # utime, stime (fields 14, 15)
+
+    own = children = 0.0
+    try:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "
+            if int(entry.name) == pid:
+                own = cpu(fields)
+            elif int(fields[1]) == pid:  # ppid
+                children += cpu(fields)
+    except OSError:
+        pass
+    return own, children
+
+
+class _Probe:
+    """CPU use of a server process (and its children) and the machine's load over a phase."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.load_before = os.getloadavg()
+        self.t0 = time.monotonic()
+        self.cpu0 = _tree_cpu_s(pid)
+
+    def figures(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        own, children = _tree_cpu_s(self.pid)
+        return {
+            "server_cpu_s_per_s": round((own - self.cpu0[0]) / elapsed, 2),
+            "server_children_cpu_s_per_s": round((children - self.cpu0[1]) / elapsed, 2),
+            "loadavg_before": [round(x, 2) for x in self.load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "cpus_online": os.cpu_count(),
+        }
+
+
+def _measured(pid: int, coro: Any) -> dict[str, Any]:
+    """Run one measurement with the server's CPU use and the load recorded beside it."""
+    probe = _Probe(pid)
+    result: dict[str, Any] = asyncio.run(coro)
+    result["host"] = probe.figures()
+    return result
 
 
 def _address(kind: str, workdir: Path, name: str) -> str:
@@ -269,7 +407,7 @@ def _daemon(manifest: Path, workdir: Path, kind: str, tag: str, extra: tuple[str
     try:
         _wait_connectable(admin, proc)
         _wait_connectable(listen, proc)
-        yield listen, admin, grants
+        yield listen, admin, grants, proc.pid
     finally:
         _stop(proc)
         log.close()
@@ -291,6 +429,7 @@ def _loaded_phase(
         listen,
         admin,
         grants,
+        pid,
     ):
         before = asyncio.run(_runtime_ns(admin))
         time.sleep(1.0)
@@ -302,7 +441,7 @@ def _loaded_phase(
                 "runtime is not executing threads, so nothing loads the CPUs"
             }
         token = (grants / "tuner.token").read_bytes().strip()
-        result = asyncio.run(_measure(listen, token, calls, inflight, "fairness/a"))
+        result = _measured(pid, _measure(listen, token, calls, inflight, "fairness/a"))
         result["cpu_seconds_per_second"] = round((after - before) / 1e9, 2)
         return result
 
@@ -315,6 +454,7 @@ def _loaded_phase(
     epilog="""\b
 Examples:
   capos-sched bench rpc --json
+  capos-sched bench rpc --quick --json
   capos-sched bench rpc --transport tcp --calls 1000 --rounds 1 --no-loaded
 """,
 )
@@ -348,15 +488,32 @@ Examples:
     help="Socket kind for every server, the daemon's and the echo baseline's.",
 )
 @click.option(
+    "--quick",
+    is_flag=True,
+    help="A fast run (under a minute): 500 calls, 100 in flight, one round.",
+)
+@click.option(
     "--loaded/--no-loaded",
     default=True,
     show_default=True,
     help="Also measure with the daemon's workers saturating every CPU.",
 )
 def rpc(
-    as_json: bool, calls: int, inflight: int, rounds: int, transport: str, loaded: bool
+    as_json: bool,
+    calls: int,
+    inflight: int,
+    rounds: int,
+    transport: str,
+    quick: bool,
+    loaded: bool,
 ) -> None:
-    """setWeight through the daemon vs a raw pycapnp echo (same run, same socket kind)."""
+    """setWeight through the daemon vs a raw pycapnp echo (same run, same socket kind).
+
+    Every figure carries the server's CPU use and the machine's load average
+    (``host``); echo behind the daemon's gate measures the gate's relay cost;
+    a client holding answers up to ``--max-answers`` measures their memory."""
+    if quick:
+        calls, inflight, rounds = 500, 100, 1
     workdir = Path(tempfile.mkdtemp(prefix="capos-bench-", dir="/tmp"))
     try:
         report = _run_bench(workdir, transport, calls, inflight, rounds, loaded)
@@ -373,31 +530,49 @@ def _run_bench(
 ) -> dict[str, Any]:
     manifest = workdir / "bench-idle.cue"
     manifest.write_text(IDLE_MANIFEST)
-    echo_addr = _address(kind, workdir, "echo")
-    echo = subprocess.Popen(
-        [
-            sys.executable,
-            ISOLATED,
-            "-c",
-            f"from capos_sched.rpc.bench import echo_server; echo_server({echo_addr!r})",
-        ],
-    )
-    echo_runs, idle_runs = [], []
+    servers = {}
+    for name, gated in (("echo", False), ("echo_gated", True)):
+        addr = _address(kind, workdir, name)
+        servers[name] = (
+            addr,
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    ISOLATED,
+                    "-c",
+                    "from capos_sched.rpc.bench import echo_server; "
+                    f"echo_server({addr!r}, {gated!r})",
+                ],
+            ),
+        )
+    runs: dict[str, list[dict[str, Any]]] = {"echo": [], "echo_gated": [], "idle": []}
+    memory: dict[str, Any] = {}
     try:
-        _wait_connectable(echo_addr, echo)
-        with _daemon(manifest, workdir, kind, "idle") as (listen, _admin, grants):
+        for addr, proc in servers.values():
+            _wait_connectable(addr, proc)
+        with _daemon(manifest, workdir, kind, "idle") as (listen, _admin, grants, pid):
             token = (grants / "client.token").read_bytes().strip()
-            for _ in range(rounds):
-                echo_runs.append(asyncio.run(_measure(echo_addr, b"x", calls, inflight)))
-                idle_runs.append(asyncio.run(_measure(listen, token, calls, inflight)))
+            # Memory first, on fresh servers (later the heap has room left by the in-flight runs).
+            memory["daemon"] = asyncio.run(_held_answers(listen, token, pid, MAX_ANSWERS + 100))
+            gated_addr, gated_proc = servers["echo_gated"]
+            memory["echo_gated"] = asyncio.run(
+                _held_answers(gated_addr, b"x", gated_proc.pid, MAX_ANSWERS + 100)
+            )
+            for _ in range(rounds):  # interleaved, so a change in the host's load hits all alike
+                for name, (addr, proc) in servers.items():
+                    runs[name].append(_measured(proc.pid, _measure(addr, b"x", calls, inflight)))
+                runs["idle"].append(_measured(pid, _measure(listen, token, calls, inflight)))
     finally:
-        _stop(echo)
+        for _, proc in servers.values():
+            _stop(proc)
     report: dict[str, Any] = {
         "transport": kind,
         "cpus_online": os.cpu_count(),
         "inflight": inflight,
-        "echo": _median(echo_runs),
-        "idle": _median(idle_runs),
+        "echo": _median(runs["echo"]),
+        "echo_gated": _median(runs["echo_gated"]),
+        "idle": _median(runs["idle"]),
+        "max_answers_memory": memory,
     }
     fairness = MANIFESTS_DIR / "system-thread-fairness.cue"
     if loaded and fairness.is_file():
@@ -408,10 +583,14 @@ def _run_bench(
         )
     elif loaded:
         report["loaded"] = {"skipped": f"{fairness} not found"}
-    ratio = (
-        report["idle"]["sequential"]["calls_per_s"] / report["echo"]["sequential"]["calls_per_s"]
-    )
+    seq = {name: report[name]["sequential"]["calls_per_s"] for name in runs}
+    ratio = seq["idle"] / seq["echo"]
     report["idle_vs_echo_sequential"] = round(ratio, 3)
+    report["gate_relay"] = {
+        "echo_gated_vs_echo_sequential": round(seq["echo_gated"] / seq["echo"], 3),
+        "added_us_per_call_sequential": round((1 / seq["echo_gated"] - 1 / seq["echo"]) * 1e6, 1),
+        "idle_vs_echo_gated_sequential": round(seq["idle"] / seq["echo_gated"], 3),
+    }
     report["goals"] = {
         "idle_sequential_at_least_80pct_of_echo": ratio >= GOAL_RATIO,
         "loaded_p99_at_most_2ms": (
@@ -428,7 +607,7 @@ def _print(report: dict[str, Any]) -> None:
         f"transport {report['transport']}, {report['inflight']} in flight for the concurrent runs"
     )
     click.echo(f"{'phase':<20} {'mode':<11} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    for phase in ("echo", "idle", "loaded", "loaded_nice_workers"):
+    for phase in ("echo", "echo_gated", "idle", "loaded", "loaded_nice_workers"):
         data = report.get(phase)
         if data is None:
             continue
@@ -440,4 +619,16 @@ def _print(report: dict[str, Any]) -> None:
             rate, p50, p99 = d["calls_per_s"], d["p50_ms"], d["p99_ms"]
             click.echo(f"{phase:<20} {mode:<11} {rate:>10.0f} {p50:>8.3f} {p99:>8.3f}")
     click.echo(f"idle/echo sequential throughput: {report['idle_vs_echo_sequential']:.0%}")
+    relay = report["gate_relay"]
+    click.echo(
+        f"gate relay: gated echo {relay['echo_gated_vs_echo_sequential']:.0%} of echo, "
+        f"+{relay['added_us_per_call_sequential']} us per sequential call"
+    )
+    for name, mem in report["max_answers_memory"].items():
+        click.echo(
+            f"{name}: {mem['answers_held']} answers held (bound reached: "
+            f"{mem['stopped_at_bound']}), RSS +{mem['rss_growth_bytes']} bytes, "
+            f"{mem['bytes_per_answer']} bytes per answer"
+        )
+    click.echo(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     click.echo("goals: " + ", ".join(f"{k}={v}" for k, v in report["goals"].items()))

@@ -1,4 +1,4 @@
-"""CpuDelegation over Cap'n Proto: authority over one scheduler node.
+"""CpuDelegation over Cap'n Proto: authority over one scheduler node (trio half).
 
 Two halves, one per thread, meeting only through plain data:
 
@@ -9,8 +9,9 @@ Two halves, one per thread, meeting only through plain data:
   scheduling state, so a revoke or a kill applied earlier in the same thread
   is always seen;
 * the RPC side (``delegation_server.py``: ``CpuDelegationServer``,
-  ``SubscriptionServer`` and ``SubscriptionHub``) decodes parameters, submits operations through the
-  bridge, encodes answers and sends notifications to listeners.
+  ``SubscriptionServer`` and ``SubscriptionHub``) decodes parameters, submits
+  operations through the bridge, encodes answers and sends notifications to
+  listeners.
 
 Fail closed (docs/capabilities.md): a grant of caps the node does not hold is
 ``denied``; naming a scheduler that is not a direct child is
@@ -108,6 +109,12 @@ class Node:
     a node is usable only while its manifest grant (``grant``, None for the
     operator's root node) and every ancestor node are usable and its
     scheduler is alive. The RPC thread reads only ``scheduler``.
+
+    Known limit: schedulers are named, not generation-counted, in the core's
+    API. A node latches stale when it sees its scheduler dead, and a kill
+    through a node latches the child nodes it handed out; but a node of
+    another grant that makes no call between a kill and a later load that
+    attaches a scheduler of the same name would reach the new one.
     """
 
     scheduler: str

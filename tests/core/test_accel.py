@@ -16,7 +16,6 @@ import pytest
 from hypothesis import example, given, settings
 
 from capos_sched.core import MAX_WEIGHT, QueueCpu, Scheduler, runqueue
-from capos_sched.core.policies import wfq
 from capos_sched.core.runqueue import KEY_MAX, KEY_MIN, PureVirtualFinishQueue
 from capos_sched.core.runqueue import pure_balance_victim as pure_victim
 
@@ -150,14 +149,13 @@ def test_scheduler_refuses_ordered_keys_beyond_64_bits_in_both() -> None:
 
 def scheduler_trace(pure: bool, cpus: int, weights: list[int], steps: list[tuple]) -> list:
     """Every Dispatch of a WFQ scheduler driven by ``steps``, with the ordered
-    DSQ and the steal/pull walk of one implementation."""
+    DSQ of one implementation (WFQ's steal/pull reads the queue fronts through
+    its own front heap, not ``balance_victim``: the walk is compared alone)."""
     mp = pytest.MonkeyPatch()
     cls = PureVirtualFinishQueue if pure else accelerated_class()
-    walk = pure_victim if pure else accel.balance_victim
     import capos_sched.core.scheduler as scheduler_module
 
     mp.setattr(scheduler_module, "VirtualFinishQueue", cls)
-    mp.setattr(wfq, "balance_victim", walk)
     try:
         s = Scheduler(cpus)
         refs = [

@@ -134,6 +134,13 @@ def test_the_export_keeps_durations_as_written():
         lambda: GrantPlan("g", "thread", None),
         lambda: GrantPlan("g", "schedulingPolicy", "p/t"),
         lambda: GrantPlan("g", "cpu", None),
+        lambda: GrantPlan("g", "cpuDelegation"),  # no scheduler
+        lambda: GrantPlan("g", "schedulingPolicy", scheduler="root"),
+        lambda: Plan(
+            "x",
+            MachinePlan(1, "wfq", 1),
+            [ProcessPlan("p", [], grants=[GrantPlan("g", "cpuDelegation", scheduler="nope")])],
+        ),
         lambda: ProcessPlan("p", [ThreadPlan("q", "t", 1, LatencyClass.NORMAL, Spin())]),
         lambda: ProcessPlan("p", [ThreadPlan("p", "t", 1, LatencyClass.NORMAL, Spin())] * 2),
         lambda: ProcessPlan("p", [], exec=[]),

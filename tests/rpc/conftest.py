@@ -216,13 +216,19 @@ class InProcess:
     """serve_async in a trio thread of this process (no signals, PlanHost)."""
 
     def __init__(
-        self, workdir: Path, plan: Any, max_calls: int = 1024, host_factory: Any = None
+        self,
+        workdir: Path,
+        plan: Any,
+        max_calls: int = 1024,
+        host_factory: Any = None,
+        host_runner: Any = None,
     ) -> None:
         from capos_sched.rpc.addr import parse_address
-        from capos_sched.rpc.daemon import DaemonConfig, serve_async
+        from capos_sched.rpc.daemon import DaemonConfig, idle_runner, serve_async
         from capos_sched.serve import plan_host, plan_loader
 
         factory = host_factory or plan_host
+        runner = host_runner or idle_runner
         self.dir = workdir
         self.listen = f"unix:{workdir / 'l.sock'}"
         self.admin = f"unix:{workdir / 'a.sock'}"
@@ -252,6 +258,7 @@ class InProcess:
                             plan,
                             plan_loader,
                             factory,
+                            runner,
                             task_status=task_status,
                             handle_signals=False,
                         )

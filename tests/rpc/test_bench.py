@@ -12,21 +12,33 @@ from .conftest import cli
 
 @pytest.mark.slow
 def test_bench_rpc_reports_echo_idle_and_loaded_phases() -> None:
-    out = cli(
-        "bench", "rpc", "--json", "--calls", "100", "--inflight", "20", "--rounds", "1", timeout=180
-    )
+    out = cli("bench", "rpc", "--json", "--quick", timeout=180)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    for phase in ("echo", "idle"):
+    for phase in ("echo", "echo_gated", "idle"):
         for mode in ("sequential", "inflight"):
             figures = report[phase][mode]
-            assert figures["calls"] == (100 if mode == "sequential" else 400)
+            assert figures["calls"] == (500 if mode == "sequential" else 2000)
             assert figures["calls_per_s"] > 0
             assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+        (host,) = report[phase]["host_per_round"]  # the server's CPU and the load, per figure
+        assert host["server_cpu_s_per_s"] > 0  # the server did the work: it used CPU
+        assert len(host["loadavg_before"]) == len(host["loadavg_after"]) == 3
+        assert host["cpus_online"] >= 1
+    for name in ("daemon", "echo_gated"):  # the gate bounds what a client makes the server hold
+        memory = report["max_answers_memory"][name]
+        assert memory["stopped_at_bound"] is True
+        assert memory["answers_held"] == 4096
+    assert set(report["gate_relay"]) == {
+        "echo_gated_vs_echo_sequential",
+        "added_us_per_call_sequential",
+        "idle_vs_echo_gated_sequential",
+    }
     loaded = report["loaded"]
     assert "sequential" in loaded or "skipped" in loaded
     if "sequential" in loaded:
         assert loaded["cpu_seconds_per_second"] > 0.5
+        assert loaded["host"]["server_children_cpu_s_per_s"] > 0.5  # the workers load the CPUs
     assert set(report["goals"]) == {
         "idle_sequential_at_least_80pct_of_echo",
         "loaded_p99_at_most_2ms",

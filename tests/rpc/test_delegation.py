@@ -245,3 +245,26 @@ async def _until(predicate: Any, timeout: float = 10) -> None:
             raise AssertionError("condition not reached")
         gc.collect()
         await asyncio.sleep(0.05)
+
+
+def test_a_load_that_drops_the_grant_revokes_the_node(deleg: InProcess) -> None:
+    from .conftest import DELEG_MANIFEST
+
+    dropped = DELEG_MANIFEST.replace(
+        '\tops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}\n',
+        '\tops: grants: policy: kind: "schedulingPolicy"\n',
+    )
+    assert dropped != DELEG_MANIFEST
+
+    async def main() -> None:
+        s, root = await _root(deleg)
+        async with s:
+            web = await root.child("web")
+            async with await cl.connect_admin(deleg.admin) as admin:
+                result = await admin.load(dropped, "dropped.cue")
+            assert "ops.cpus" in result["revoked"]
+            for node in (root, web):
+                with pytest.raises(cl.Revoked):
+                    await node.children()
+
+    arun(main)

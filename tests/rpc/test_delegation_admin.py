@@ -91,11 +91,15 @@ def test_stats_reports_every_scheduler(deleg: InProcess) -> None:
     assert "scheduler web: cpus 1:enq, rejected=0" in text
 
 
-def test_stats_without_cpu_delegation_in_the_host_has_no_schedulers(inproc: InProcess) -> None:
+def test_stats_of_a_plan_without_sub_schedulers_shows_only_the_root(inproc: InProcess) -> None:
     import json
 
     from .conftest import cli
 
     out = cli("stats", "--admin", inproc.admin, "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["schedulers"] is None
+    (root,) = json.loads(out.stdout)["schedulers"]
+    assert (root["name"], root["alive"], len(root["holdings"])) == ("root", True, 2)
+    assert root["holdings"][0]["held"] == ["enqImmed", "enq", "preempt"]
+    text = cli("stats", "--admin", inproc.admin).stdout
+    assert "scheduler " not in text  # one line per scheduler only once there are several

@@ -80,3 +80,98 @@ def test_kill_through_the_real_core_leaves_a_parent_kill_record(real: InProcess)
             assert rows["root"]["parent"] is None and rows["web"]["alive"] is True
 
     arun(main)
+
+
+SERVE_MANIFEST = """\
+package capos
+
+machine: {cpus: 2, policy: "wfq"}
+
+processes: {
+	work: threads: a: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	ops: grants: cpus: {kind: "cpuDelegation", scheduler: "root"}
+}
+"""
+
+
+def test_the_real_daemon_serves_the_root_node_and_fails_closed(workdir: Path) -> None:
+    import json
+
+    from .conftest import Daemon, assert_no_traceback, cli
+
+    d = Daemon(workdir, SERVE_MANIFEST)
+    try:
+
+        async def main() -> None:
+            async with await cl.connect(d.listen, token=d.token("ops")) as s:
+                root = await s.cpu_delegation("cpus")
+                rows = await root.holdings()
+                assert [(h.cpu, h.held) for h in rows] == [
+                    (0, ("enqImmed", "enq", "preempt")),
+                    (1, ("enqImmed", "enq", "preempt")),
+                ]
+                assert await root.children() == []
+                with pytest.raises(cl.InvalidArgument, match="not a direct child"):
+                    await root.grant("web", [0], ["enq"])
+                out = cli("revoke", "--admin", d.admin, "ops.cpus")
+                assert out.returncode == 0, out.stderr
+                with pytest.raises(cl.Revoked):
+                    await root.holdings()
+
+        arun(main)
+        shown = cli("cpus", "show", "--admin", d.admin, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert [r["name"] for r in json.loads(shown.stdout)] == ["root"]
+        out = cli("cpus", "kill", "web", "--admin", d.admin)
+        assert out.returncode == 1 and out.stderr.startswith("invalidArgument:"), out.stderr
+        assert_no_traceback(out.stderr)
+    finally:
+        assert d.stop() == 0
+
+
+TREE_MANIFEST = """\
+package capos
+
+machine: {cpus: 4, policy: "wfq"}
+schedulers: {
+	web: {weight: 200}
+	api: {parent: "web", weight: 100}
+	batch: {weight: 100}
+}
+processes: {
+	front: {
+		scheduler: "web"
+		threads: w: {workload: {kind: "sleeper", burst: "100us", period: "50ms"}}
+	}
+	webops: grants: node: {kind: "cpuDelegation", scheduler: "web"}
+}
+"""
+
+
+def test_a_sub_scheduler_grant_reaches_its_subtree_only(workdir: Path) -> None:
+    from .conftest import Daemon, cli
+
+    d = Daemon(workdir, TREE_MANIFEST, args=("--no-execute",))
+    try:
+
+        async def main() -> None:
+            async with await cl.connect(d.listen, token=d.token("webops")) as s:
+                web = await s.cpu_delegation("node")
+                assert await web.children() == ["api"]
+                held = [h.cpu for h in await web.holdings() if "enq" in h.held]
+                assert held, "the default split gives web exclusive CPUs"
+                assert await web.grant("api", held[:1], ["enq"]) == []
+                for call in (web.grant("batch", held[:1], ["enq"]), web.child("root")):
+                    with pytest.raises(cl.InvalidArgument):
+                        await call
+                api = await web.child("api")
+                assert held[0] in [h.cpu for h in await api.holdings()]
+                out = cli("cpus", "kill", "api", "--admin", d.admin, "--reason", "drill")
+                assert out.returncode == 0, out.stderr
+                with pytest.raises(cl.Stale):
+                    await api.holdings()
+                assert await web.children() == []
+
+        arun(main)
+    finally:
+        assert d.stop() == 0

@@ -438,3 +438,27 @@ async def test_a_server_removed_mid_call_releases_its_client() -> None:
     report = runtime.report()
     assert report["stop_reason"] == "finished"
     assert by_name(report)["c/client"]["finished_ns"] is not None
+
+
+async def test_a_plan_staged_in_steps_runs_nameless_until_commit_and_abort_kills_it() -> None:
+    """Stepped loads (rpc/loads.py): staged threads run, but no name reaches them
+    before the commit; an abort kills them; a commit names them."""
+    sleepy = thread("s/sleepy", Sleeper(burst_ns=0, period_ns=60 * 10**9))  # parks the CPU
+    first, second = plan(sleepy, cpus=1), plan(sleepy, thread("h/c", Spin()), cpus=1)
+    runtime = Runtime(first)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        await trio.sleep(0.05)  # the CPU parks: nothing to run
+        staged = runtime.stage_plan(second)
+        assert runtime.spawn_step(staged, runtime.now_ns(), 1) is True
+        (ref,) = staged.spawned.values()
+        await wait_until(lambda: runtime.scheduler.snapshot(ref).runtime_ns > 0)
+        assert runtime.thread_ref("h/c") is None  # staged: running, but nameless
+        runtime.abort_plan(staged, runtime.now_ns())
+        await wait_until(lambda: not runtime.scheduler.is_live(ref))
+        again = runtime.stage_plan(second)
+        runtime.spawn_step(again, runtime.now_ns(), 10)
+        change = runtime.commit_plan(again)
+        assert change.added == ("h/c",)
+        assert runtime.thread_ref("h/c") == again.spawned["h/c"]
+        runtime.request_stop("test")
