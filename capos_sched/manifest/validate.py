@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from capos_sched.core.delegation import MIN_POOL_ROTATION_NS
 from capos_sched.core.thread import LatencyClass
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload
 
@@ -145,7 +146,18 @@ class _Builder:
         slice_ns = self.duration(data, "slice", ("machine",), positive=True)
         if slice_ns is None or policy is None:
             return None
-        return MachinePlan(data["cpus"], policy, slice_ns)
+        rotation = self.duration(data, "poolRotation", ("machine",), positive=True)
+        if "poolRotation" in data:
+            if rotation is None:
+                return None
+            if rotation < MIN_POOL_ROTATION_NS:
+                self.error(
+                    self.value_pos(("machine", "poolRotation")),
+                    f"poolRotation {quote(str(data['poolRotation']))} is below the minimum "
+                    f"{MIN_POOL_ROTATION_NS // 1_000_000}ms",
+                )
+                return None
+        return MachinePlan(data["cpus"], policy, slice_ns, pool_rotation_ns=rotation)
 
     def policy(self, value: str, path: Path = ("machine", "policy")) -> str | None:
         """A built-in name, or a policy file (``.py``) resolved relative to the

@@ -125,3 +125,23 @@ def test_a_plan_without_schedulers_is_unchanged():
     plan = load_plan(MANIFESTS / "default.cue")
     assert plan.schedulers == () and plan.events == ()
     assert {p.scheduler for p in plan.processes} == {"root"}
+
+
+def test_machine_pool_rotation_sets_the_pools_period():
+    from capos_sched.core import Scheduler
+    from capos_sched.drive import attach_schedulers
+
+    text = 'machine: {cpus: 5, poolRotation: "50ms"}\nschedulers: {a: {}, b: {}}\n'
+    plan = load_plan_text(text, "m.cue")
+    assert plan.machine.pool_rotation_ns == 50 * MS
+    core = Scheduler(5, "wfq")
+    attach_schedulers(core, plan)
+    assert core.next_delegation_event_ns() == 50 * MS
+    default = Scheduler(5, "wfq")
+    attach_schedulers(default, load_plan_text(text.replace(', poolRotation: "50ms"', "")))
+    assert default.next_delegation_event_ns() == 200 * MS
+
+
+def test_a_pool_rotation_below_ten_ms_is_a_positioned_error():
+    with pytest.raises(ManifestError, match=r'm.cue:1:34: poolRotation "5ms" is below the minimum'):
+        load_plan_text('machine: {cpus: 4, poolRotation: "5ms"}\n', "m.cue")
