@@ -81,6 +81,8 @@ def attach_schedulers(core: Scheduler, plan: Any, now_ns: int = 0) -> list[Effec
     from capos_sched.policy_files import policy_and_guard
 
     effects = []
+    if plan.schedulers and plan.machine.pool_rotation_ns is not None:
+        core.set_pool_rotation(plan.machine.pool_rotation_ns)
     for sched in plan.schedulers:
         policy, _guard = policy_and_guard(sched.policy or plan.machine.policy)
         fx = core.attach_scheduler(sched.name, sched.parent, policy, sched.weight, now_ns)

@@ -205,11 +205,18 @@ class Simulator:
     def _watchdog(self) -> None:
         assert self.watchdog_ns is not None
         stalls = self.core.stalls(self.now_ns, self.watchdog_ns)
+        # The verdict is on the policy that runs the stalled thread: the root's,
+        # or a sub-scheduler's (ejected alone, see Scheduler.eject_scheduler_policy).
+        worst_of: dict[str, Any] = {}
+        for stall in stalls:
+            worst_of.setdefault(stall.scheduler, stall)
+        for name, worst in worst_of.items():
+            message = f"{worst.name} waited {worst.judged_ns / 1e6:.1f} ms"
+            if name == "root":
+                self.core.eject("stall", message, self.now_ns)
+            else:
+                self._act(self.core.eject_scheduler_policy(name, "stall", message, self.now_ns)[1])
         if stalls:
-            worst = stalls[0]
-            self.core.eject(
-                "stall", f"{worst.name} waited {worst.judged_ns / 1e6:.1f} ms", self.now_ns
-            )
             for cpu in sorted(self._idle):
                 self._schedule(self.now_ns, "kick", cpu)
         self._schedule(self.now_ns + self.watchdog_ns // 4, "watchdog", 0)

@@ -204,6 +204,9 @@ class Stall:
     cpu: int | None
     weight: int
     latency_class: LatencyClass
+    scheduler: str = "root"
+    """The (sub-)scheduler whose policy runs the thread: the watchdog's verdict
+    is on that policy (``eject`` for the root, ``eject_scheduler_policy``)."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -607,6 +610,7 @@ class Scheduler:
                     thread.last_cpu,
                     thread.weight,
                     thread.latency_class,
+                    thread.scheduler,
                 )
             )
         out.sort(key=lambda s: -s.judged_ns)
@@ -878,6 +882,23 @@ class Scheduler:
             return None
         self.now_ns = now_ns
         return self._eject(ExitKind(kind), None, message)
+
+    def eject_scheduler_policy(
+        self, name: str, kind: ExitKind | str, message: str, now_ns: int
+    ) -> tuple[PolicyExit | None, Effects]:
+        """Eject sub-scheduler ``name``'s policy to fifo from outside (the
+        watchdog's stall verdict on one of its threads). The record is None
+        when it already runs the fallback, or holds no CPU: a thread whose
+        scheduler has no CPU is starved by its parent, not by its policy."""
+        if self._deleg is None or name == "root":
+            raise InvalidArgument(f"{name!r} is not a sub-scheduler")
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            record = self._deleg.eject_policy(name, ExitKind(kind), message)
+        finally:
+            fx = self._end(None)
+        return record, fx
 
     # --------------------------------------------------------------------- IPC
 

@@ -512,12 +512,33 @@ class Delegation:
             self._eject(st, name, exc)
             return None
 
-    def _eject(self, st: SchedState, callback: str, exc: BaseException) -> None:
+    def eject_policy(self, name: str, kind: Any, message: str) -> Any:
+        """Eject ``name``'s policy to fifo from outside (a stall verdict), with
+        a ``kind`` record; None if fifo runs already or ``name`` holds no CPU."""
+        self.check_live(name)
+        st = self.states[name]
+        if getattr(st.policy, "name", None) == "fifo" and getattr(st.policy, "builtin", False):
+            return None
+        if not any(caps & CpuCap.ENQ_IMMED for caps in self.tree.nodes[name].held.values()):
+            return None
+        self._eject(st, None, None, kind=kind, message=message)
+        return st.policy_exits[-1]
+
+    def _eject(
+        self,
+        st: SchedState,
+        callback: str | None,
+        exc: BaseException | None,
+        kind: Any = None,
+        message: str = "",
+    ) -> None:
         from .policy import ExitKind, PolicyExit
 
-        kind = ExitKind.INVALID if isinstance(exc, PolicyViolation) else ExitKind.ERROR
+        if exc is not None:
+            kind = ExitKind.INVALID if isinstance(exc, PolicyViolation) else ExitKind.ERROR
+            message = f"{type(exc).__name__}: {exc}"
         name = str(getattr(st.policy, "name", type(st.policy).__name__))
-        record = PolicyExit(kind, name, callback, f"{type(exc).__name__}: {exc}", self.sched.now_ns)
+        record = PolicyExit(kind, name, callback, message, self.sched.now_ns)
         st.policy_exits.append(record)
         if getattr(st.policy, "name", None) == "fifo" and getattr(st.policy, "builtin", False):
             raise InvalidState(f"the fallback policy of {st.name!r} failed: {exc}") from exc

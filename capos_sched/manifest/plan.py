@@ -64,6 +64,8 @@ class MachinePlan:
     cpus: int = attrs.field(validator=_positive)
     policy: str = attrs.field(validator=_policy)
     slice_ns: int = attrs.field(validator=_positive)
+    pool_rotation_ns: int | None = attrs.field(default=None, kw_only=True)
+    """The root's pool period under sub-schedulers (None: the default, 200 ms)."""
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from capos_sched.core.delegation import MIN_POOL_ROTATION_NS
 from capos_sched.core.thread import LatencyClass
 from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin, Workload
 
@@ -145,7 +146,18 @@ class _Builder:
         slice_ns = self.duration(data, "slice", ("machine",), positive=True)
         if slice_ns is None or policy is None:
             return None
-        return MachinePlan(data["cpus"], policy, slice_ns)
+        rotation = self.duration(data, "poolRotation", ("machine",), positive=True)
+        if "poolRotation" in data:
+            if rotation is None:
+                return None
+            if rotation < MIN_POOL_ROTATION_NS:
+                self.error(
+                    self.value_pos(("machine", "poolRotation")),
+                    f"poolRotation {quote(str(data['poolRotation']))} is below the minimum "
+                    f"{MIN_POOL_ROTATION_NS // 1_000_000}ms",
+                )
+                return None
+        return MachinePlan(data["cpus"], policy, slice_ns, pool_rotation_ns=rotation)
 
     def policy(self, value: str, path: Path = ("machine", "policy")) -> str | None:
         """A built-in name, or a policy file (``.py``) resolved relative to the
@@ -334,8 +346,11 @@ class _Builder:
                 )
         return tuple(ordered)
 
-    def events(self, data: Any, schedulers: tuple[SchedulerPlan, ...]) -> list[Any]:
-        """The timed delegation events, by time (ties: manifest order)."""
+    def events(
+        self, data: Any, schedulers: tuple[SchedulerPlan, ...], nr_cpus: int | None = None
+    ) -> list[Any]:
+        """The timed delegation events, by time (ties: manifest order); a CPU
+        outside the machine is an error."""
         declared = [s.name for s in schedulers]
         events = []
         for name, body in _items(data):
@@ -352,6 +367,16 @@ class _Builder:
                     self.value_pos((*path, "child")),
                     f"event {show_name(name)} names {quote(child)}, which is not declared under "
                     "`schedulers:`" + _suggest(child, declared),
+                )
+                continue
+            outside = [
+                (i, c) for i, c in enumerate(body["cpus"]) if nr_cpus is not None and c >= nr_cpus
+            ]
+            if outside:
+                self.error(
+                    self.value_pos((*path, "cpus", outside[0][0])),
+                    f"event {show_name(name)} names CPU {outside[0][1]}; the machine has "
+                    f"CPUs 0-{nr_cpus - 1}",
                 )
                 continue
             if body["action"] != "kill" and not (body["cpus"] and body["caps"]):
@@ -541,7 +566,9 @@ def build_plan(
             if process is not None:
                 processes.append(process)
     schedulers = builder.schedulers(data.get("schedulers"), processes_data)
-    events = builder.events(data.get("events"), schedulers)
+    events = builder.events(
+        data.get("events"), schedulers, None if machine is None else machine.cpus
+    )
     if builder.failed or machine is None or diagnostics:
         return None
     return Plan(source_name, machine, tuple(processes), schedulers=schedulers, events=tuple(events))

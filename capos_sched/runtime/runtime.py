@@ -943,6 +943,8 @@ class Runtime(PlanHost):
                     threshold_ms=round(self.watchdog_threshold_ns / 1e6, 1),
                     reason=self._stall_reason(stall),
                 )
+        self._eject_stalled_sub_policies(stalls, now)
+        stalls = [stall for stall in stalls if stall.scheduler == "root"]
         worst = stalls[0] if stalls else None
         if worst is not None and worst.judged_ns > self.watchdog_bypass_ns:
             previous = core.policy_name
@@ -973,6 +975,23 @@ class Runtime(PlanHost):
             elif now - self._quiet_since_ns >= self.bypass_quiet_ns():
                 self.set_policy(self._bypassed, reason="bypass ended: no stall for a threshold")
         return stalled_now
+
+    def _eject_stalled_sub_policies(self, stalls: list[Any], now: int) -> None:
+        """A stall past the bypass bound of a sub-scheduler's thread ejects that
+        scheduler's policy to fifo (for good), never the root's."""
+        done: set[str] = set()
+        for stall in stalls:
+            name = stall.scheduler
+            if name == "root" or name in done or stall.judged_ns <= self.watchdog_bypass_ns:
+                continue
+            done.add(name)
+            message = f"{stall.name} waited {stall.judged_ns / 1e6:.1f} ms"
+            record, effects = self.scheduler.eject_scheduler_policy(name, "stall", message, now)
+            if record is not None:
+                log.warning(
+                    "watchdog: sub-scheduler policy ejected", scheduler=name, message=message
+                )
+            self._act(effects)
 
     def bypass_quiet_ns(self) -> int:
         """How long a bypass must see no stall before the replaced policy is

@@ -146,6 +146,72 @@ def report_table(
     return table
 
 
+def _cpu_ranges(cpus: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``1-3,5``."""
+    parts: list[str] = []
+    for cpu in sorted(cpus):
+        if parts and "-" not in parts[-1].split(",")[-1] and int(parts[-1]) == cpu - 1:
+            parts[-1] = f"{cpu - 1}-{cpu}"
+        elif parts and "-" in parts[-1] and int(parts[-1].split("-")[1]) == cpu - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts)
+
+
+def holdings_text(holdings: list[dict[str, Any]]) -> str:
+    """A scheduler's CPUs by their strongest literal cap: ``enq 1-2 enqImmed 3``."""
+    by_cap: dict[str, list[int]] = {}
+    for h in holdings:
+        held = h["held"]
+        if held:
+            strongest = next(c for c in ("preempt", "enq", "enqImmed") if c in held)
+            by_cap.setdefault(strongest, []).append(h["cpu"])
+    order = ("preempt", "enq", "enqImmed")
+    return " ".join(f"{cap} {_cpu_ranges(by_cap[cap])}" for cap in order if cap in by_cap) or "-"
+
+
+def scheduler_table(report: dict[str, Any]) -> Table | None:
+    """One row per scheduler (reports with sub-schedulers only): its literal
+    holdings, CPU time allocated (in all, and per CPU), the enforcement
+    counters and the exit record of a killed one."""
+    rows = report.get("schedulers") or []
+    if not rows:
+        return None
+    table = Table(
+        title="schedulers", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD
+    )
+    columns = ["scheduler", "parent", "weight", "holds", "allocated ms", "per CPU ms"]
+    columns += ["rejected", "forced", "kicks denied", "preempts denied", "evicted", "exit"]
+    for column in columns:
+        left = column in ("scheduler", "parent", "holds", "per CPU ms", "exit")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column != "exit")
+    for row in rows:
+        allocated = {int(k): v for k, v in row["allocated_ns"].items()}
+        per_cpu = " ".join(f"{cpu}:{ns / 1e6:.0f}" for cpu, ns in sorted(allocated.items()))
+        exit_record = row.get("exit")
+        exit_text = (
+            ""
+            if exit_record is None
+            else f"{exit_record['kind']} by {exit_record['parent']}: {exit_record['message']}"
+        )
+        table.add_row(
+            row["name"],
+            row.get("parent") or (exit_record or {}).get("parent") or "-",
+            "-" if row.get("weight") is None else str(row["weight"]),
+            holdings_text(row.get("holdings") or []) if row.get("alive", True) else "(killed)",
+            _ms(sum(allocated.values())),
+            per_cpu or "-",
+            str(row["rejected_inserts"]),
+            str(row["forced_admits"]),
+            str(row["denied_kicks"]),
+            str(row["denied_preempts"]),
+            str(row["evictions"]),
+            exit_text,
+        )
+    return table
+
+
 def report_header(report: dict[str, Any], *, ascii_only: bool = False) -> Text:
     overhead = report.get("dispatch_overhead_ns") or {}
     parts = [
@@ -182,6 +248,11 @@ def report_view(
     """Header, table and notes; ``ascii_only`` for terminals that cannot show more."""
     header = report_header(report, ascii_only=ascii_only)
     items: list[Any] = [header, report_table(report, width=width)]
+    schedulers = scheduler_table(report)
+    if schedulers is not None:
+        items.append(schedulers)
+    for problem in report.get("refused_events") or []:
+        items.append(Text(problem, style="yellow"))
     for t in report["threads"]:
         if t.get("failed"):
             items.append(Text(f"{t['name']} failed: {t['failed']}", style="red"))

@@ -103,6 +103,12 @@ def test_the_pool_is_shared_round_robin():
             "a revoke needs `cpus` and `caps`",
         ),
         (
+            'schedulers: a: {}\nevents: x: {at: "1s", action: "revoke", child: "a", '
+            'cpus: [1, 9], caps: ["enq"]}',
+            "m.cue:3:63: event `x` names CPU 9; the machine has CPUs 0-3",
+        ),
+        ("schedulers: a: {weight: 10001}", "weight 10001 outside [1, 10000]"),
+        (
             'schedulers: a: {}\nevents: x: {at: "1s", action: "kill", child: "b"}',
             'event `x` names "b", which is not declared',
         ),
@@ -119,3 +125,23 @@ def test_a_plan_without_schedulers_is_unchanged():
     plan = load_plan(MANIFESTS / "default.cue")
     assert plan.schedulers == () and plan.events == ()
     assert {p.scheduler for p in plan.processes} == {"root"}
+
+
+def test_machine_pool_rotation_sets_the_pools_period():
+    from capos_sched.core import Scheduler
+    from capos_sched.drive import attach_schedulers
+
+    text = 'machine: {cpus: 5, poolRotation: "50ms"}\nschedulers: {a: {}, b: {}}\n'
+    plan = load_plan_text(text, "m.cue")
+    assert plan.machine.pool_rotation_ns == 50 * MS
+    core = Scheduler(5, "wfq")
+    attach_schedulers(core, plan)
+    assert core.next_delegation_event_ns() == 50 * MS
+    default = Scheduler(5, "wfq")
+    attach_schedulers(default, load_plan_text(text.replace(', poolRotation: "50ms"', "")))
+    assert default.next_delegation_event_ns() == 200 * MS
+
+
+def test_a_pool_rotation_below_ten_ms_is_a_positioned_error():
+    with pytest.raises(ManifestError, match=r'm.cue:1:34: poolRotation "5ms" is below the minimum'):
+        load_plan_text('machine: {cpus: 4, poolRotation: "5ms"}\n', "m.cue")
