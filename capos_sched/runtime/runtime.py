@@ -580,7 +580,7 @@ class Runtime(PlanHost):
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
-            if self.notification_sinks:
+            if self.plan.schedulers:
                 self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
@@ -753,19 +753,46 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         if effects.ejections:
             self._log_new_exits()
-        if self.notification_sinks:
+        if self.plan.schedulers:
             self._notify(list(getattr(effects, "notifications", None) or ()))
 
     def _notify(self, notifications: list[Any]) -> None:
         """Hand CPU-delegation notifications to the sinks (CpuListener
         subscribers, rpc/delegation.py): those of an effect, and those the core
         raised in dispatch (``take_notifications``: a revoke in effect on a CPU)."""
-        take = getattr(self.scheduler, "take_notifications", None)
-        if callable(take):
-            notifications += take()
-        if notifications:
-            for sink in self.notification_sinks:
-                sink(notifications)
+        # Drained at every dispatch even with no sink: the core keeps them
+        # until taken, and a long run's pool rotation raises some every period.
+        notifications += self.scheduler.take_notifications()
+        if not notifications:
+            return
+        if self.trace is not None:
+            self._trace_evictions(notifications)
+        for sink in self.notification_sinks:
+            sink(notifications)
+
+    def _trace_evictions(self, notifications: list[Any]) -> None:
+        """A Perfetto instant where a scheduler lost caps on a CPU: the change
+        took effect there, so its queued threads were evicted and none of its
+        threads runs there any more (``evict web`` on CPU 2)."""
+        assert self.trace is not None
+        at = self._rel(self.now_ns())
+        for note in notifications:
+            lost = note.before & ~note.after
+            if note.kind != "effectiveCapsUpdated" or not lost or note.cpu is None:
+                continue
+            stats = self.scheduler.scheduler_stats(note.scheduler)
+            self.trace.instant(
+                note.cpu,
+                f"evict {note.scheduler}",
+                at,
+                "delegation",
+                {
+                    "scheduler": note.scheduler,
+                    "before": note.before.names,
+                    "after": note.after.names,
+                    "evictions": stats.evictions,
+                },
+            )
 
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
@@ -895,6 +922,8 @@ class Runtime(PlanHost):
             for event in [e for e in pending if self._started_ns + e.at_ns <= now]:
                 pending.remove(event)
                 effects, problem = apply_event(self.scheduler, event, now)
+                if self.trace is not None and problem is None:
+                    self._trace_event(event, now)
                 self._act(effects)
                 if problem is not None:
                     log.warning("delegation event refused", problem=problem)
@@ -908,6 +937,15 @@ class Runtime(PlanHost):
             if not wakes:
                 return
             await trio.sleep(max(0, min(wakes) - self.now_ns()) / 1e9)
+
+    def _trace_event(self, event: Any, now_ns: int) -> None:
+        """A timed delegation event in the trace, on each CPU it names."""
+        assert self.trace is not None
+        args = {"event": event.name, "child": event.child, "caps": list(event.caps)}
+        for cpu in event.cpus or (0,):
+            self.trace.instant(
+                int(cpu), f"{event.action} {event.child}", self._rel(now_ns), "delegation", args
+            )
 
     async def _watchdog(self) -> None:
         period_s = max(self.watchdog_threshold_ns / 4, 1_000_000) / 1e9

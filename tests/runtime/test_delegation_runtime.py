@@ -10,6 +10,7 @@ import trio
 
 from capos_sched.manifest import load_plan
 from capos_sched.runtime.runtime import Runtime
+from capos_sched.runtime.trace import TraceRecorder
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -27,10 +28,13 @@ def test_run_builds_the_tree_and_runs_the_timed_revoke():
             for e in plan.events
         ),
     )
-    runtime = Runtime(plan)
+    trace = TraceRecorder(cpus=plan.machine.cpus)
+    runtime = Runtime(plan, trace=trace)
     assert runtime.scheduler.scheduler_names() == ["root", "web", "batch"]
     assert [h.cpu for h in runtime.scheduler.cpu_holdings("web") if h.held] == [1, 2]
     trio.run(functools.partial(runtime.run, duration_s=1.0))
+    # With no subscriber the runtime still drains the core's notifications.
+    assert runtime.scheduler.take_notifications() == []
     assert [h.cpu for h in runtime.scheduler.cpu_holdings("web") if h.held] == [1]
     stats = runtime.scheduler.scheduler_stats("web")
     assert set(stats.allocated_ns) <= {1, 2} and stats.allocated_ns.get(1, 0) > 0
@@ -43,3 +47,19 @@ def test_run_builds_the_tree_and_runs_the_timed_revoke():
         assert sum(thread["cpu_runtime_ns"].values()) == thread["runtime_ns"]
     assert [h["cpu"] for h in rows["web"]["holdings"]] == [1]
     assert rows["web"]["parent"] == "root" and rows["web"]["weight"] == 200
+    # The trace marks the timed revoke, then the eviction once it is in effect
+    # on CPU 2 (and nowhere else: web kept CPU 1); web ran on CPU 2 before the
+    # mark only.
+    marks = [e for e in trace.events if e.get("cat") == "delegation"]
+    revoke = [e for e in marks if e["name"] == "revoke web"]
+    evict = [e for e in marks if e["name"] == "evict web"]
+    assert [e["tid"] for e in revoke] == [2] and [e["tid"] for e in evict] == [2], marks
+    assert revoke[0]["ts"] <= evict[0]["ts"]
+    assert evict[0]["args"]["evictions"] == stats.evictions
+    assert "enqImmed" in evict[0]["args"]["before"] and evict[0]["args"]["after"] == []
+    web_slices = [
+        e
+        for e in trace.events
+        if e.get("ph") == "X" and e["tid"] == 2 and str(e["name"]).startswith("front/")
+    ]
+    assert web_slices and all(e["ts"] <= evict[0]["ts"] for e in web_slices)
