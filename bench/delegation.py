@@ -11,7 +11,11 @@ under the root, on 4 CPUs: the default split gives web CPUs 1-2 and batch CPU
   child's last run on the revoked CPU ends (virtual time: the mechanism's own
   latency, which is the slice cut at once, plus nothing else);
 - ``evictions_within_one_dispatch``: whether every revoke took effect by the
-  CPU's next dispatch (the rule).
+  CPU's next dispatch (the rule);
+- ``runtime_eviction_ns``: p50/p99 on the real runtime (wfq), from each timed
+  revoke of CPU 2 (``manifests/delegation-revoke.cue``, revoked and granted
+  back every ``RUNTIME_PERIOD_NS``) to the trace's ``evict web`` mark, made
+  when the lost caps took effect on CPU 2 (its slice cut, its next dispatch).
 
     python -m bench.matrix --cases delegation --quick --json
 """
@@ -26,6 +30,8 @@ from capos_sched.sim import Simulator
 from capos_sched.workload import Spin
 
 REVOKES = 200
+RUNTIME_PERIOD_NS = 50_000_000
+"""Revoke-and-grant-back period of the runtime eviction measure."""
 
 
 def _scheduler_shares(runtime: Any, plan: Any) -> dict[str, int]:
@@ -80,6 +86,46 @@ def eviction_latencies(revokes: int = REVOKES, seed: int = 0) -> tuple[list[int]
     return latencies, within_one
 
 
+def runtime_eviction_latencies(window_s: float) -> list[int]:
+    """Revoke CPU 2 from web on the real runtime every ``RUNTIME_PERIOD_NS``
+    (granted back half a period later); ns from each revoke's trace mark to
+    the ``evict web`` mark that follows it on CPU 2."""
+    import functools
+
+    import attrs
+    import trio
+
+    from bench.matrix import load
+    from capos_sched.manifest.plan import DelegationEventPlan
+    from capos_sched.runtime.runtime import Runtime
+    from capos_sched.runtime.trace import TraceRecorder
+
+    plan = load("delegation-revoke.cue")
+    events, at, k = [], 100_000_000, 0
+    while at + RUNTIME_PERIOD_NS < window_s * 1e9:
+        events.append(DelegationEventPlan(f"r{k}", at, "revoke", "web", (2,), ("enqImmed",)))
+        half = at + RUNTIME_PERIOD_NS // 2
+        events.append(DelegationEventPlan(f"g{k}", half, "grant", "web", (2,), ("enq",)))
+        at, k = at + RUNTIME_PERIOD_NS, k + 1
+    plan = attrs.evolve(plan, events=tuple(events))
+    trace = TraceRecorder(cpus=plan.machine.cpus)
+    runtime = Runtime(plan, "wfq", trace=trace)
+    trio.run(functools.partial(runtime.run, duration_s=window_s))
+    marks = sorted(
+        (e["ts"], e["name"])
+        for e in trace.events
+        if e.get("cat") == "delegation" and e.get("tid") == 2
+    )
+    latencies, revoked_at = [], None
+    for ts, name in marks:
+        if name == "revoke web":
+            revoked_at = ts
+        elif name == "evict web" and revoked_at is not None:
+            latencies.append(int((ts - revoked_at) * 1000))  # trace times are us
+            revoked_at = None
+    return latencies
+
+
 def measure_delegation(s: Any) -> dict[str, Any]:
     from bench.matrix import load, max_share_error, run_plan, summary
 
@@ -98,6 +144,7 @@ def measure_delegation(s: Any) -> dict[str, Any]:
     latencies, within = eviction_latencies(REVOKES // 4 if s.quick else REVOKES)
     out["eviction_ns"] = summary(latencies)
     out["evictions_within_one_dispatch"] = within
+    out["runtime_eviction_ns"] = summary(runtime_eviction_latencies(max(1.0, s.window_s)))
     return out
 
 
