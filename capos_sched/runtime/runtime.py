@@ -580,7 +580,7 @@ class Runtime(PlanHost):
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
-            if self.plan.schedulers:
+            if self.plan.schedulers or self.notification_sinks:
                 self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
@@ -753,7 +753,7 @@ class Runtime(PlanHost):
             self._preempt_for_wake(cpu)
         if effects.ejections:
             self._log_new_exits()
-        if self.plan.schedulers:
+        if self.plan.schedulers or self.notification_sinks:
             self._notify(list(getattr(effects, "notifications", None) or ()))
 
     def _notify(self, notifications: list[Any]) -> None:
