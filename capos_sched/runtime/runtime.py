@@ -392,6 +392,9 @@ class Runtime(PlanHost):
                 finished_ns=rt.finished_ns,
                 failed=rt.failed,
                 removed=rt.removed,
+                scheduler=self.scheduler.scheduler_of(rt.ref)
+                if self.scheduler.is_live(rt.ref)
+                else None,
                 cpu_runtime_ns={str(c): ns for c, ns in sorted(rt.cpu_runtime_ns.items())},
             )
             # The run report's order: name, process, weight, class, workload, ...

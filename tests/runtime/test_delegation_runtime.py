@@ -63,3 +63,51 @@ def test_run_builds_the_tree_and_runs_the_timed_revoke():
         if e.get("ph") == "X" and e["tid"] == 2 and str(e["name"]).startswith("front/")
     ]
     assert web_slices and all(e["ts"] <= evict[0]["ts"] for e in web_slices)
+
+
+def _with_events_at(plan, at_ns: int):
+    return type(plan)(
+        plan.source,
+        plan.machine,
+        plan.processes,
+        schedulers=plan.schedulers,
+        events=tuple(
+            type(e)(e.name, at_ns, e.action, e.child, e.cpus, e.caps, e.reason) for e in plan.events
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_run_kills_a_child_and_rehomes_its_threads_with_their_accounting():
+    plan = _with_events_at(load_plan(MANIFESTS / "delegation-kill.cue"), 300_000_000)
+    runtime = Runtime(plan)
+    trio.run(functools.partial(runtime.run, duration_s=0.8))
+    assert not runtime.scheduler.scheduler_alive("batch")
+    runtime.scheduler.check_invariants()
+    report = runtime.report()
+    rows = {r["name"]: r for r in report["schedulers"]}
+    assert rows["batch"]["exit"]["kind"] == "parentKill"
+    assert rows["batch"]["exit"]["message"] == "maintenance"
+    jobs = [t for t in report["threads"] if t["process"] == "jobs"]
+    assert [t["scheduler"] for t in jobs] == ["root", "root"]
+    for thread in jobs:  # the run time from before the kill is kept
+        assert sum(thread["cpu_runtime_ns"].values()) == thread["runtime_ns"] > 0
+        assert int(thread["cpu_runtime_ns"].get("3", 0)) > 0, thread  # batch's CPU, before
+
+
+@pytest.mark.slow
+def test_run_rotates_the_pool_between_the_children():
+    plan = load_plan(MANIFESTS / "delegation-pool.cue")
+    runtime = Runtime(plan)
+    trio.run(functools.partial(runtime.run, duration_s=1.0))
+    runtime.scheduler.check_invariants()
+    report = runtime.report()
+    own = {"pa": {1}, "pb": {2}}  # one CPU each beside the root's CPU 0; 3 and 4 are the pool
+    pool_ns = {"pa": 0, "pb": 0}
+    for thread in report["threads"]:
+        cpus = {int(c) for c, ns in thread["cpu_runtime_ns"].items() if ns}
+        assert cpus <= own[thread["process"]] | {3, 4}, thread
+        pool_ns[thread["process"]] += sum(
+            ns for c, ns in thread["cpu_runtime_ns"].items() if int(c) in (3, 4)
+        )
+    assert pool_ns["pa"] > 0 and pool_ns["pb"] > 0, pool_ns  # both held the pool in turn
