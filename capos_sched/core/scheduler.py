@@ -892,13 +892,7 @@ class Scheduler:
         scheduler has no CPU is starved by its parent, not by its policy."""
         if self._deleg is None or name == "root":
             raise InvalidArgument(f"{name!r} is not a sub-scheduler")
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            record = self._deleg.eject_policy(name, ExitKind(kind), message)
-        finally:
-            fx = self._end(None)
-        return record, fx
+        return self._collect(now_ns, self._deleg.eject_policy, name, ExitKind(kind), message)
 
     # --------------------------------------------------------------------- IPC
 
@@ -1125,68 +1119,39 @@ class Scheduler:
         """Attach sub-scheduler ``name`` under ``parent`` running ``policy`` (a
         built-in name, a policy object, or None for ``wfq``). The parent's
         default split gives it CPUs at once; one that would get none is refused."""
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            self._delegation().attach(name, parent, policy, weight, now_ns)
-        finally:
-            fx = self._end(None)
-        return fx
+        return self._collect(
+            now_ns, self._delegation().attach, name, parent, policy, weight, now_ns
+        )[1]
 
     def set_scheduler_weight(self, name: str, weight: int, now_ns: int) -> Effects:
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            self._delegation().set_weight(name, weight, now_ns)
-        finally:
-            fx = self._end(None)
-        return fx
+        return self._collect(now_ns, self._delegation().set_weight, name, weight, now_ns)[1]
 
     def grant_cpus(
         self, parent: str, child: str, cpus: Iterable[int], caps: CpuCap, now_ns: int
     ) -> tuple[list[int], Effects]:
         """Grant ``caps`` on ``cpus`` to a direct child; returns the denied CPUs."""
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            denied = self._delegation().grant(parent, child, list(cpus), CpuCap(caps))
-        finally:
-            fx = self._end(None)
-        return denied, fx
+        return self._collect(
+            now_ns, self._delegation().grant, parent, child, list(cpus), CpuCap(caps)
+        )
 
     def revoke_cpus(
         self, parent: str, child: str, cpus: Iterable[int], caps: CpuCap, now_ns: int
     ) -> Effects:
         """Revoke ``caps`` on ``cpus`` from a direct child's subtree; running
         threads that lost the CPU are in ``preempts`` (their slice ends now)."""
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            self._delegation().revoke(parent, child, list(cpus), CpuCap(caps))
-        finally:
-            fx = self._end(None)
-        return fx
+        return self._collect(
+            now_ns, self._delegation().revoke, parent, child, list(cpus), CpuCap(caps)
+        )[1]
 
     def kill_scheduler(self, parent: str, child: str, reason: str, now_ns: int) -> Effects:
         """Tear down a direct child's subtree; its threads re-home to ``parent``."""
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            self._delegation().kill(parent, child, reason, now_ns)
-        finally:
-            fx = self._end(None)
-        return fx
+        return self._collect(now_ns, self._delegation().kill, parent, child, reason, now_ns)[1]
 
     def delegation_tick(self, now_ns: int) -> Effects:
         """Advance the default delegation's pool rotation to ``now_ns``."""
-        self.now_ns = now_ns
-        self._begin()
-        try:
-            if self._routed is not None:
-                self._routed.rotate(now_ns)
-        finally:
-            fx = self._end(None)
-        return fx
+        if self._routed is None:
+            return self._collect(now_ns, lambda: None)[1]
+        return self._collect(now_ns, self._routed.rotate, now_ns)[1]
 
     def next_delegation_event_ns(self) -> int | None:
         """When ``delegation_tick`` next changes something (None: never)."""
@@ -1230,6 +1195,17 @@ class Scheduler:
         if self._fx is None:
             self._kicks.clear()
             self._preempts.clear()
+
+    def _collect(self, now_ns: int, call: Any, *args: Any) -> tuple[Any, Effects]:
+        """``call(*args)`` at ``now_ns`` as one public call: its result and the
+        effects it produced (the delegation operations, which name no thread)."""
+        self.now_ns = now_ns
+        self._begin()
+        try:
+            result = call(*args)
+        finally:
+            fx = self._end(None)
+        return result, fx
 
     def _begin(self) -> None:
         self._fx = Effects()
