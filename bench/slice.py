@@ -39,12 +39,12 @@ from typing import Any
 import click
 import trio
 
+from bench.matrix import summary
 from capos_sched.interpreter import ISOLATED
 from capos_sched.manifest import load_plan
 from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import OP_SPIN, REPLY, REQUEST, encode_request
 from capos_sched.runtime.runtime import DEFAULT_NICE, Runtime, RuntimeConfig
-from capos_sched.runtime.stats import percentile
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
@@ -65,18 +65,6 @@ while True:
         break
     sock.send(reply)
 """
-
-
-def summary(samples: list[int]) -> dict[str, int] | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return {
-        "count": len(ordered),
-        "p50": percentile(ordered, 0.50),
-        "p99": percentile(ordered, 0.99),
-        "max": ordered[-1],
-    }
 
 
 def load_average() -> list[float]:
