@@ -296,6 +296,37 @@ class InProcess:
         self._thread.join(30)
 
 
+def run_with_bridge(owner: Any, body: Any) -> Any:
+    """``await body(bridge)`` on an asyncio loop in a thread, while trio (this
+    thread) owns ``owner`` through a real Bridge; its value (or its error)."""
+    from capos_sched.rpc.bridge import Bridge
+
+    result: dict[str, Any] = {}
+
+    async def trio_main() -> None:
+        bridge = Bridge(owner, trio.lowlevel.current_trio_token())
+
+        def rpc_thread() -> None:
+            async def go() -> None:
+                bridge.attach(asyncio.get_running_loop())
+                result["value"] = await body(bridge)
+
+            try:
+                asyncio.run(go())
+            except BaseException as exc:
+                result["error"] = exc
+
+        t = threading.Thread(target=rpc_thread)
+        t.start()
+        await trio.to_thread.run_sync(t.join)
+        bridge.close()
+
+    trio.run(trio_main)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def base_plan() -> Any:
     from capos_sched.manifest import load_plan_text
 

@@ -5,11 +5,9 @@ new one, never a mix; a failure before the commit changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import pytest
-import trio
 
 from capos_sched.core import InvalidArgument, LatencyClass, ThreadState
 from capos_sched.manifest.plan import GrantPlan, MachinePlan, Plan, ProcessPlan, ThreadPlan
@@ -21,6 +19,8 @@ from capos_sched.rpc.owner import Owner
 from capos_sched.runtime.host import PlanHost
 from capos_sched.serve import CoreHost
 from capos_sched.workload import Sleeper
+
+from .conftest import run_with_bridge
 
 SLEEP = Sleeper(burst_ns=0, period_ns=10**9)
 
@@ -86,34 +86,6 @@ def _staging(owner: Owner) -> bool:
     return staged is not None and staged.state == "staging"
 
 
-def _run(owner: Owner, body: Any) -> Any:
-    """``body(bridge)`` on an asyncio loop in a thread while trio (this thread) owns ``owner``."""
-    result: dict[str, Any] = {}
-
-    async def trio_main() -> None:
-        bridge: Bridge[Owner] = Bridge(owner, trio.lowlevel.current_trio_token())
-
-        def rpc_thread() -> None:
-            async def go() -> None:
-                bridge.attach(asyncio.get_running_loop())
-                result["value"] = await body(bridge)
-
-            try:
-                asyncio.run(go())
-            except BaseException as exc:
-                result["error"] = exc
-
-        t = threading.Thread(target=rpc_thread)
-        t.start()
-        await trio.to_thread.run_sync(t.join)
-        bridge.close()
-
-    trio.run(trio_main)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _loads(bridge: Bridge[Owner], step_threads: int) -> PlanLoads:
     return PlanLoads(bridge, None, None, None, step_threads=step_threads)  # type: ignore[arg-type]
 
@@ -129,7 +101,7 @@ def test_a_load_takes_many_owner_steps_and_every_call_between_sees_one_whole_pla
             observed.append(await bridge.submit(lambda o: (_staging(o), _view(o))))
         return await load, observed, await bridge.submit(_view)
 
-    result, observed, after = _run(owner, body)
+    result, observed, after = run_with_bridge(owner, body)
     assert result.added[:1] == ("big/t0",) and result.removed == ("old/c",)
     assert owner.load_steps >= 2000 // 100 + 2  # stage, 20 spawn steps, commit, retire
     during = [view for staging, view in observed if staging]
@@ -168,7 +140,7 @@ def test_a_failure_mid_load_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> 
         await _loads(bridge, 100).apply_plan(_new_plan(10), "new.cue")  # not left mid-load
         return failed, await bridge.submit(_view)
 
-    failed, reloaded = _run(owner, body)
+    failed, reloaded = run_with_bridge(owner, body)
     assert len(spawned) == 450 and owner.load_steps >= 5  # it failed in the fifth step
     assert failed == before
     assert reloaded["names"] == sorted(["old/a", "old/b", *(f"big/t{i}" for i in range(10))])

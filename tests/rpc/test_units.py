@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import structlog
-import trio
 
 from capos_sched.client import (
     Disconnected,
@@ -36,7 +35,7 @@ from capos_sched.rpc.grants import GrantTable
 from capos_sched.runtime.host import PlanHost
 from capos_sched.serve import CoreHost
 
-from .conftest import BASE_MANIFEST, SLEEPER_B
+from .conftest import BASE_MANIFEST, SLEEPER_B, run_with_bridge
 
 # ------------------------------------------------------------------ errors
 
@@ -164,30 +163,7 @@ class _Recorder:
 def _with_bridge(body: Any) -> Any:
     """Run ``body(bridge, owner)`` on an asyncio loop in a thread, with trio owning."""
     owner = _Recorder()
-    result: dict[str, Any] = {}
-
-    async def trio_main() -> None:
-        bridge = Bridge(owner, trio.lowlevel.current_trio_token())
-
-        def rpc_thread() -> None:
-            async def go() -> None:
-                bridge.attach(asyncio.get_running_loop())
-                result["value"] = await body(bridge, owner)
-
-            try:
-                asyncio.run(go())
-            except BaseException as exc:
-                result["error"] = exc
-
-        t = threading.Thread(target=rpc_thread)
-        t.start()
-        await trio.to_thread.run_sync(t.join)
-        bridge.close()
-
-    trio.run(trio_main)
-    if "error" in result:
-        raise result["error"]
-    return result["value"], owner
+    return run_with_bridge(owner, lambda bridge: body(bridge, owner)), owner
 
 
 def test_bridge_runs_ops_in_order_in_the_trio_thread_and_coalesces() -> None:
