@@ -579,11 +579,11 @@ class Runtime(PlanHost):
     async def _cpu_loop(self, k: int) -> None:
         core = self.scheduler
         while not self._stopping:
-            picking = time.perf_counter_ns()
+            picking = time.perf_counter_ns() if self.probe is not None else 0  # bench slice
             dispatch = core.pick_next(k, self.now_ns())
             if core.exits and core.exits[-1] is not self._last_exit:
                 self._log_new_exits()  # pick_next returns no effects: an ejection in dispatch
-            if self.plan.schedulers or self.notification_sinks:
+            if self._plan.schedulers or self.notification_sinks:
                 self._notify([])  # a change that took effect on k in this dispatch
             if dispatch is None:
                 event = self._parked[k] = trio.Event()
@@ -593,7 +593,7 @@ class Runtime(PlanHost):
             await self._run_dispatch(k, dispatch, picking)
 
     async def _run_dispatch(self, k: int, dispatch: Dispatch, picking: int = 0) -> None:
-        picked = time.perf_counter_ns()
+        picked = time.perf_counter_ns() if self.probe is not None else 0
         probed: tuple[int, ...] | None = None
         rt = self._threads[dispatch.thread]
         start = self.now_ns()
