@@ -15,24 +15,9 @@ from typing import Any
 
 import attrs
 
+from capos_sched.core import CpuHoldingView as Holding
+from capos_sched.core import CpuNotification as Notification
 from capos_sched.core.delegation import CpuCap, DelegationTree, implied
-
-
-@attrs.frozen
-class Holding:
-    cpu: int
-    held: CpuCap
-    effective: CpuCap
-
-
-@attrs.frozen
-class Notification:
-    scheduler: str
-    kind: str
-    cpus: tuple[int, ...] = ()
-    cpu: int | None = None
-    before: CpuCap = CpuCap.NONE
-    after: CpuCap = CpuCap.NONE
 
 
 @attrs.define
