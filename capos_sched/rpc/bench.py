@@ -148,10 +148,11 @@ def echo_server(address: str, gated: bool = False) -> None:
 # ------------------------------------------------------------------ client
 
 
-async def _measure(
-    address: str, token: bytes, calls: int, inflight: int, thread: str = "t"
-) -> dict[str, Any]:
-    """Sequential then concurrent setWeight calls with raw pycapnp."""
+@contextlib.asynccontextmanager
+async def _policy_caps(address: str, token: bytes, thread: str) -> Any:
+    """Within a ``capnp.kj_loop``: a raw pycapnp connection that restores
+    ``token``; yields its ``policy`` and the handle of ``thread``, and closes
+    the connection at the end."""
     import capnp
 
     from .addr import parse_address
@@ -159,43 +160,52 @@ async def _measure(
 
     s = capos()
     addr = parse_address(address)
-    async with capnp.kj_loop():
-        if addr.kind == "unix":
-            stream = await capnp.AsyncIoStream.create_unix_connection(addr.path)
-        else:
-            stream = await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
-        client = capnp.TwoPartyClient(stream)
-        try:
-            restorer = client.bootstrap().cast_as(s.Restorer)
-            caps = (await restorer.restore(token)).caps
-            policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
-            handle = (await caps.get(thread)).cap.as_interface(s.ThreadHandle)
-            for i in range(min(200, calls)):  # warm-up
-                await policy.setWeight(handle, 1 + i % 100)
-            lat: list[float] = []
-            start = time.perf_counter()
-            for i in range(calls):
+    if addr.kind == "unix":
+        stream = await capnp.AsyncIoStream.create_unix_connection(addr.path)
+    else:
+        stream = await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
+    client = capnp.TwoPartyClient(stream)
+    try:
+        restorer = client.bootstrap().cast_as(s.Restorer)
+        caps = (await restorer.restore(token)).caps
+        policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
+        handle = (await caps.get(thread)).cap.as_interface(s.ThreadHandle)
+        yield policy, handle
+    finally:
+        client.close()
+        stream.close()
+
+
+async def _measure(
+    address: str, token: bytes, calls: int, inflight: int, thread: str = "t"
+) -> dict[str, Any]:
+    """Sequential then concurrent setWeight calls with raw pycapnp."""
+    import capnp
+
+    async with capnp.kj_loop(), _policy_caps(address, token, thread) as (policy, handle):
+        for i in range(min(200, calls)):  # warm-up
+            await policy.setWeight(handle, 1 + i % 100)
+        lat: list[float] = []
+        start = time.perf_counter()
+        for i in range(calls):
+            t0 = time.perf_counter()
+            await policy.setWeight(handle, 1 + i % 100)
+            lat.append(time.perf_counter() - t0)
+        seq_elapsed = time.perf_counter() - start
+
+        conc_calls = calls * 4
+        conc_lat: list[float] = []
+        counter = iter(range(conc_calls))
+
+        async def worker() -> None:
+            for i in counter:
                 t0 = time.perf_counter()
                 await policy.setWeight(handle, 1 + i % 100)
-                lat.append(time.perf_counter() - t0)
-            seq_elapsed = time.perf_counter() - start
+                conc_lat.append(time.perf_counter() - t0)
 
-            conc_calls = calls * 4
-            conc_lat: list[float] = []
-            counter = iter(range(conc_calls))
-
-            async def worker() -> None:
-                for i in counter:
-                    t0 = time.perf_counter()
-                    await policy.setWeight(handle, 1 + i % 100)
-                    conc_lat.append(time.perf_counter() - t0)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(inflight)))
-            conc_elapsed = time.perf_counter() - start
-        finally:
-            client.close()
-            stream.close()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        conc_elapsed = time.perf_counter() - start
     return {
         "sequential": _summary(lat, seq_elapsed),
         "inflight": _summary(conc_lat, conc_elapsed),
@@ -215,23 +225,9 @@ async def _held_answers(address: str, token: bytes, pid: int, limit: int) -> dic
     call waits for 1 s (the gate's ``--max-answers`` bound) or ``limit`` calls."""
     import capnp
 
-    from .addr import parse_address
-    from .schema import capos
-
-    s = capos()
-    addr = parse_address(address)
-    async with capnp.kj_loop():
-        if addr.kind == "unix":
-            stream = await capnp.AsyncIoStream.create_unix_connection(addr.path)
-        else:
-            stream = await capnp.AsyncIoStream.create_connection(addr.host, addr.port)
-        client = capnp.TwoPartyClient(stream)
+    async with capnp.kj_loop(), _policy_caps(address, token, "t") as (policy, handle):
         held: list[Any] = []
         try:
-            restorer = client.bootstrap().cast_as(s.Restorer)
-            caps = (await restorer.restore(token)).caps
-            policy = (await caps.get("policy")).cap.as_interface(s.SchedulingPolicyCap)
-            handle = (await caps.get("t")).cap.as_interface(s.ThreadHandle)
             await asyncio.sleep(0.2)
             before = _rss_bytes(pid)
             bounded = False
@@ -245,9 +241,7 @@ async def _held_answers(address: str, token: bytes, pid: int, limit: int) -> dic
             during = _rss_bytes(pid)
             count = len(held)
         finally:
-            held.clear()
-            client.close()
-            stream.close()
+            held.clear()  # the answers go before the connection closes
     answers = count + 3  # + restore and the two gets (the bootstrap is no call here)
     return {
         "answers_held": answers,
