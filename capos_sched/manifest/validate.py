@@ -401,45 +401,50 @@ class _Builder:
             for path in self.exported.label_positions
             if len(path) == 4 and path[0] == "processes" and path[2] == "threads"
         ]
-        known = set(threads)
-        for process, body in _items(processes):
-            for grant_name, grant in _items(_get(body, "grants")):
-                target = _get(grant, "thread")
-                if _get(grant, "kind") != "thread" or not isinstance(target, str):
-                    continue
-                if target in known:
-                    continue
-                path = ("processes", process, "grants", grant_name, "thread")
-                message = (
-                    f"grant {show_name(grant_name)} names thread {show_name(target)}, "
-                    "which does not exist"
-                )
-                suggestion = difflib.get_close_matches(target, threads, n=1, cutoff=0.6)
-                if suggestion:
-                    message += f"; did you mean {show_name(suggestion[0])}?"
-                elif "/" not in target:
-                    message += "; name a thread as `process/thread`"
-                self.error(self.value_pos(path), message)
+
+        def problem(target: str, suggestion: str | None) -> str:
+            message = f"names thread {show_name(target)}, which does not exist"
+            if suggestion:
+                return message + f"; did you mean {show_name(suggestion)}?"
+            if "/" not in target:
+                message += "; name a thread as `process/thread`"
+            return message
+
+        self._unknown_grant_targets(processes, "thread", "thread", threads, problem)
 
     def grant_schedulers(self, processes: dict[str, Any], schedulers: Any) -> None:
         """Every cpuDelegation grant names "root" or a declared scheduler."""
         declared = [ROOT_SCHEDULER, *(name for name, _ in _items(schedulers))]
+
+        def problem(target: str, suggestion: str | None) -> str:
+            message = (
+                f"names scheduler {quote(target)}, "
+                'which is neither "root" nor declared under `schedulers:`'
+            )
+            return message + (f"; did you mean {quote(suggestion)}?" if suggestion else "")
+
+        self._unknown_grant_targets(processes, "cpuDelegation", "scheduler", declared, problem)
+
+    def _unknown_grant_targets(
+        self,
+        processes: dict[str, Any],
+        kind: str,
+        field: str,
+        known: list[str],
+        problem: Callable[[str, str | None], str],
+    ) -> None:
+        """An error at every ``kind`` grant whose ``field`` names none of
+        ``known``: ``grant `g` <problem(target, closest known name or None)>``."""
+        names = set(known)
         for process, body in _items(processes):
             for grant_name, grant in _items(_get(body, "grants")):
-                target = _get(grant, "scheduler")
-                if _get(grant, "kind") != "cpuDelegation" or not isinstance(target, str):
+                target = _get(grant, field)
+                if _get(grant, "kind") != kind or not isinstance(target, str) or target in names:
                     continue
-                if target in declared:
-                    continue
-                path = ("processes", process, "grants", grant_name, "scheduler")
-                message = (
-                    f"grant {show_name(grant_name)} names scheduler {quote(target)}, "
-                    'which is neither "root" nor declared under `schedulers:`'
-                )
-                suggestion = difflib.get_close_matches(target, declared, n=1, cutoff=0.6)
-                if suggestion:
-                    message += f"; did you mean {quote(suggestion[0])}?"
-                self.error(self.value_pos(path), message)
+                close = difflib.get_close_matches(target, known, n=1, cutoff=0.6)
+                path = ("processes", process, "grants", grant_name, field)
+                message = problem(target, close[0] if close else None)
+                self.error(self.value_pos(path), f"grant {show_name(grant_name)} {message}")
 
     def endpoints(self, processes: dict[str, Any]) -> None:
         servers: dict[str, tuple[str, Path]] = {}
