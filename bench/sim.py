@@ -36,6 +36,8 @@ from typing import Any
 
 import click
 
+from capos_sched.runtime.commands import progress_option
+
 GOAL_S = 60.0
 INTERACTIVE_SHARE = 0.3
 SCENARIOS = ("hogs", "mixed")
@@ -260,14 +262,7 @@ a progress line goes to stderr when it is a terminal (see --progress).
     show_default=True,
     help="The built-in policy simulated (the goals are judged for wfq, the default).",
 )
-@click.option(
-    "--progress",
-    "progress_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="The progress line on stderr: auto shows it when stderr is a terminal.",
-)
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def sim(
     scenarios: tuple[str, ...],

@@ -77,6 +77,15 @@ cpus_option = click.option(
     help="Override the manifest's CPU count.  [default: the manifest's machine.cpus]",
 )
 policy_option = click.option("--policy", metavar="wfq|fifo|eevdf|PATH.py", help=POLICY_HELP)
+progress_option = click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="A progress line on stderr (virtual time, events/s, ETA): auto shows it when "
+    "stderr is a terminal. stdout (the report, or --json) is never touched.",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON report on stdout (no table)."
 )
@@ -301,15 +310,7 @@ async def _live_view(runtime: Any, duration: float | None) -> None:
 @cpus_option
 @policy_option
 @json_option
-@click.option(
-    "--progress",
-    "progress_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="A progress line on stderr (virtual time, events/s, ETA): auto shows it when "
-    "stderr is a terminal. stdout (the report, or --json) is never touched.",
-)
+@progress_option
 def simulate(
     manifest: Path | None,
     duration: float | None,
