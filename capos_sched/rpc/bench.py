@@ -67,12 +67,13 @@ def echo_server(address: str, gated: bool = False) -> None:
     """A raw pycapnp server: CapSet.get hands out a handle and a policy whose
     methods return at once (the baseline). ``gated``: every connection goes
     through the daemon's Gate (rpc/gate.py) exactly as in ``serve``, so echo
-    vs gated echo is the gate's relay cost alone."""
+    vs gated echo is the gate's cost alone."""
     import capnp
 
     from .addr import parse_address
     from .gate import Gate, GateLimits
     from .schema import capos
+    from .service import gated_stream
 
     s = capos()
 
@@ -119,17 +120,13 @@ def echo_server(address: str, gated: bool = False) -> None:
                 loop = asyncio.get_running_loop()
                 tasks: set[asyncio.Task[None]] = set()
 
-                async def serve_gate(gate: Gate) -> None:
-                    inner = await gate.open()
-                    await serve(await capnp.AsyncIoStream.create_connection(sock=inner))
-
                 def on_peer(gate: Gate) -> None:
-                    task = asyncio.ensure_future(serve_gate(gate))
+                    task = asyncio.ensure_future(serve(gated_stream(gate)))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
 
                 def factory() -> asyncio.Protocol:
-                    return Gate(GateLimits(), on_peer).protocol()
+                    return Gate(GateLimits(), on_peer)
 
                 if addr.kind == "unix":
                     server = await loop.create_unix_server(factory, addr.path)
