@@ -23,6 +23,7 @@ def test_bench_rpc_reports_echo_idle_and_loaded_phases() -> None:
             assert 0 < figures["p50_ms"] <= figures["p99_ms"]
         (host,) = report[phase]["host_per_round"]  # the server's CPU and the load, per figure
         assert host["server_cpu_s_per_s"] > 0  # the server did the work: it used CPU
+        assert host["sequential"]["server_cpu_s_per_s"] > 0  # and during the sequential calls
         assert len(host["loadavg_before"]) == len(host["loadavg_after"]) == 3
         assert host["cpus_online"] >= 1
     for name in ("daemon", "echo_gated"):  # the gate bounds what a client makes the server hold
@@ -39,6 +40,11 @@ def test_bench_rpc_reports_echo_idle_and_loaded_phases() -> None:
     if "sequential" in loaded:
         assert loaded["cpu_seconds_per_second"] > 0.5
         assert loaded["host"]["server_children_cpu_s_per_s"] > 0.5  # the workers load the CPUs
+        during = loaded["host_sequential"]["server_children_cpu_s_per_s"]
+        verdict = report["goals"]["loaded_p99_at_most_2ms"]
+        # no verdict from a loaded phase whose workers got no CPU while the calls ran
+        assert (verdict is None) == (during < 0.5), (during, verdict)
+        assert ("goal_notes" in report) == (during < 0.5)
     assert set(report["goals"]) == {
         "idle_sequential_at_least_80pct_of_echo",
         "loaded_p99_at_most_2ms",
