@@ -39,7 +39,9 @@ def test_bench_rpc_reports_echo_idle_and_loaded_phases() -> None:
     assert "sequential" in loaded or "skipped" in loaded
     if "sequential" in loaded:
         assert loaded["cpu_seconds_per_second"] > 0.5
-        assert loaded["host"]["server_children_cpu_s_per_s"] > 0.5  # the workers load the CPUs
+        # Whether the SCHED_IDLE workers get CPU while the calls run depends on the
+        # machine's other load (none on a busy host): the report says, and the
+        # verdict follows it.
         during = loaded["host_sequential"]["server_children_cpu_s_per_s"]
         verdict = report["goals"]["loaded_p99_at_most_2ms"]
         # no verdict from a loaded phase whose workers got no CPU while the calls ran
