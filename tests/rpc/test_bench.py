@@ -7,7 +7,25 @@ import json
 
 import pytest
 
+from capos_sched.rpc.bench import loaded_verdict
+
 from .conftest import cli
+
+
+def _loaded(p99_ms: float, workers_cpu: float) -> dict[str, object]:
+    return {
+        "sequential": {"p99_ms": p99_ms},
+        "host_sequential": {"server_children_cpu_s_per_s": workers_cpu},
+    }
+
+
+def test_the_loaded_verdict_needs_the_workers_to_run_during_the_calls() -> None:
+    assert loaded_verdict(_loaded(1.5, 1.2)) == (True, None)
+    assert loaded_verdict(_loaded(2.5, 1.2)) == (False, None)
+    verdict, note = loaded_verdict(_loaded(1.0, 0.0))  # an idle figure, not a loaded one
+    assert verdict is None
+    assert note is not None and "0.0 CPU-s/s" in note
+    assert loaded_verdict({"skipped": "no load"}) == (None, None)
 
 
 @pytest.mark.slow
