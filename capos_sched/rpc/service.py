@@ -251,7 +251,7 @@ class RpcService:
         """The protocol factory of a listening socket: every peer gets a Gate."""
         limits = self._limits(kind).gate
         on_peer = functools.partial(self._accepted, kind)
-        return lambda: Gate(limits, on_peer).protocol()
+        return lambda: Gate(limits, on_peer)
 
     def _accepted(self, kind: str, gate: Gate) -> None:
         """A peer connected: admit it within its socket's limits, or close it now."""
@@ -280,7 +280,15 @@ class RpcService:
         words = self.config.admin_words if kind == "admin" else self.config.listen_words
         if limits.idle_timeout_s is not None:
             asyncio.get_running_loop().call_later(limits.idle_timeout_s, self._idle_check, conn)
-        self._spawn(self._serve_gated(conn, bootstrap, words))
+        try:
+            conn.stream = gated_stream(gate)
+        except Exception as exc:
+            log.info("connection dropped before serving", conn=ctx.id, reason=_short(exc))
+            scrub(exc)
+            self._conns.pop(ctx.id, None)
+            _close_conn(conn)
+            return
+        self._spawn(self._serve_conn(conn, bootstrap, words))
 
     def _idle_check(self, conn: Conn) -> None:
         if not conn.ctx.restored and conn.gate is not None and not conn.gate.closed:
@@ -298,19 +306,6 @@ class RpcService:
         return ConnContext(
             self.bridge, self.counters, load, self._next_conn, kind, self.config.max_calls
         )
-
-    async def _serve_gated(self, conn: Conn, bootstrap: Any, words: int) -> None:
-        assert conn.gate is not None
-        try:
-            inner = await conn.gate.open()
-            conn.stream = await capnp.AsyncIoStream.create_connection(sock=inner)
-        except Exception as exc:
-            log.info("connection dropped before serving", conn=conn.ctx.id, reason=_short(exc))
-            scrub(exc)
-            self._conns.pop(conn.ctx.id, None)
-            _close_conn(conn)
-            return
-        await self._serve_conn(conn, bootstrap, words)
 
     async def _serve(self, ctx: ConnContext, stream: Any, bootstrap: Any, words: int) -> None:
         """Serve an already connected pycapnp stream (an exec'd process's socketpair)."""
@@ -364,6 +359,19 @@ class RpcService:
     async def load(self, source: str, name: str) -> LoadResult:
         """Admin.load (see loads.py); injected into admin connections."""
         return await self.loads.load(source, name)
+
+
+def gated_stream(gate: Gate) -> Any:
+    """A pycapnp stream that reads and writes the peer of ``gate`` through it.
+
+    ``AsyncIoStream._connect`` is how pycapnp's own ``create_server`` makes a
+    stream for an accepted transport: it returns pycapnp's protocol, and
+    calls back with the stream once the protocol has a transport. Here the
+    gate gives it one (rpc/gate.py), instead of the peer's own.
+    """
+    streams: list[Any] = []
+    gate.attach(capnp.AsyncIoStream._connect(streams.append))
+    return streams[0]
 
 
 def _close_quietly(server: Any, stream: Any) -> None:

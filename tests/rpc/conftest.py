@@ -222,6 +222,8 @@ class InProcess:
         max_calls: int = 1024,
         host_factory: Any = None,
         host_runner: Any = None,
+        max_answers: int = 4096,
+        stall_timeout_s: float = 10.0,
     ) -> None:
         from capos_sched.rpc.addr import parse_address
         from capos_sched.rpc.daemon import DaemonConfig, idle_runner, serve_async
@@ -239,6 +241,8 @@ class InProcess:
             parse_address(self.admin),
             self.grants,
             max_calls=max_calls,
+            max_answers=max_answers,
+            stall_timeout_s=stall_timeout_s,
             refuse_descendants=False,  # the test process starts its own clients
         )
         self.state: Any = None

@@ -13,15 +13,16 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import capnp
 import pytest
 
 from capos_sched.client import connect
 from capos_sched.rpc import gate as gate_mod
-from capos_sched.rpc.gate import MSG_BOOTSTRAP, MSG_CALL, MSG_FINISH, Framer
+from capos_sched.rpc.gate import MSG_BOOTSTRAP, MSG_CALL, MSG_FINISH, MSG_RETURN, Framer
 
-from .conftest import Daemon, InProcess, arun
+from .conftest import Daemon, InProcess, arun, base_plan
 from .flood import record_calls, rss_kib, send_without_reading
 from .test_daemon import S, weight_of
 
@@ -134,11 +135,42 @@ def test_message_tags_match_the_rpc_schema_pycapnp_ships() -> None:
     node = rpc.Message.schema.node
     assert node.struct.discriminantOffset == 0  # the UInt16 at data offset 0
     tags = {f.name: f.discriminantValue for f in node.struct.fields}
-    assert (tags["call"], tags["finish"], tags["bootstrap"]) == (
+    assert (tags["call"], tags["return"], tags["finish"], tags["bootstrap"]) == (
         MSG_CALL,
+        MSG_RETURN,
         MSG_FINISH,
         MSG_BOOTSTRAP,
     )
+    ret = {f.name: f for f in rpc.Return.schema.node.struct.fields}
+    assert ret["answerId"].slot.offset == 0  # the first UInt32 the framer reads
+    assert ret["noFinishNeeded"].slot.offset == 33  # the bit it reads
+    for struct in (rpc.Call, rpc.Finish, rpc.Bootstrap):
+        fields = {f.name: f for f in struct.schema.node.struct.fields}
+        assert fields["questionId"].slot.offset == 0
+
+
+def test_a_client_may_make_more_calls_than_the_bound_one_after_another(workdir: Path) -> None:
+    """Cap'n Proto 1.x returns a capability-free result with ``noFinishNeeded``
+    and its caller sends no Finish: the gate counted calls minus Finishes and
+    took an ordinary client's 65th sequential call (bound 64) for a flood,
+    stopped reading it and disconnected it after the stall timeout."""
+    d = InProcess(workdir, base_plan(), max_answers=64, stall_timeout_s=1.0)
+    try:
+
+        async def go() -> list[object]:
+            async with await connect(d.listen, token=d.token("tuner")) as s:
+                policy, thread = await s.policy(), await s.thread("a")
+                for i in range(300):  # over the bound, the 65th would wait, then fail
+                    await policy.set_weight(thread, 100 + i)
+                report = await asyncio.to_thread(d.state.service.report)
+            return report  # type: ignore[no-any-return]
+
+        report = arun(go)
+        listen = [c for c in report if c["kind"] == "listen"]
+        assert listen[0]["outstanding"] < 16, listen
+        assert d.call(lambda owner: owner.applied) == 300
+    finally:
+        d.stop()
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 8, 61, 4096])
@@ -148,24 +180,83 @@ def test_framer_finds_every_message_whatever_the_chunking(chunk: int) -> None:
             boot.restore(os.urandom(1 + i * 50))  # type: ignore[attr-defined]
 
     payload = record_calls(calls, S.Restorer)
-    seen: list[int] = []
-    framer = Framer(seen.append)
+    seen: list[tuple[int, int | None, bool]] = []
+    framer = Framer(lambda *head: seen.append(head))
     for i in range(0, len(payload), chunk):
         framer.feed(payload[i : i + chunk])
-    assert seen.count(MSG_BOOTSTRAP) == 1
-    assert seen.count(MSG_CALL) == 20
-    assert -1 not in seen
+    tags = [tag for tag, _, _ in seen]
+    assert tags.count(MSG_BOOTSTRAP) == 1
+    assert tags.count(MSG_CALL) == 20
+    assert -1 not in tags
+    ids = [ident for tag, ident, _ in seen if tag in (MSG_CALL, MSG_BOOTSTRAP)]
+    assert sorted(ids) == list(range(21))  # every question's own id
 
 
 def test_framer_refuses_absurd_segment_tables() -> None:
-    framer = Framer(lambda tag: None)
+    framer = Framer(lambda *head: None)
     with pytest.raises(ValueError, match="segments"):
         framer.feed((gate_mod.MAX_SEGMENTS).to_bytes(4, "little") + b"\0" * 4)
 
 
-def test_unreadable_roots_count_as_calls() -> None:
+def _rpc() -> Any:
+    root = Path(capnp.__file__).parent
+    return capnp.load(str(root / "rpc.capnp"), imports=[str(root.parent)])
+
+
+def message(which: str, ident: int, **fields: Any) -> bytes:
+    """One framed rpc.capnp Message whose union holds ``which`` with id ``ident``."""
+    msg = _rpc().Message.new_message()
+    body = msg.init(which)
+    setattr(body, "answerId" if which == "return" else "questionId", ident)
+    for name, value in fields.items():
+        setattr(body, name, value)
+    return msg.to_bytes()  # type: ignore[no-any-return]
+
+
+def test_the_framer_reads_the_ids_and_no_finish_needed_where_builders_put_them() -> None:
+    seen: list[tuple[int, int | None, bool]] = []
+    framer = Framer(lambda *head: seen.append(head))
+    framer.feed(message("call", 7, interfaceId=5, methodId=1))
+    framer.feed(message("return", 9, noFinishNeeded=True))
+    framer.feed(message("return", 10))
+    framer.feed(message("finish", 3, releaseResultCaps=False))
+    assert seen == [
+        (MSG_CALL, 7, False),
+        (MSG_RETURN, 9, True),
+        (MSG_RETURN, 10, False),
+        (MSG_FINISH, 3, False),
+    ]
+
+
+def test_answers_end_with_their_finish_or_a_return_needing_none() -> None:
     g = gate_mod.Gate(gate_mod.GateLimits())
-    g._count(-1)
-    g._count(MSG_CALL)
-    g._count(MSG_FINISH)
+    g._received(MSG_BOOTSTRAP, 0, False)
+    for ident in (1, 2, 3):
+        g._received(MSG_CALL, ident, False)
+    assert g.outstanding == 4
+    g._received(MSG_FINISH, 1, False)
+    g._returned(MSG_RETURN, 2, True)  # noFinishNeeded: its caller sends no Finish
+    g._returned(MSG_RETURN, 3, False)  # a Finish is still to come
+    assert g.outstanding == 2
+    g._received(MSG_FINISH, 2, False)  # allowed after noFinishNeeded, and ignored
+    g._returned(MSG_CALL, 0, True)  # the daemon's own questions are not answers
+    assert g.outstanding == 2
+
+
+def test_finishing_what_was_never_asked_does_not_lower_the_count() -> None:
+    g = gate_mod.Gate(gate_mod.GateLimits())
+    g._received(MSG_CALL, 1, False)
+    for ident in range(2, 50):
+        g._received(MSG_FINISH, ident, False)
+    g._received(MSG_FINISH, None, False)
     assert g.outstanding == 1
+
+
+def test_unreadable_messages_count_as_calls_that_never_end() -> None:
+    g = gate_mod.Gate(gate_mod.GateLimits())
+    g._received(-1, None, False)
+    g._received(MSG_CALL, None, False)
+    g._received(MSG_CALL, 5, False)
+    g._received(MSG_FINISH, 5, False)
+    g._received(MSG_FINISH, 0, False)
+    assert g.outstanding == 2
