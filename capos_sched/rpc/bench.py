@@ -39,6 +39,8 @@ import click
 from capos_sched.interpreter import ISOLATED
 from capos_sched.paths import MANIFESTS_DIR
 
+from .gate import DEFAULT_MAX_ANSWERS
+
 IDLE_MANIFEST = """\
 // bench rpc, idle phase: one sleeping thread and a client holding grants for it.
 package capos
@@ -55,8 +57,8 @@ processes: {
 """
 
 GOAL_RATIO = 0.80
-MAX_ANSWERS = 4096
-"""serve's ``--max-answers`` default (rpc/daemon.py, DaemonConfig)."""
+MAX_ANSWERS = DEFAULT_MAX_ANSWERS
+"""serve's ``--max-answers`` default (rpc/gate.py), the bound bench rpc measures."""
 GOAL_LOADED_P99_MS = 2.0
 LOADED_DURING_MIN_CPU_S_PER_S = 0.5
 """The loaded verdict needs the workers to get at least this much CPU during the

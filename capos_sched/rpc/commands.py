@@ -36,6 +36,7 @@ from capos_sched.wire import FD_ENV
 
 from .addr import Address, AddressError, default_admin, default_listen, parse_address
 from .errors import WireError
+from .gate import DEFAULT_MAX_ANSWERS
 
 log = structlog.get_logger("capos_sched.rpc")
 
@@ -184,7 +185,7 @@ manifest is invalid or a socket cannot be served; 2 on a usage error.
 @click.option(
     "--max-answers",
     type=click.IntRange(1, 1_000_000),
-    default=4096,
+    default=DEFAULT_MAX_ANSWERS,
     show_default=True,
     help="Calls a peer may leave unfinished (no Finish sent) before the daemon stops "
     "reading its connection.",

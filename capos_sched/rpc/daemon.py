@@ -35,7 +35,7 @@ from . import grantsdir
 from .addr import Address, AddressError, check_unix_free
 from .bridge import Bridge
 from .children import check_exec
-from .gate import GateLimits
+from .gate import DEFAULT_MAX_ANSWERS, GateLimits
 from .grants import GrantTable, HostLike
 from .loads import PlanLoader
 from .owner import Owner
@@ -68,7 +68,7 @@ class DaemonConfig:
     """Connections the listen socket accepts (the admin socket has its own 16)."""
     max_per_uid: int | None = 32
     idle_timeout_s: float | None = 10.0
-    max_answers: int = 4096
+    max_answers: int = DEFAULT_MAX_ANSWERS
     stall_timeout_s: float = 10.0
     exec_user: str | None = None
     refuse_descendants: bool = True

@@ -73,11 +73,16 @@ _U64 = struct.Struct("<Q")
 _U16 = struct.Struct("<H")
 
 
+DEFAULT_MAX_ANSWERS = 1024
+"""A held answer costs the daemon about 12.7 KB (docs/benchmarks.md, "Gate"), so
+the default bound is about 13 MB per connection; at 4,096 it was 52 MB."""
+
+
 @attrs.define
 class GateLimits:
     """Bounds for one connection."""
 
-    max_answers: int = 4096
+    max_answers: int = DEFAULT_MAX_ANSWERS
     """Answers held for the peer (calls not yet finished) before reading stops."""
     stall_timeout_s: float = 10.0
     """How long a peer may stay at ``max_answers`` before it is disconnected."""

@@ -222,7 +222,7 @@ class InProcess:
         max_calls: int = 1024,
         host_factory: Any = None,
         host_runner: Any = None,
-        max_answers: int = 4096,
+        max_answers: int = 1024,
         stall_timeout_s: float = 10.0,
     ) -> None:
         from capos_sched.rpc.addr import parse_address

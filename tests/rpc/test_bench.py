@@ -8,6 +8,7 @@ import json
 import pytest
 
 from capos_sched.rpc.bench import loaded_verdict
+from capos_sched.rpc.gate import DEFAULT_MAX_ANSWERS
 
 from .conftest import cli
 
@@ -47,7 +48,7 @@ def test_bench_rpc_reports_echo_idle_and_loaded_phases() -> None:
     for name in ("daemon", "echo_gated"):  # the gate bounds what a client makes the server hold
         memory = report["max_answers_memory"][name]
         assert memory["stopped_at_bound"] is True
-        assert memory["answers_held"] == 4096
+        assert memory["answers_held"] == DEFAULT_MAX_ANSWERS == 1024
     assert set(report["gate_relay"]) == {
         "echo_gated_vs_echo_sequential",
         "added_us_per_call_sequential",
