@@ -101,6 +101,7 @@ class WfqPolicy:
             self._dirty.add(victim[1])
             ctx.move_to_local(victim[1], cpu, source="steal" if own_key is None else "pull")
         elif own_key is not None:
+            self._dirty.add(cpu)
             ctx.move_to_local(own.id, cpu)
 
     def running(self, ctx: Any, thread: Any) -> None:
