@@ -34,7 +34,7 @@ static PyObject *str_queue_seq;
 
 typedef struct HeapQueue HeapQueue;
 static int heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq,
-                     PyObject *seqobj);
+                     PyObject *seqobj, Py_ssize_t seq_slot);
 
 static inline int
 entry_lt(const Entry *a, const Entry *b)
@@ -212,20 +212,26 @@ HeapQueue_push(HeapQueue *q, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long seq = PyLong_AsUnsignedLongLong(seqobj);
     if (seq == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    if (heap_push(q, thread, key, seq, seqobj) < 0)
+    if (heap_push(q, thread, key, seq, seqobj, -1) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 /* push(thread, key, seq) once the arguments are C values: 0, or -1 with an
- * exception set. */
+ * exception set. seq_slot: the offset of thread.queue_seq's slot (the fast
+ * cycle knows it), or -1 to go through the attribute. */
 static int
-heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq, PyObject *seqobj)
+heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq, PyObject *seqobj,
+          Py_ssize_t seq_slot)
 {
     /* A thread already live here moves (the reference: discard, then push). */
-    PyObject *qs = PyObject_GetAttr(thread, str_queue_seq);
-    if (qs == NULL)
+    PyObject *qs = seq_slot < 0 ? PyObject_GetAttr(thread, str_queue_seq)
+                                : Py_XNewRef(*(PyObject **)((char *)thread + seq_slot));
+    if (qs == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "queue_seq");
         return -1;
+    }
     int present = PyDict_Contains(q->entries, qs);
     Py_DECREF(qs);
     if (present < 0 || (present && discard_thread(q, thread) < 0))
@@ -240,8 +246,15 @@ heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq,
         q->heap = heap;
         q->cap = cap;
     }
-    if (PyObject_SetAttr(thread, str_queue_seq, seqobj) < 0)
-        return -1;
+    if (seq_slot < 0) {
+        if (PyObject_SetAttr(thread, str_queue_seq, seqobj) < 0)
+            return -1;
+    }
+    else {
+        PyObject **p = (PyObject **)((char *)thread + seq_slot), *old = *p;
+        *p = Py_NewRef(seqobj);
+        Py_XDECREF(old);
+    }
     if (PyDict_SetItem(q->entries, seqobj, thread) < 0)
         return -1;
     Py_INCREF(seqobj);
@@ -388,7 +401,7 @@ static PyTypeObject HeapQueueType = {
  * collection to reset, every integer within 64 bits ...) and otherwise calls
  * the Python method, before changing anything. In the common case it makes the
  * same writes the Python code makes, to the same objects, in the same data
- * structures (the heap of fronts stays a Python list driven by _heapq), so
+ * structures (the heap of fronts stays a Python list kept as _heapq keeps it), so
  * either path may follow the other. tests/core/test_accel.py drives both with
  * the same random sequences and compares every observable result.
  *
@@ -402,7 +415,7 @@ enum {
     /* Thread slots */
     T_TID, T_NAME, T_WEIGHT, T_LATENCY_CLASS, T_RUNTIME, T_VRUNTIME, T_LAST_STARTED, T_STATE,
     T_LAST_CPU, T_RUNNABLE_SINCE, T_CONTEXT_SWITCHES, T_PREEMPTIONS, T_MIGRATIONS, T_OWNER,
-    T_SLICE, T_DISPATCH_SOURCE, T_WAIT_MARK, T_REF, T_REMAINDER,
+    T_SLICE, T_DISPATCH_SOURCE, T_WAIT_MARK, T_REF, T_REMAINDER, T_QUEUE_SEQ,
     /* Cpu slots */
     C_LOCAL, C_RUNNING_TAG, C_CURRENT, C_IPC_SLOT, C_LAST_TID, C_RUNNING_FINISH, C_IDLE,
     /* Dispatch slots */
@@ -416,7 +429,7 @@ static const char *const slot_names[NSLOTS] = {
     "tid", "name", "weight", "latency_class", "runtime_ns", "virtual_runtime_ns",
     "last_started_ns", "state", "last_cpu", "runnable_since_ns", "context_switches",
     "preemptions", "migrations", "owner", "slice_ns", "dispatch_source", "wait_mark_ns", "ref",
-    "_vruntime_remainder",
+    "_vruntime_remainder", "queue_seq",
     "local", "running_tag", "current", "ipc_slot", "last_tid", "running_finish", "idle",
     "cpu", "thread", "name", "budget_ns", "virtual_finish_ns", "source",
     "_entries",
@@ -442,7 +455,6 @@ static const char *const attr_names[NNAMES] = {
 
 static PyObject *attr_str[NNAMES];
 static PyObject *str_steal, *str_pull, *str_queue, *str_rebuild_fronts;
-static PyObject *heappush_fn, *heappop_fn, *heapreplace_fn;
 
 typedef struct {
     PyObject_HEAD
@@ -452,8 +464,12 @@ typedef struct {
     PyObject *thread_type, *cpu_type, *dispatch_type, *fifo_type;
     PyObject *running_state, *runnable_state, *interactive, *batch;
     PyObject *fallback_preempt, *fallback_pick;   /* Scheduler.preempt_current, .pick_next */
-    PyObject *cb_stopping, *cb_enqueue, *cb_dispatch, *cb_running;
     PyObject *epoch;
+    /* Set once (in Scheduler.__init__ and WfqPolicy.init) and never rebound:
+     * read when this object is built. */
+    PyObject *kill_pending, *kicks;                   /* the scheduler's set and list */
+    PyObject *vtime, *queues, *dirty, *class_slice, *bits_obj, *mask_obj; /* the policy's */
+    long long bits, mask, slice, pull, sched_slice;
     Py_ssize_t nr_cpus;
     Py_ssize_t calls, fallbacks; /* calls made, and how many ran the Python methods */
     long long ref_weight, interactive_divisor, batch_multiplier;
@@ -594,15 +610,112 @@ call_fallback(WfqCycle *self, PyObject *fn, PyObject *const *args, size_t nargsf
     return result;
 }
 
-/* The checks both calls share: the scheduler still runs the policy this
- * object was built for, with the same callbacks, and no sub-scheduler. */
+/* The heap of fronts: a Python list of ints, kept by the algorithm of the
+ * _heapq module (heappush, heappop, heapreplace), so that the list is the same
+ * slot for slot whichever path changed it. Entries are exact ints: compared
+ * in C when they fit 64 bits. */
+static inline int
+fronts_lt(PyObject *a, PyObject *b)
+{
+    long long x, y;
+    if (as_ll(a, &x) && as_ll(b, &y))
+        return x < y;
+    return PyObject_RichCompareBool(a, b, Py_LT);
+}
+
+/* _heapq's siftdown: move arr[pos] up towards startpos. */
+static int
+fronts_siftdown(PyObject *heap, Py_ssize_t startpos, Py_ssize_t pos)
+{
+    PyObject **arr = ((PyListObject *)heap)->ob_item;
+    PyObject *newitem = arr[pos];
+    while (pos > startpos) {
+        Py_ssize_t parentpos = (pos - 1) >> 1;
+        PyObject *parent = arr[parentpos];
+        int lt = fronts_lt(newitem, parent);
+        if (lt < 0)
+            return -1;
+        if (!lt)
+            break;
+        arr[parentpos] = newitem;
+        arr[pos] = parent;
+        pos = parentpos;
+    }
+    return 0;
+}
+
+/* _heapq's siftup: the smaller child rises to pos until a leaf, then siftdown. */
+static int
+fronts_siftup(PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos, limit = endpos >> 1;
+    PyObject **arr = ((PyListObject *)heap)->ob_item;
+    while (pos < limit) {
+        Py_ssize_t childpos = 2 * pos + 1;
+        if (childpos + 1 < endpos) {
+            int lt = fronts_lt(arr[childpos], arr[childpos + 1]);
+            if (lt < 0)
+                return -1;
+            childpos += lt ^ 1;
+        }
+        PyObject *tmp = arr[childpos];
+        arr[childpos] = arr[pos];
+        arr[pos] = tmp;
+        pos = childpos;
+    }
+    return fronts_siftdown(heap, startpos, pos);
+}
+
+static int
+fronts_push(PyObject *heap, PyObject *item)
+{
+    if (PyList_Append(heap, item) < 0)
+        return -1;
+    return fronts_siftdown(heap, 0, PyList_GET_SIZE(heap) - 1);
+}
+
+/* heappop: a new reference to the smallest entry (the list is not empty). */
+static PyObject *
+fronts_pop(PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    PyObject *last = PyList_GET_ITEM(heap, n - 1);
+    Py_INCREF(last);
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1)
+        return last;
+    PyObject *top = PyList_GET_ITEM(heap, 0);
+    PyList_SET_ITEM(heap, 0, last); /* the list's reference to top is now ours */
+    if (fronts_siftup(heap, 0) < 0) {
+        Py_DECREF(top);
+        return NULL;
+    }
+    return top;
+}
+
+/* heapreplace: the smallest entry is dropped and item pushed. */
+static int
+fronts_replace(PyObject *heap, PyObject *item)
+{
+    PyObject *top = PyList_GET_ITEM(heap, 0);
+    Py_INCREF(item);
+    PyList_SET_ITEM(heap, 0, item);
+    Py_DECREF(top);
+    return fronts_siftup(heap, 0);
+}
+
+/* The checks both calls share: the scheduler still runs the policy install
+ * this object was built for (every install bumps _epoch and rebinds the
+ * callbacks), and no sub-scheduler routes them (_routed). */
 static int
 common_case(WfqCycle *self)
 {
     PyObject *d = self->sched_dict;
-    return PyDict_GetItemWithError(d, attr_str[S_ROUTED]) == Py_None
-        && PyDict_GetItemWithError(d, attr_str[S_POLICY]) == self->policy
-        && PyDict_GetItemWithError(d, attr_str[S_EPOCH]) == self->epoch;
+    return PyDict_GetItemWithError(d, attr_str[S_EPOCH]) == self->epoch
+        && PyDict_GetItemWithError(d, attr_str[S_ROUTED]) == Py_None;
 }
 
 /* The policy's side structures, read once per call (borrowed). */
@@ -611,29 +724,27 @@ typedef struct {
     long long bits, mask, slice, pull;
 } PolicyView;
 
+/* The policy's side structures. WfqPolicy rebinds only _fronts (its
+ * _rebuild_fronts); queues is checked because tests wrap it (and then the
+ * Python methods run). */
 static int
 policy_view(WfqCycle *self, PolicyView *pv)
 {
-    pv->vtime = policy_get(self, P_VTIME);
-    pv->queues = policy_get(self, P_QUEUES);
-    pv->fronts = policy_get(self, P_FRONTS);
-    pv->dirty = policy_get(self, P_DIRTY);
-    pv->class_slice = policy_get(self, P_CLASS_SLICE);
-    pv->bits_obj = policy_get(self, P_BITS);
-    pv->mask_obj = policy_get(self, P_MASK);
-    if (pv->vtime == NULL || !PyList_CheckExact(pv->vtime) || pv->queues == NULL
-        || !PyList_CheckExact(pv->queues) || PyList_GET_SIZE(pv->queues) != self->nr_cpus
-        || PyList_GET_SIZE(pv->vtime) != self->nr_cpus || pv->fronts == NULL
-        || !PyList_CheckExact(pv->fronts) || pv->dirty == NULL || !PySet_CheckExact(pv->dirty)
-        || pv->class_slice == NULL || !PyDict_CheckExact(pv->class_slice)
-        || !as_ll(pv->bits_obj, &pv->bits) || pv->bits < 1 || pv->bits > 16
-        || !as_ll(pv->mask_obj, &pv->mask) || pv->mask != (1LL << pv->bits) - 1
-        || !as_ll(policy_get(self, P_SLICE), &pv->slice)
-        || !as_ll(policy_get(self, P_PULL), &pv->pull))
+    if (policy_get(self, P_QUEUES) != self->queues)
         return 0;
-    for (Py_ssize_t k = 0; k < self->nr_cpus; k++)
-        if (!PyObject_TypeCheck(PyList_GET_ITEM(pv->queues, k), &HeapQueueType))
-            return 0;
+    pv->fronts = policy_get(self, P_FRONTS);
+    if (pv->fronts == NULL || !PyList_CheckExact(pv->fronts))
+        return 0;
+    pv->vtime = self->vtime;
+    pv->queues = self->queues;
+    pv->dirty = self->dirty;
+    pv->class_slice = self->class_slice;
+    pv->bits_obj = self->bits_obj;
+    pv->mask_obj = self->mask_obj;
+    pv->bits = self->bits;
+    pv->mask = self->mask;
+    pv->slice = self->slice;
+    pv->pull = self->pull;
     return 1;
 }
 
@@ -662,11 +773,7 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
         || !as_ll(args[1], &now) || !as_ll(args[2], &elapsed) || elapsed < 0
         || elapsed > (1LL << 40))
         goto fallback;
-    if (sched_get(self, S_CB_STOPPING) != self->cb_stopping
-        || sched_get(self, S_CB_ENQUEUE) != self->cb_enqueue)
-        goto fallback;
-    PyObject *kill = sched_get(self, S_KILL_PENDING);
-    if (kill == NULL || !PySet_CheckExact(kill) || PySet_GET_SIZE(kill) != 0)
+    if (PySet_GET_SIZE(self->kill_pending) != 0)
         goto fallback;
     PyObject *cpu = PyList_GET_ITEM(self->cpus, cpu_id);
     PyObject *thread = SLOT(cpu, self, C_CURRENT);
@@ -769,7 +876,8 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
     if (seqobj == NULL)
         goto done;
     if (PyDict_SetItem(s, attr_str[S_ENQUEUE_SEQ], seqobj) < 0
-        || heap_push(queue, thread, finish, (unsigned long long)(seq + 1), seqobj) < 0) {
+        || heap_push(queue, thread, finish, (unsigned long long)(seq + 1), seqobj,
+                     self->off[T_QUEUE_SEQ]) < 0) {
         Py_DECREF(seqobj);
         goto done;
     }
@@ -781,14 +889,12 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
         front_key = PyLong_FromLongLong(front_entry_value);
         if (front_key == NULL)
             goto done;
-        PyObject *callargs[2] = {pv.fronts, front_key};
-        PyObject *r = PyObject_Vectorcall(heappush_fn, callargs, 2, NULL);
+        int rc = fronts_push(pv.fronts, front_key);
         Py_DECREF(front_key);
-        if (r == NULL)
+        if (rc < 0)
             goto done;
-        Py_DECREF(r);
         if (PyList_GET_SIZE(pv.fronts) > 4 * self->nr_cpus + 16) {
-            r = PyObject_CallMethodNoArgs(self->policy, str_rebuild_fronts);
+            PyObject *r = PyObject_CallMethodNoArgs(self->policy, str_rebuild_fronts);
             if (r == NULL)
                 goto done;
             Py_DECREF(r);
@@ -840,11 +946,12 @@ lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, long long *key_out
             goto error;
         }
         Entry *true_front = live_front((HeapQueue *)PyList_GET_ITEM(pv->queues, k), NULL);
-        PyObject *r;
         if (true_front == NULL || !key_fits || true_front->key != key) {
             if (true_front == NULL) {
-                PyObject *callargs[1] = {fronts};
-                r = PyObject_Vectorcall(heappop_fn, callargs, 1, NULL);
+                PyObject *r = fronts_pop(fronts);
+                if (r == NULL)
+                    goto error;
+                Py_DECREF(r);
             }
             else {
                 long long tk = true_front->key, limit = LLONG_MAX >> pv->bits;
@@ -864,19 +971,16 @@ lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, long long *key_out
                 }
                 if (replacement == NULL)
                     goto error;
-                PyObject *callargs[2] = {fronts, replacement};
-                r = PyObject_Vectorcall(heapreplace_fn, callargs, 2, NULL);
+                int rc = fronts_replace(fronts, replacement);
                 Py_DECREF(replacement);
+                if (rc < 0)
+                    goto error;
             }
-            if (r == NULL)
-                goto error;
-            Py_DECREF(r);
         }
         else if (k == cpu) {
             if (own == NULL && (own = PyList_New(0)) == NULL)
                 goto error;
-            PyObject *callargs[1] = {fronts};
-            r = PyObject_Vectorcall(heappop_fn, callargs, 1, NULL);
+            PyObject *r = fronts_pop(fronts);
             if (r == NULL)
                 goto error;
             int rc = PyList_Append(own, r);
@@ -892,13 +996,9 @@ lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, long long *key_out
         }
     }
     if (own != NULL) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(own); i++) {
-            PyObject *callargs[2] = {fronts, PyList_GET_ITEM(own, i)};
-            PyObject *r = PyObject_Vectorcall(heappush_fn, callargs, 2, NULL);
-            if (r == NULL)
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(own); i++)
+            if (fronts_push(fronts, PyList_GET_ITEM(own, i)) < 0)
                 goto error;
-            Py_DECREF(r);
-        }
         Py_DECREF(own);
     }
     return found;
@@ -949,31 +1049,23 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
     if (!as_ll(args[0], &cpu_id) || cpu_id < 0 || cpu_id >= self->nr_cpus
         || !as_ll(args[1], &now))
         goto fallback;
-    if (sched_get(self, S_CB_DISPATCH) != self->cb_dispatch
-        || sched_get(self, S_CB_RUNNING) != self->cb_running)
-        goto fallback;
     PyObject *cpu = PyList_GET_ITEM(self->cpus, cpu_id);
     PyObject *local = SLOT(cpu, self, C_LOCAL);
-    PyObject *kicks = sched_get(self, S_KICKS);
+    PyObject *kicks = self->kicks;
     PyObject *local_entries = SLOT(local, self, F_ENTRIES);
     PyObject *global_entries = SLOT(self->global_entries_owner, self, F_ENTRIES);
-    long long dispatching;
+    /* _handoff and _dispatching are set only while a dispatch callback runs,
+     * and WFQ's never calls pick_next. */
     if (SLOT(cpu, self, C_CURRENT) != Py_None || SLOT(cpu, self, C_IPC_SLOT) != Py_None
-        || kicks == NULL || !PyList_CheckExact(kicks)
         || (PyList_GET_SIZE(kicks) && sched_get(self, S_FX) == Py_None)
         || local_entries == NULL || !PyDict_CheckExact(local_entries)
         || PyDict_GET_SIZE(local_entries) || global_entries == NULL
-        || !PyDict_CheckExact(global_entries) || PyDict_GET_SIZE(global_entries)
-        || sched_get(self, S_HANDOFF) != Py_None
-        || !as_ll(sched_get(self, S_DISPATCHING), &dispatching) || dispatching != -1)
+        || !PyDict_CheckExact(global_entries) || PyDict_GET_SIZE(global_entries))
         goto fallback;
     PolicyView pv;
     if (!policy_view(self, &pv))
         goto fallback;
-    PyObject *slice_obj = sched_get(self, S_SLICE);
-    long long sched_slice;
-    if (!as_ll(slice_obj, &sched_slice))
-        goto fallback;
+    long long sched_slice = self->sched_slice;
 
     if (PyDict_SetItem(s, attr_str[S_NOW], args[1]) < 0)
         return NULL;
@@ -1023,7 +1115,8 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
     PyObject *result = NULL;
     PyObject *dispatch = NULL;
     /* move_to_local's hand-over (and pick_next's own _assign_cpu) */
-    if (PyObject_RichCompareBool(SLOT(thread, self, T_LAST_CPU), args[0], Py_NE)) {
+    long long last_cpu;
+    if (!as_ll(SLOT(thread, self, T_LAST_CPU), &last_cpu) || last_cpu != cpu_id) {
         PyObject *last = SLOT(thread, self, T_LAST_CPU);
         if (last != Py_None
             && set_slot_new(self, thread, T_MIGRATIONS,
@@ -1057,7 +1150,10 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
         set_slot(self, cpu, C_IDLE, Py_False);
     }
     PyObject *tid = SLOT(thread, self, T_TID);
-    int same = PyObject_RichCompareBool(SLOT(cpu, self, C_LAST_TID), tid, Py_EQ);
+    long long a, b;
+    int same = as_ll(SLOT(cpu, self, C_LAST_TID), &a) && as_ll(tid, &b)
+                   ? a == b
+                   : PyObject_RichCompareBool(SLOT(cpu, self, C_LAST_TID), tid, Py_EQ);
     if (same < 0)
         goto done;
     if (!same) {
@@ -1102,13 +1198,13 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
         PyObject *front = queue_front_thread((HeapQueue *)PyList_GET_ITEM(pv.queues, cpu_id));
         int lower = 0;
         if (front != NULL) {
-            lower = PyObject_RichCompareBool(SLOT(front, self, T_VRUNTIME), vruntime, Py_LT);
+            lower = fronts_lt(SLOT(front, self, T_VRUNTIME), vruntime);
             if (lower < 0)
                 goto running_failed;
             if (lower)
                 vruntime = SLOT(front, self, T_VRUNTIME);
         }
-        int higher = PyObject_RichCompareBool(vruntime, PyList_GET_ITEM(pv.vtime, cpu_id), Py_GT);
+        int higher = fronts_lt(PyList_GET_ITEM(pv.vtime, cpu_id), vruntime);
         if (higher < 0)
             goto running_failed;
         if (higher && PyList_SetItem(pv.vtime, cpu_id, Py_NewRef(vruntime)) < 0)
@@ -1214,11 +1310,27 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }                                                                         \
     Py_INCREF(self->field);
     TAKE(epoch, S_EPOCH)
-    TAKE(cb_stopping, S_CB_STOPPING)
-    TAKE(cb_enqueue, S_CB_ENQUEUE)
-    TAKE(cb_dispatch, S_CB_DISPATCH)
-    TAKE(cb_running, S_CB_RUNNING)
+    TAKE(kill_pending, S_KILL_PENDING)
+    TAKE(kicks, S_KICKS)
+    s = self->policy_dict;
+    TAKE(vtime, P_VTIME)
+    TAKE(queues, P_QUEUES)
+    TAKE(dirty, P_DIRTY)
+    TAKE(class_slice, P_CLASS_SLICE)
+    TAKE(bits_obj, P_BITS)
+    TAKE(mask_obj, P_MASK)
 #undef TAKE
+    if (!PySet_CheckExact(self->kill_pending) || !PyList_CheckExact(self->kicks)
+        || !PyList_CheckExact(self->vtime) || !PyList_CheckExact(self->queues)
+        || !PySet_CheckExact(self->dirty) || !PyDict_CheckExact(self->class_slice)
+        || !as_ll(self->bits_obj, &self->bits) || self->bits < 1 || self->bits > 16
+        || !as_ll(self->mask_obj, &self->mask) || self->mask != (1LL << self->bits) - 1
+        || !as_ll(policy_get(self, P_SLICE), &self->slice)
+        || !as_ll(policy_get(self, P_PULL), &self->pull)
+        || !as_ll(sched_get(self, S_SLICE), &self->sched_slice) || self->sched_slice < 1) {
+        PyErr_SetString(PyExc_TypeError, "WfqCycle: unexpected policy layout");
+        goto fail;
+    }
     if ((self->cpus = PyObject_GetAttrString(sched, "cpus")) == NULL
         || (self->global_entries_owner = PyObject_GetAttrString(sched, "_global")) == NULL)
         goto fail;
@@ -1228,6 +1340,16 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto fail;
     }
     self->nr_cpus = PyList_GET_SIZE(self->cpus);
+    if (PyList_GET_SIZE(self->queues) != self->nr_cpus
+        || PyList_GET_SIZE(self->vtime) != self->nr_cpus) {
+        PyErr_SetString(PyExc_TypeError, "WfqCycle: unexpected policy layout");
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < self->nr_cpus; k++)
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(self->queues, k), &HeapQueueType)) {
+            PyErr_SetString(PyExc_TypeError, "WfqCycle: a policy queue is not a HeapQueue");
+            goto fail;
+        }
     for (Py_ssize_t k = 0; k < self->nr_cpus; k++) {
         PyObject *cpu = PyList_GET_ITEM(self->cpus, k);
         if (!Py_IS_TYPE(cpu, (PyTypeObject *)cpu_type) || SLOT(cpu, self, C_LOCAL) == NULL
@@ -1261,11 +1383,15 @@ WfqCycle_traverse(WfqCycle *self, visitproc visit, void *arg)
     Py_VISIT(self->batch);
     Py_VISIT(self->fallback_preempt);
     Py_VISIT(self->fallback_pick);
-    Py_VISIT(self->cb_stopping);
-    Py_VISIT(self->cb_enqueue);
-    Py_VISIT(self->cb_dispatch);
-    Py_VISIT(self->cb_running);
     Py_VISIT(self->epoch);
+    Py_VISIT(self->kill_pending);
+    Py_VISIT(self->kicks);
+    Py_VISIT(self->vtime);
+    Py_VISIT(self->queues);
+    Py_VISIT(self->dirty);
+    Py_VISIT(self->class_slice);
+    Py_VISIT(self->bits_obj);
+    Py_VISIT(self->mask_obj);
     return 0;
 }
 
@@ -1288,11 +1414,15 @@ WfqCycle_clear(WfqCycle *self)
     Py_CLEAR(self->batch);
     Py_CLEAR(self->fallback_preempt);
     Py_CLEAR(self->fallback_pick);
-    Py_CLEAR(self->cb_stopping);
-    Py_CLEAR(self->cb_enqueue);
-    Py_CLEAR(self->cb_dispatch);
-    Py_CLEAR(self->cb_running);
     Py_CLEAR(self->epoch);
+    Py_CLEAR(self->kill_pending);
+    Py_CLEAR(self->kicks);
+    Py_CLEAR(self->vtime);
+    Py_CLEAR(self->queues);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->class_slice);
+    Py_CLEAR(self->bits_obj);
+    Py_CLEAR(self->mask_obj);
     return 0;
 }
 
@@ -1345,15 +1475,6 @@ init_cycle(PyObject *m)
         || (str_pull = PyUnicode_InternFromString("pull")) == NULL
         || (str_queue = PyUnicode_InternFromString("queue")) == NULL
         || (str_rebuild_fronts = PyUnicode_InternFromString("_rebuild_fronts")) == NULL)
-        return -1;
-    PyObject *heapq = PyImport_ImportModule("_heapq");
-    if (heapq == NULL)
-        return -1;
-    heappush_fn = PyObject_GetAttrString(heapq, "heappush");
-    heappop_fn = PyObject_GetAttrString(heapq, "heappop");
-    heapreplace_fn = PyObject_GetAttrString(heapq, "heapreplace");
-    Py_DECREF(heapq);
-    if (heappush_fn == NULL || heappop_fn == NULL || heapreplace_fn == NULL)
         return -1;
     if (PyType_Ready(&WfqCycleType) < 0)
         return -1;
