@@ -224,18 +224,18 @@ static int
 heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq, PyObject *seqobj,
           Py_ssize_t seq_slot)
 {
-    /* A thread already live here moves (the reference: discard, then push). */
-    PyObject *qs = seq_slot < 0 ? PyObject_GetAttr(thread, str_queue_seq)
-                                : Py_XNewRef(*(PyObject **)((char *)thread + seq_slot));
-    if (qs == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_AttributeError, "queue_seq");
-        return -1;
+    /* A thread already live here moves (the reference: discard, then push).
+     * The fast cycle (seq_slot >= 0) pushes a thread that was running, which
+     * no DSQ holds (the ownership invariant): nothing to look up. */
+    if (seq_slot < 0) {
+        PyObject *qs = PyObject_GetAttr(thread, str_queue_seq);
+        if (qs == NULL)
+            return -1;
+        int present = PyDict_Contains(q->entries, qs);
+        Py_DECREF(qs);
+        if (present < 0 || (present && discard_thread(q, thread) < 0))
+            return -1;
     }
-    int present = PyDict_Contains(q->entries, qs);
-    Py_DECREF(qs);
-    if (present < 0 || (present && discard_thread(q, thread) < 0))
-        return -1;
     if (q->size == q->cap) {
         Py_ssize_t cap = q->cap ? q->cap * 2 : 16;
         Entry *heap = PyMem_Realloc(q->heap, cap * sizeof(Entry));
@@ -266,27 +266,35 @@ heap_push(HeapQueue *q, PyObject *thread, long long key, unsigned long long seq,
     return 0;
 }
 
+/* entries.pop(seq, None) as a new reference (threads are never None). */
+static inline PyObject *
+dict_pop(PyObject *entries, PyObject *seqobj)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *value;
+    if (PyDict_Pop(entries, seqobj, &value) < 0)
+        return NULL;
+    return value == NULL ? Py_NewRef(Py_None) : value;
+#else
+    return _PyDict_Pop(entries, seqobj, Py_None);
+#endif
+}
+
 static PyObject *
 HeapQueue_pop(HeapQueue *q, PyObject *unused)
 {
     while (q->size > 0) {
         PyObject *seqobj = heap_pop_front(q);
-        PyObject *thread = PyDict_GetItemWithError(q->entries, seqobj);
-        if (thread != NULL) {
-            Py_INCREF(thread);
-            int rc = PyDict_DelItem(q->entries, seqobj);
-            Py_DECREF(seqobj);
-            if (rc < 0) {
-                Py_DECREF(thread);
-                return NULL;
-            }
+        PyObject *thread = dict_pop(q->entries, seqobj); /* one lookup, not two */
+        Py_DECREF(seqobj);
+        if (thread == NULL)
+            return NULL;
+        if (thread != Py_None) {
             if (q->size > 2 * PyDict_GET_SIZE(q->entries) + 1)
                 compact(q); /* dead entries left behind by discards */
             return thread;
         }
-        Py_DECREF(seqobj);
-        if (PyErr_Occurred())
-            return NULL;
+        Py_DECREF(thread);
     }
     Py_RETURN_NONE;
 }
@@ -470,6 +478,7 @@ typedef struct {
     PyObject *kill_pending, *kicks;                   /* the scheduler's set and list */
     PyObject *vtime, *queues, *dirty, *class_slice, *bits_obj, *mask_obj; /* the policy's */
     long long bits, mask, slice, pull, sched_slice;
+    PyObject *class_keys[4], *class_values[4]; /* class_slice's items (borrowed from it) */
     Py_ssize_t nr_cpus;
     Py_ssize_t calls, fallbacks; /* calls made, and how many ran the Python methods */
     long long ref_weight, interactive_divisor, batch_multiplier;
@@ -507,6 +516,25 @@ as_ll(PyObject *o, long long *out)
 {
     if (o == NULL || !PyLong_CheckExact(o))
         return 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyUnstable_Long_IsCompact((PyLongObject *)o)) {
+        *out = (long long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+        return 1;
+    }
+#else
+    /* Up to two 30-bit digits (|value| < 2**60): what PyLong_AsLongLong
+     * computes, without its call and overflow checks (the hot path). */
+    Py_ssize_t size = Py_SIZE(o);
+    const digit *d = ((PyLongObject *)o)->ob_digit;
+    if (size >= -2 && size <= 2) {
+        long long v = size == 0 ? 0
+                      : (size == 1 || size == -1)
+                          ? (long long)d[0]
+                          : (long long)d[0] | ((long long)d[1] << PyLong_SHIFT);
+        *out = size < 0 ? -v : v;
+        return 1;
+    }
+#endif
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (overflow || (v == -1 && PyErr_Occurred())) {
@@ -748,18 +776,6 @@ policy_view(WfqCycle *self, PolicyView *pv)
     return 1;
 }
 
-/* class_slice[latency_class] by identity (no Enum __hash__ call), borrowed. */
-static PyObject *
-class_budget(PyObject *class_slice, PyObject *latency_class)
-{
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(class_slice, &pos, &key, &value))
-        if (key == latency_class)
-            return value;
-    return NULL;
-}
-
 static PyObject *
 WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
                          PyObject *kwnames)
@@ -799,7 +815,10 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
         || !as_ll(sched_get(self, S_ENQUEUE_SEQ), &seq) || seq < 0
         || !as_ll(PyList_GET_ITEM(pv.vtime, last_cpu), &vtime))
         goto fallback;
-    PyObject *budget_obj = class_budget(pv.class_slice, SLOT(thread, self, T_LATENCY_CLASS));
+    PyObject *budget_obj = NULL, *cls = SLOT(thread, self, T_LATENCY_CLASS);
+    for (int c = 0; c < 4; c++)
+        if (self->class_keys[c] == cls)
+            budget_obj = self->class_values[c];
     long long budget;
     if (budget_obj == NULL || !as_ll(budget_obj, &budget) || budget < 0)
         goto fallback;
@@ -883,8 +902,7 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
     }
     Py_DECREF(seqobj);
     set_slot(self, thread, T_OWNER, (PyObject *)queue);
-    if (PySet_Add(pv.dirty, last_cpu_obj) < 0)
-        goto done;
+    /* (enqueue marks last_cpu dirty again: stopping just did) */
     if (new_front) {
         front_key = PyLong_FromLongLong(front_entry_value);
         if (front_key == NULL)
@@ -1092,7 +1110,7 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
     else if (own_front != NULL) {
         if (PySet_Add(pv.dirty, args[0]) < 0)
             return NULL;
-        source_queue = own;
+        source_queue = own; /* (running marks this CPU dirty again) */
     }
     PyObject *thread = NULL;
     if (source_queue != NULL) {
@@ -1209,7 +1227,7 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
             goto running_failed;
         if (higher && PyList_SetItem(pv.vtime, cpu_id, Py_NewRef(vruntime)) < 0)
             goto running_failed;
-        if (PySet_Add(pv.dirty, c) < 0)
+        if (source_queue != own && PySet_Add(pv.dirty, c) < 0)
             goto running_failed;
     }
     dispatch = ((PyTypeObject *)self->dispatch_type)
@@ -1330,6 +1348,19 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         || !as_ll(sched_get(self, S_SLICE), &self->sched_slice) || self->sched_slice < 1) {
         PyErr_SetString(PyExc_TypeError, "WfqCycle: unexpected policy layout");
         goto fail;
+    }
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        int c = 0;
+        while (c < 4 && PyDict_Next(self->class_slice, &pos, &key, &value)) {
+            self->class_keys[c] = key;
+            self->class_values[c++] = value;
+        }
+        if (PyDict_GET_SIZE(self->class_slice) != c) {
+            PyErr_SetString(PyExc_TypeError, "WfqCycle: class_slice is not the four classes");
+            goto fail;
+        }
     }
     if ((self->cpus = PyObject_GetAttrString(sched, "cpus")) == NULL
         || (self->global_entries_owner = PyObject_GetAttrString(sched, "_global")) == NULL)
