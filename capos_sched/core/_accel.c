@@ -402,16 +402,21 @@ static PyTypeObject HeapQueueType = {
  * The accelerated twin of Scheduler.preempt_current and Scheduler.pick_next
  * (scheduler.py) with WfqPolicy's callbacks (policies/wfq.py: stopping,
  * enqueue with ctx.insert, dispatch with the steal/pull walk over the heap of
- * fronts and move_to_local, running). The Python code is the reference: each
- * call first checks that it is in the common case (the scheduler still runs
- * the policy it was built for, with its callbacks; no sub-scheduler, no kill
- * pending, no IPC slot, nothing in the local or global DSQ, no effects
- * collection to reset, every integer within 64 bits ...) and otherwise calls
- * the Python method, before changing anything. In the common case it makes the
- * same writes the Python code makes, to the same objects, in the same data
- * structures (the heap of fronts stays a Python list kept as _heapq keeps it), so
- * either path may follow the other. tests/core/test_accel.py drives both with
- * the same random sequences and compares every observable result.
+ * fronts and move_to_local, running). The Python code is the reference.
+ *
+ * Scheduler._bind_fast_cycle builds one per policy install of the built-in
+ * WFQ on these queues and binds its two methods on the scheduler; _install
+ * unbinds them before any other policy takes over, and so does a
+ * sub-scheduler's first attach (subsched._route): the callbacks are WFQ's
+ * whenever these run. Each call then checks the rest of the common case (no
+ * kill pending, no IPC slot, nothing in the local or global DSQ, no kicks
+ * left to reset, the policy's queues list not replaced, every integer within
+ * 64 bits ...) and otherwise calls the Python method, before changing
+ * anything. In the common case it makes the same writes the Python code makes,
+ * to the same objects, in the same data structures (the heap of fronts stays a
+ * Python list kept as _heapq keeps it), so either path may follow the other.
+ * tests/core/test_accel.py drives both with the same random sequences and
+ * compares the results and the whole state after every step.
  *
  * It reads the slotted attrs classes (Thread, Cpu, Dispatch, FifoQueue) through
  * their member-descriptor offsets, and the scheduler's and the policy's
@@ -472,7 +477,6 @@ typedef struct {
     PyObject *thread_type, *cpu_type, *dispatch_type, *fifo_type;
     PyObject *running_state, *runnable_state, *interactive, *batch;
     PyObject *fallback_preempt, *fallback_pick;   /* Scheduler.preempt_current, .pick_next */
-    PyObject *epoch;
     /* Set once (in Scheduler.__init__ and WfqPolicy.init) and never rebound:
      * read when this object is built. */
     PyObject *kill_pending, *kicks;                   /* the scheduler's set and list */
@@ -735,18 +739,7 @@ fronts_replace(PyObject *heap, PyObject *item)
     return fronts_siftup(heap, 0);
 }
 
-/* The checks both calls share: the scheduler still runs the policy install
- * this object was built for (every install bumps _epoch and rebinds the
- * callbacks), and no sub-scheduler routes them (_routed). */
-static int
-common_case(WfqCycle *self)
-{
-    PyObject *d = self->sched_dict;
-    return PyDict_GetItemWithError(d, attr_str[S_EPOCH]) == self->epoch
-        && PyDict_GetItemWithError(d, attr_str[S_ROUTED]) == Py_None;
-}
-
-/* The policy's side structures, read once per call (borrowed). */
+/* The policy's side structures, as one call sees them (borrowed). */
 typedef struct {
     PyObject *vtime, *queues, *fronts, *dirty, *class_slice, *bits_obj, *mask_obj;
     long long bits, mask, slice, pull;
@@ -782,7 +775,7 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
 {
     self->calls++;
     PyObject *s = self->sched_dict;
-    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 3 || !common_case(self))
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 3)
         goto fallback;
     long long cpu_id, now, elapsed;
     if (!as_ll(args[0], &cpu_id) || cpu_id < 0 || cpu_id >= self->nr_cpus
@@ -1061,7 +1054,7 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
 {
     self->calls++;
     PyObject *s = self->sched_dict;
-    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 2 || !common_case(self))
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 2)
         goto fallback;
     long long cpu_id, now;
     if (!as_ll(args[0], &cpu_id) || cpu_id < 0 || cpu_id >= self->nr_cpus
@@ -1327,7 +1320,6 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto fail;                                                            \
     }                                                                         \
     Py_INCREF(self->field);
-    TAKE(epoch, S_EPOCH)
     TAKE(kill_pending, S_KILL_PENDING)
     TAKE(kicks, S_KICKS)
     s = self->policy_dict;
@@ -1414,7 +1406,6 @@ WfqCycle_traverse(WfqCycle *self, visitproc visit, void *arg)
     Py_VISIT(self->batch);
     Py_VISIT(self->fallback_preempt);
     Py_VISIT(self->fallback_pick);
-    Py_VISIT(self->epoch);
     Py_VISIT(self->kill_pending);
     Py_VISIT(self->kicks);
     Py_VISIT(self->vtime);
@@ -1445,7 +1436,6 @@ WfqCycle_clear(WfqCycle *self)
     Py_CLEAR(self->batch);
     Py_CLEAR(self->fallback_preempt);
     Py_CLEAR(self->fallback_pick);
-    Py_CLEAR(self->epoch);
     Py_CLEAR(self->kill_pending);
     Py_CLEAR(self->kicks);
     Py_CLEAR(self->vtime);

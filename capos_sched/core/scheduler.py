@@ -1289,6 +1289,7 @@ class Scheduler:
         policy was given) are taken out of the old DSQs and re-enqueued."""
         if not callable(getattr(policy, "enqueue", None)):
             raise InvalidArgument(f"policy {policy!r} has no enqueue callback")
+        self._unbind_fast_cycle()
         old = self._policy
         self._handoff = None  # a dispatch in progress is abandoned: re-enqueued below
         queued = sorted(
@@ -1361,19 +1362,27 @@ class Scheduler:
         self._cb_init = bind("init")
         self._cb_exit_thread = bind("exit_thread")
 
-    def _bind_fast_cycle(self, policy: Any) -> None:
-        """Run ``preempt_current`` and ``pick_next`` through the C accelerator's
-        twin of the cycle (``_accel.WfqCycle``) when the policy is the built-in
-        WFQ on accelerated queues; otherwise (and under CAPOS_SCHED_PURE) the
-        methods below run. The twin checks the common case at every call and
-        calls these methods outside it, so both stay interchangeable."""
+    def _unbind_fast_cycle(self) -> None:
+        """Back to the Python ``preempt_current`` and ``pick_next``: before a
+        policy install, and for good once a sub-scheduler routes the callbacks
+        (``subsched``), the two changes the C twin does not check for."""
         self.__dict__.pop("preempt_current", None)
         self.__dict__.pop("pick_next", None)
         self._fast_cycle = None
+
+    def _bind_fast_cycle(self, policy: Any) -> None:
+        """Run ``preempt_current`` and ``pick_next`` through the C accelerator's
+        twin of the cycle (``_accel.WfqCycle``) when the policy is the built-in
+        WFQ on accelerated queues and no sub-scheduler routes the callbacks;
+        otherwise (and under CAPOS_SCHED_PURE) the methods below run. The twin
+        checks the rest of the common case at every call and calls these
+        methods outside it, so both stay interchangeable."""
+        self._unbind_fast_cycle()
         from .policies.wfq import WfqPolicy
 
         if (
             FastCycle is None
+            or self._routed is not None
             or type(self) is not Scheduler
             or type(policy) is not WfqPolicy
             or not all(isinstance(q, _accel.HeapQueue) for q in policy.queues)
