@@ -487,6 +487,7 @@ typedef struct {
     Py_ssize_t calls, fallbacks; /* calls made, and how many ran the Python methods */
     long long ref_weight, interactive_divisor, batch_multiplier;
     Py_ssize_t off[NSLOTS];
+    Py_ssize_t attr_off[NNAMES]; /* slot offsets of the attributes, -1: in __dict__ */
 } WfqCycle;
 
 #define SLOT(obj, self, i) (*(PyObject **)((char *)(obj) + (self)->off[i]))
@@ -549,24 +550,45 @@ as_ll(PyObject *o, long long *out)
     return 1;
 }
 
+/* The scheduler's and the policy's attributes: a slot (attr_off >= 0: the
+ * counters the cycle changes are __slots__ of Scheduler and WfqPolicy, read
+ * here as their member descriptors would) or an entry of the instance dict. */
 static inline PyObject *
 sched_get(WfqCycle *self, int name)
 {
-    return PyDict_GetItemWithError(self->sched_dict, attr_str[name]); /* borrowed */
+    if (self->attr_off[name] >= 0)
+        return *(PyObject **)((char *)self->sched + self->attr_off[name]); /* borrowed */
+    return PyDict_GetItemWithError(self->sched_dict, attr_str[name]);
 }
 
 static inline PyObject *
 policy_get(WfqCycle *self, int name)
 {
-    return PyDict_GetItemWithError(self->policy_dict, attr_str[name]); /* borrowed */
+    if (self->attr_off[name] >= 0)
+        return *(PyObject **)((char *)self->policy + self->attr_off[name]);
+    return PyDict_GetItemWithError(self->policy_dict, attr_str[name]);
 }
 
+/* self.<name> = value (a borrowed value) */
+static inline int
+sched_set(WfqCycle *self, int name, PyObject *value)
+{
+    if (self->attr_off[name] >= 0) {
+        PyObject **p = (PyObject **)((char *)self->sched + self->attr_off[name]), *old = *p;
+        *p = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyDict_SetItem(self->sched_dict, attr_str[name], value);
+}
+
+/* sched_set with a new reference (stolen); -1 if value is NULL. */
 static inline int
 sched_set_new(WfqCycle *self, int name, PyObject *value)
 {
     if (value == NULL)
         return -1;
-    int rc = PyDict_SetItem(self->sched_dict, attr_str[name], value);
+    int rc = sched_set(self, name, value);
     Py_DECREF(value);
     return rc;
 }
@@ -774,7 +796,6 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
                          PyObject *kwnames)
 {
     self->calls++;
-    PyObject *s = self->sched_dict;
     if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 3)
         goto fallback;
     long long cpu_id, now, elapsed;
@@ -872,7 +893,7 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
     set_slot(self, thread, T_OWNER, Py_None);
     set_slot(self, thread, T_STATE, self->runnable_state);
     if (set_slot_new(self, thread, T_PREEMPTIONS, PyLong_FromLongLong(preemptions + 1)) < 0
-        || PyDict_SetItem(s, attr_str[S_NOW], args[1]) < 0)
+        || sched_set(self, S_NOW, args[1]) < 0)
         goto done;
     /* stopping: the CPU's load changed */
     if (PySet_Add(pv.dirty, last_cpu_obj) < 0)
@@ -887,7 +908,7 @@ WfqCycle_preempt_current(WfqCycle *self, PyObject *const *args, size_t nargsf,
     PyObject *seqobj = PyLong_FromLongLong(seq + 1);
     if (seqobj == NULL)
         goto done;
-    if (PyDict_SetItem(s, attr_str[S_ENQUEUE_SEQ], seqobj) < 0
+    if (sched_set(self, S_ENQUEUE_SEQ, seqobj) < 0
         || heap_push(queue, thread, finish, (unsigned long long)(seq + 1), seqobj,
                      self->off[T_QUEUE_SEQ]) < 0) {
         Py_DECREF(seqobj);
@@ -1042,7 +1063,7 @@ go_idle(WfqCycle *self, PyObject *cpu, PyObject *now)
     PyObject *acc = PyNumber_Add(sched_get(self, S_IDLE_ACC), part);
     Py_DECREF(part);
     if (sched_set_new(self, S_IDLE_ACC, acc) < 0
-        || PyDict_SetItem(self->sched_dict, attr_str[S_IDLE_CHANGED], now) < 0
+        || sched_set(self, S_IDLE_CHANGED, now) < 0
         || sched_set_new(self, S_NR_IDLE, add_ll(nr_idle, 1)) < 0)
         return -1;
     set_slot(self, cpu, C_IDLE, Py_True);
@@ -1053,7 +1074,6 @@ static PyObject *
 WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     self->calls++;
-    PyObject *s = self->sched_dict;
     if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 2)
         goto fallback;
     long long cpu_id, now;
@@ -1078,7 +1098,7 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
         goto fallback;
     long long sched_slice = self->sched_slice;
 
-    if (PyDict_SetItem(s, attr_str[S_NOW], args[1]) < 0)
+    if (sched_set(self, S_NOW, args[1]) < 0)
         return NULL;
     /* WfqPolicy.dispatch: steal, pull, or our own front */
     HeapQueue *own = (HeapQueue *)PyList_GET_ITEM(pv.queues, cpu_id);
@@ -1155,7 +1175,7 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
         PyObject *acc = PyNumber_Add(sched_get(self, S_IDLE_ACC), part);
         Py_DECREF(part);
         if (sched_set_new(self, S_IDLE_ACC, acc) < 0
-            || PyDict_SetItem(s, attr_str[S_IDLE_CHANGED], args[1]) < 0
+            || sched_set(self, S_IDLE_CHANGED, args[1]) < 0
             || sched_set_new(self, S_NR_IDLE, add_ll(nr_idle, -1)) < 0)
             goto done;
         set_slot(self, cpu, C_IDLE, Py_False);
@@ -1312,9 +1332,16 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if ((self->sched_dict = PyObject_GenericGetDict(sched, NULL)) == NULL
         || (self->policy_dict = PyObject_GenericGetDict(policy, NULL)) == NULL)
         goto fail;
-    PyObject *s = self->sched_dict;
+    for (int i = 0; i < NNAMES; i++) {
+        PyTypeObject *owner = Py_TYPE(i < P_VTIME ? sched : policy);
+        PyObject *descr = _PyType_Lookup(owner, attr_str[i]); /* borrowed */
+        self->attr_off[i] = -1;
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)
+            && ((PyMemberDescrObject *)descr)->d_member->type == 16 /* T_OBJECT_EX */)
+            self->attr_off[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
 #define TAKE(field, name)                                                     \
-    if ((self->field = PyDict_GetItemWithError(s, attr_str[name])) == NULL) { \
+    if ((self->field = (name < P_VTIME ? sched_get : policy_get)(self, name)) == NULL) { \
         if (!PyErr_Occurred())                                                \
             PyErr_Format(PyExc_TypeError, "WfqCycle: no %s", attr_names[name]); \
         goto fail;                                                            \
@@ -1322,7 +1349,6 @@ WfqCycle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_INCREF(self->field);
     TAKE(kill_pending, S_KILL_PENDING)
     TAKE(kicks, S_KICKS)
-    s = self->policy_dict;
     TAKE(vtime, P_VTIME)
     TAKE(queues, P_QUEUES)
     TAKE(dirty, P_DIRTY)

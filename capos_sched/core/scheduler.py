@@ -299,6 +299,21 @@ class Scheduler:
     """
 
     GLOBAL_DSQ = GLOBAL_DSQ
+    # The counters every dispatch cycle changes are slots (the rest of the
+    # state is in __dict__): the C twin of the cycle (_accel.WfqCycle) reads
+    # and writes them as these member descriptors do, without a dict lookup.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_charged_ns",
+        "_enqueue_seq",
+        "_fx",
+        "_idle_acc_ns",
+        "_idle_changed_ns",
+        "_nr_busy",
+        "_nr_idle",
+        "now_ns",
+    )
 
     def __init__(
         self,

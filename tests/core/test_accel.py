@@ -241,6 +241,9 @@ def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implement
     env = {**os.environ, "CAPOS_SCHED_PURE": pure}
     report = json.loads(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
     assert report["implementation"] == implementation
+    assert report["cycle"] == implementation  # the WFQ cycle in C with the C queues
+    if implementation == "c":  # the loop is the common case: at most the first picks hand back
+        assert report["cycle_calls"] > 180 and report["cycle_fallbacks"] <= 4
     assert ("reference_ns_per_dispatch" in report) == (implementation == "c")
     assert 0 < report["bytes_per_thread"] <= 1024 and report["memory_goal_met"]
 

@@ -49,6 +49,7 @@ INTERACTIVE = LatencyClass.INTERACTIVE
 class WfqPolicy:
     name = "wfq"
     builtin = True
+    __slots__ = ("__dict__", "_fronts", "queues")  # read at every pick by the C twin (_accel.c)
 
     def __init__(self, pull_threshold_ns: int | None = None) -> None:
         self.pull_threshold_ns = pull_threshold_ns
