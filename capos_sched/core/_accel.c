@@ -516,7 +516,7 @@ set_slot_new(WfqCycle *self, PyObject *obj, int i, PyObject *value)
 }
 
 /* An exact int that fits 64 bits: 1 and *out, else 0 (no error set). */
-static inline int
+static inline __attribute__((always_inline)) int
 as_ll(PyObject *o, long long *out)
 {
     if (o == NULL || !PyLong_CheckExact(o))
@@ -946,8 +946,8 @@ fallback:
 /* (front key, CPU) of the lowest sibling front, as WfqPolicy._lowest_sibling:
  * 1 found, 0 none, -1 error. Repairs stale entries exactly as it does. */
 static int
-lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, long long *key_out,
-               long long *k_out)
+lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, Entry *own_front,
+               long long *key_out, long long *k_out)
 {
     PyObject *fronts = pv->fronts;
     PyObject *own = NULL;
@@ -977,7 +977,9 @@ lowest_sibling(WfqCycle *self, PolicyView *pv, long long cpu, long long *key_out
             PyErr_SetString(PyExc_IndexError, "list index out of range");
             goto error;
         }
-        Entry *true_front = live_front((HeapQueue *)PyList_GET_ITEM(pv->queues, k), NULL);
+        /* (the walk changes no queue: our own front is the one dispatch saw) */
+        Entry *true_front =
+            k == cpu ? own_front : live_front((HeapQueue *)PyList_GET_ITEM(pv->queues, k), NULL);
         if (true_front == NULL || !key_fits || true_front->key != key) {
             if (true_front == NULL) {
                 PyObject *r = fronts_pop(fronts);
@@ -1102,10 +1104,11 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
         return NULL;
     /* WfqPolicy.dispatch: steal, pull, or our own front */
     HeapQueue *own = (HeapQueue *)PyList_GET_ITEM(pv.queues, cpu_id);
-    Entry *own_front = live_front(own, NULL);
+    PyObject *own_thread = NULL;
+    Entry *own_front = live_front(own, &own_thread);
     long long own_key = own_front == NULL ? 0 : own_front->key;
     long long victim_key = 0, victim = -1;
-    int found = lowest_sibling(self, &pv, cpu_id, &victim_key, &victim);
+    int found = lowest_sibling(self, &pv, cpu_id, own_front, &victim_key, &victim);
     if (found < 0)
         return NULL;
     HeapQueue *source_queue = NULL;
@@ -1226,7 +1229,8 @@ WfqCycle_pick_next(WfqCycle *self, PyObject *const *args, size_t nargsf, PyObjec
     {
         PyObject *c = SLOT(thread, self, T_LAST_CPU); /* == cpu_id */
         PyObject *vruntime = SLOT(thread, self, T_VRUNTIME);
-        PyObject *front = queue_front_thread((HeapQueue *)PyList_GET_ITEM(pv.queues, cpu_id));
+        /* A steal or a pull left our queue as dispatch saw it. */
+        PyObject *front = source_queue != own ? own_thread : queue_front_thread(own);
         int lower = 0;
         if (front != NULL) {
             lower = fronts_lt(SLOT(front, self, T_VRUNTIME), vruntime);
