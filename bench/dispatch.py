@@ -21,7 +21,10 @@ batches interleaved with ours, so a loaded host slows both alike.
 
 The report names the implementation of the ordered DSQ that ran
 (``implementation``: "c" for the compiled accelerator, "python" for the
-reference; ``CAPOS_SCHED_PURE=1`` forces the reference). When it is "c", the
+reference; ``CAPOS_SCHED_PURE=1`` forces the reference) and of the cycle
+itself (``cycle``: "c" when ``preempt_current`` and ``pick_next`` ran as the
+accelerator's WFQ twin, ``_accel.WfqCycle``, with ``cycle_fallbacks`` of its
+``cycle_calls`` handed to the Python methods; "python" otherwise). When it is "c", the
 pure-Python reference is timed too, interleaved (``reference_ns_per_dispatch``,
 ``vs_reference``). ``bytes_per_thread`` is what the loaded core allocated
 (tracemalloc), divided by the thread count.
@@ -141,6 +144,7 @@ def dispatch_batch(threads: int, cpus: int, seed: int = 0, scheduler: type = Sch
             pick(cpu, now)
         clock[0] = now
 
+    run_batch.core = core  # type: ignore[attr-defined]
     return run_batch
 
 
@@ -221,6 +225,12 @@ def run(
         runs.append(dispatch_batch(threads, cpus, scheduler=pure))
     runs.append(heapq_batch(threads))
     dispatch_ns, *other, heapq_ns = interleaved_medians(runs, cycles)
+    fast = getattr(runs[0].core, "_fast_cycle", None)  # type: ignore[attr-defined]
+    cycle_report = {
+        "cycle": "python" if fast is None else "c",
+        "cycle_fallbacks": None if fast is None else fast.fallbacks,
+        "cycle_calls": None if fast is None else fast.calls,
+    }
     if compare_core is not None:
         compared = {
             "compared_core": compare_core,
@@ -246,6 +256,7 @@ def run(
         "cpus": cpus,
         "cycles": cycles,
         "implementation": implementation,
+        **cycle_report,
         "ns_per_dispatch": round(dispatch_ns, 1),
         "heapq_ns": round(heapq_ns, 1),
         "ratio": round(ratio, 2),
@@ -325,11 +336,17 @@ def dispatch(
         click.echo(json.dumps(result))
         return
     click.echo(
-        f"[{result['implementation']}] {result['ns_per_dispatch']:.0f} ns per dispatch"
+        f"[{result['implementation']}, cycle {result['cycle']}]"
+        f" {result['ns_per_dispatch']:.0f} ns per dispatch"
         f" vs heapq {result['heapq_ns']:.0f} ns -> ratio {result['ratio']:.2f}"
         f" (goal <= {GOAL_RATIO:g} at 100,000 threads: "
         f"{'met' if result['ratio_goal_met'] else 'not met'})"
     )
+    if result["cycle"] == "c":
+        click.echo(
+            f"cycle in C: {result['cycle_calls'] - result['cycle_fallbacks']} of"
+            f" {result['cycle_calls']} calls (the rest ran the Python methods)"
+        )
     if "reference_ns_per_dispatch" in result:
         click.echo(
             f"pure-Python reference, interleaved: {result['reference_ns_per_dispatch']:.0f} ns"

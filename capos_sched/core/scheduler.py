@@ -42,7 +42,13 @@ from typing import Any
 
 import attrs
 
-from .constants import DEFAULT_WEIGHT, REFERENCE_WEIGHT, SLICE_NS
+from .constants import (
+    BATCH_SLICE_MULTIPLIER,
+    DEFAULT_WEIGHT,
+    INTERACTIVE_SLICE_DIVISOR,
+    REFERENCE_WEIGHT,
+    SLICE_NS,
+)
 from .delegation import ROOT, CpuCap
 from .errors import InvalidArgument, InvalidState, StaleThread
 from .policy import (
@@ -59,7 +65,16 @@ from .policy import (
     PolicyExit,
     PolicyViolation,
 )
-from .runqueue import KEY_MAX, KEY_MIN, QUEUED, FifoQueue, RunQueue, VirtualFinishQueue
+from .runqueue import (
+    IMPLEMENTATION,
+    KEY_MAX,
+    KEY_MIN,
+    QUEUED,
+    FifoQueue,
+    RunQueue,
+    VirtualFinishQueue,
+    _accel,
+)
 from .thread import (
     LatencyClass,
     Thread,
@@ -71,6 +86,9 @@ from .thread import (
 )
 
 FALLBACK_POLICY = "fifo"
+FastCycle: Any = _accel.WfqCycle if IMPLEMENTATION == "c" and _accel is not None else None
+"""The C twin of the WFQ dispatch cycle (``_accel.WfqCycle``), None where the
+accelerator was not built or CAPOS_SCHED_PURE is set (see ``_bind_fast_cycle``)."""
 MAX_EXITS = 64
 """Exit records kept (the most recent ones)."""
 
@@ -281,6 +299,21 @@ class Scheduler:
     """
 
     GLOBAL_DSQ = GLOBAL_DSQ
+    # The counters every dispatch cycle changes are slots (the rest of the
+    # state is in __dict__): the C twin of the cycle (_accel.WfqCycle) reads
+    # and writes them as these member descriptors do, without a dict lookup.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_charged_ns",
+        "_enqueue_seq",
+        "_fx",
+        "_idle_acc_ns",
+        "_idle_changed_ns",
+        "_nr_busy",
+        "_nr_idle",
+        "now_ns",
+    )
 
     def __init__(
         self,
@@ -343,6 +376,9 @@ class Scheduler:
         """The scheduler tree (``subsched.Delegation``), made on first use."""
         self._routed: Any = None
         """The same once a sub-scheduler attached: callbacks are routed per thread."""
+        self._fast_cycle: Any = None
+        """The C twin of ``preempt_current`` and ``pick_next`` in use, if any
+        (``_bind_fast_cycle``; its ``calls`` and ``fallbacks`` count them)."""
         if isinstance(policy, str | Policy):
             policy = new_builtin_policy(policy, balance_threshold_ns)
         self._install(policy)
@@ -1268,6 +1304,7 @@ class Scheduler:
         policy was given) are taken out of the old DSQs and re-enqueued."""
         if not callable(getattr(policy, "enqueue", None)):
             raise InvalidArgument(f"policy {policy!r} has no enqueue callback")
+        self._unbind_fast_cycle()
         old = self._policy
         self._handoff = None  # a dispatch in progress is abandoned: re-enqueued below
         queued = sorted(
@@ -1305,6 +1342,7 @@ class Scheduler:
         self._call("init", self._cb_init)
         if self._epoch != epoch:
             return
+        self._bind_fast_cycle(policy)
         for thread in self._policy_threads():
             if thread.state is not ThreadState.EXITED:
                 self._call("init_thread", self._cb_init_thread, thread)
@@ -1338,6 +1376,54 @@ class Scheduler:
         self._cb_tick = bind("tick")
         self._cb_init = bind("init")
         self._cb_exit_thread = bind("exit_thread")
+
+    def _unbind_fast_cycle(self) -> None:
+        """Back to the Python ``preempt_current`` and ``pick_next``: before a
+        policy install, and for good once a sub-scheduler routes the callbacks
+        (``subsched``), the two changes the C twin does not check for."""
+        self.__dict__.pop("preempt_current", None)
+        self.__dict__.pop("pick_next", None)
+        self._fast_cycle = None
+
+    def _bind_fast_cycle(self, policy: Any) -> None:
+        """Run ``preempt_current`` and ``pick_next`` through the C accelerator's
+        twin of the cycle (``_accel.WfqCycle``) when the policy is the built-in
+        WFQ on accelerated queues and no sub-scheduler routes the callbacks;
+        otherwise (and under CAPOS_SCHED_PURE) the methods below run. The twin
+        checks the rest of the common case at every call and calls these
+        methods outside it, so both stay interchangeable."""
+        self._unbind_fast_cycle()
+        from .policies.wfq import WfqPolicy
+
+        if (
+            FastCycle is None
+            or self._routed is not None
+            or type(self) is not Scheduler
+            or type(policy) is not WfqPolicy
+            or not all(isinstance(q, _accel.HeapQueue) for q in policy.queues)
+            or any(self._dsqs.get(k) is not q or q.id != k for k, q in enumerate(policy.queues))
+        ):
+            return
+        fast = FastCycle(
+            self,
+            policy,
+            Thread,
+            Cpu,
+            Dispatch,
+            FifoQueue,
+            RUNNING_STATE,
+            RUNNABLE_STATE,
+            LatencyClass.INTERACTIVE,
+            LatencyClass.BATCH,
+            Scheduler.preempt_current,
+            Scheduler.pick_next,
+            REFERENCE_WEIGHT,
+            INTERACTIVE_SLICE_DIVISOR,
+            BATCH_SLICE_MULTIPLIER,
+        )
+        self._fast_cycle = fast
+        self.preempt_current = fast.preempt_current  # type: ignore[method-assign]
+        self.pick_next = fast.pick_next  # type: ignore[method-assign]
 
     def _make_runnable(self, thread: Thread, prev: int, now_ns: int, flags: int) -> Wake:
         thread.state = ThreadState.RUNNABLE

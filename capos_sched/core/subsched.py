@@ -467,6 +467,7 @@ class Delegation:
             thread.accounted_ns = thread.runtime_ns
         self.rebind_root()
         self.sched._routed = self
+        self.sched._unbind_fast_cycle()  # its C twin serves only the unrouted scheduler
 
     def rebind_root(self) -> None:
         """Take the root policy's bound callbacks and put the routers in their

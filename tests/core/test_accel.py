@@ -16,7 +16,15 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import example, given, settings
 
-from capos_sched.core import MAX_WEIGHT, QueueCpu, Scheduler, runqueue
+from capos_sched.core import (
+    MAX_WEIGHT,
+    SLICE_NS,
+    LastCpu,
+    LeastLoaded,
+    QueueCpu,
+    Scheduler,
+    runqueue,
+)
 from capos_sched.core.runqueue import KEY_MAX, KEY_MIN, PureVirtualFinishQueue
 
 accel = runqueue._accel
@@ -233,5 +241,247 @@ def test_bench_dispatch_reports_the_implementation_that_ran(pure: str, implement
     env = {**os.environ, "CAPOS_SCHED_PURE": pure}
     report = json.loads(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
     assert report["implementation"] == implementation
+    assert report["cycle"] == implementation  # the WFQ cycle in C with the C queues
+    if implementation == "c":  # the loop is the common case: at most the first picks hand back
+        assert report["cycle_calls"] > 180 and report["cycle_fallbacks"] <= 4
     assert ("reference_ns_per_dispatch" in report) == (implementation == "c")
     assert 0 < report["bytes_per_thread"] <= 1024 and report["memory_goal_met"]
+
+
+# ------------------------------------------------ the dispatch cycle (_accel.WfqCycle)
+
+
+def owner_of(owner) -> tuple | None:  # type: ignore[no-untyped-def]
+    if owner is None:
+        return None
+    return (owner.kind, getattr(owner, "id", None), owner.cpu)
+
+
+def state_digest(s: Scheduler) -> tuple:
+    """Everything the cycle writes, of the scheduler, its threads, its CPUs and
+    the WFQ policy's side structures (heap slots in array order included)."""
+    threads = [
+        (
+            t.tid,
+            t.generation,
+            t.state,
+            t.weight,
+            t.latency_class,
+            t.runtime_ns,
+            t.virtual_runtime_ns,
+            t._vruntime_remainder,
+            t.last_started_ns,
+            t.last_cpu,
+            t.runnable_since_ns,
+            t.context_switches,
+            t.preemptions,
+            t.voluntary_blocks,
+            t.migrations,
+            owner_of(t.owner),
+            t.queue_seq,
+            t.slice_ns,
+            t.dispatch_source,
+            t.wait_mark_ns,
+        )
+        for t in s.threads()
+    ]
+    cpus = [
+        (c.current and c.current.tid, c.last_tid, c.running_finish, c.idle, c.ipc_slot)
+        for c in s.cpus
+    ]
+    counters = (
+        s.now_ns,
+        s._charged_ns,
+        s._idle_acc_ns,
+        s._nr_idle,
+        s._idle_changed_ns,
+        s._nr_busy,
+        s._enqueue_seq,
+        s._dispatching,
+        s._handoff,
+        list(s._kicks),
+        list(s._preempts),
+        s.policy_name,
+        [(e.kind, e.callback, e.message) for e in s.exits],
+    )
+    policy = s.policy_object
+    side: tuple = ()
+    if s.policy_name == "wfq":
+        side = (
+            list(policy.vtime),
+            list(policy._fronts),
+            sorted(policy._dirty),
+            [list(q._heap) for q in policy.queues],  # a copy: the reference's is live
+            [sorted(q._entries) for q in policy.queues],
+        )
+    return threads, cpus, counters, side
+
+
+# Round run times and weights make exact ties (equal finishes, a pull exactly
+# at the threshold) common; the odd ones make everything else.
+CYCLE_ARGS = st.one_of(
+    st.sampled_from([0, 1, SLICE_NS // 4, SLICE_NS, 2 * SLICE_NS]), st.integers(0, 12_000_000)
+)
+CYCLE_WEIGHTS = st.lists(
+    st.one_of(st.sampled_from([1, 512, 1024, 2048]), st.integers(1, MAX_WEIGHT)),
+    min_size=1,
+    max_size=10,
+)
+CYCLE_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["expire"] * 8
+            + ["stop", "block", "wake", "wake", "weight", "class", "kill", "spawn", "pick"]
+            + ["call", "serve", "switch", "huge", "kick", "noslice"]
+        ),
+        st.integers(0, 3),
+        CYCLE_ARGS,
+    ),
+    max_size=80,
+)
+
+
+def cycle_trace(fast: bool, cpus: int, weights: list[int], steps: list[tuple]) -> list:
+    """Every result and the whole state after every step of a WFQ scheduler
+    driven by ``steps``: ``fast``, the C cycle on the C queues; else the
+    pure-Python reference (its queues and its cycle)."""
+    import capos_sched.core.scheduler as scheduler_module
+
+    mp = pytest.MonkeyPatch()
+    if fast:
+        mp.setattr(scheduler_module, "VirtualFinishQueue", accelerated_class())
+        mp.setattr(scheduler_module, "FastCycle", accel.WfqCycle)
+    else:
+        mp.setattr(scheduler_module, "VirtualFinishQueue", PureVirtualFinishQueue)
+        mp.setattr(scheduler_module, "FastCycle", None)
+    try:
+        s = Scheduler(cpus)
+        assert (s._fast_cycle is not None) == fast
+        refs = [
+            s.spawn(f"t{i}", 0, w, placement=QueueCpu(i % cpus)).thread
+            for i, w in enumerate(weights)
+        ]
+        now, trace = 0, []
+        for kind, cpu, arg in steps:
+            cpu %= cpus
+            now += 1_000_000
+            running = s.cpus[cpu].current is not None
+            target = refs[arg % len(refs)]
+            live = s.is_live(target)
+            result: object = None
+            if kind == "expire" and not running:
+                result = s.pick_next(cpu, now)  # an idle CPU's turn: it picks
+            elif kind in ("expire", "block", "call", "serve") and running:
+                if kind == "expire":
+                    result = s.preempt_current(cpu, now, arg)
+                elif kind == "block":
+                    result = s.block_current(cpu, now, arg)
+                else:
+                    how = "call" if kind == "call" else "wait"
+                    result = s.stop(cpu, now, arg, how, "ep")
+                result = (result, s.pick_next(cpu, now))
+            elif kind == "stop" and running:
+                result = (s.stop(cpu, now, arg, "expired"), s.pick_next(cpu, now))
+            elif kind == "pick" and not running:
+                result = s.pick_next(cpu, now)
+            elif kind == "wake" and live and s.snapshot(target).state.name == "BLOCKED":
+                placement = [LastCpu(), QueueCpu(cpu), LeastLoaded()][arg % 3]
+                result = s.wake(target, now, placement)
+            elif kind == "weight" and live:
+                s.set_weight(target, 1 + arg % MAX_WEIGHT)
+            elif kind == "class" and live:
+                s.set_latency_class(target, arg % 4)
+            elif kind == "kill" and live:
+                result = s.kill(target, now)
+            elif kind == "spawn":
+                refs.append(s.spawn(f"n{len(refs)}", now, 1 + arg % MAX_WEIGHT).thread)
+            elif kind == "switch":
+                result = s.set_policy("fifo" if s.policy_name == "wfq" else "wfq", now)
+            elif kind == "huge" and live:
+                # Virtual runtimes near and beyond 64 bits: the C cycle must
+                # hand these to the reference (whose keys the scheduler refuses).
+                s._threads[target.tid].virtual_runtime_ns += (1 << 62) + arg * (1 << 40)
+            elif kind == "noslice" and live:
+                # A queued thread without a budget of its own (as after an IPC
+                # slot): its pick computes its class slice.
+                s._threads[target.tid].slice_ns = None
+            elif kind == "kick":
+                s.kick(cpu)  # leaves a kick for pick_next's fresh-effects rule
+            trace.append((kind, result, state_digest(s)))
+        s.check_invariants()
+        return trace
+    finally:
+        mp.undo()
+
+
+@needs_accel
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 4), CYCLE_WEIGHTS, CYCLE_STEPS)
+# CPU 0 goes idle, gets two threads, and a least-loaded spawn on CPU 1 cleans
+# its load mark; its pick (in C: CPU 1's pick took the spawn's kick) leaves idle
+# and marks its load dirty again (running)
+@example(
+    2,
+    [1024],
+    [("expire", 1, 0), ("expire", 0, 0)]
+    + [("spawn", 0, 1023)] * 3
+    + [("expire", 1, 0), ("expire", 0, 0)],
+)
+# an interactive thread with no budget of its own is picked: its class slice
+@example(1, [1024] * 3, [("expire", 0, 0), ("class", 0, 4), ("noslice", 0, 4), ("expire", 0, 0)])
+# a pull exactly at the threshold (finish 4 ms behind ours)
+@example(2, [1024, 1024], [("expire", 0, 0), ("expire", 0, SLICE_NS)])
+# the lag clamp at a preempt: a thread pulled from a CPU whose virtual time is
+# 24 ms behind runs 0 ns, and is re-queued one slice behind the virtual time
+@example(
+    2,
+    [1024],
+    [
+        ("expire", 0, 0),
+        ("expire", 0, 3 * SLICE_NS),
+        ("expire", 0, 3 * SLICE_NS),
+        ("spawn", 1, 1023),
+        ("expire", 0, 0),
+        ("expire", 0, 0),
+    ],
+)
+def test_the_c_cycle_matches_the_reference_step_by_step(cpus, weights, steps) -> None:
+    expected = cycle_trace(False, cpus, weights, steps)
+    assert cycle_trace(True, cpus, weights, steps) == expected
+
+
+@needs_accel
+def test_the_c_cycle_runs_the_common_case_and_hands_the_rest_back() -> None:
+    """The differential test compares something: the C cycle is bound for WFQ,
+    takes every call of a plain preempt/pick loop itself, and hands a kill
+    pending to the reference (and stays out for another policy)."""
+    import capos_sched.core.scheduler as scheduler_module
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(scheduler_module, "VirtualFinishQueue", accelerated_class())
+    mp.setattr(scheduler_module, "FastCycle", accel.WfqCycle)
+    try:
+        s = Scheduler(2)
+        refs = [
+            s.spawn(f"t{i}", 0, 100 * (i + 1), placement=QueueCpu(i % 2)).thread for i in range(6)
+        ]
+        fast = s._fast_cycle
+        assert s.pick_next.__self__ is fast and s.preempt_current.__self__ is fast
+        s.pick_next(0, 0)  # the spawns left kicks to clear: the reference's path
+        assert (fast.calls, fast.fallbacks) == (1, 1)
+        s.pick_next(1, 0)
+        for k in range(1, 41):
+            s.preempt_current(k % 2, k * 1000, 1000)
+            s.pick_next(k % 2, k * 1000)
+        assert (fast.calls, fast.fallbacks) == (82, 1)
+        running = s.running_thread(0)
+        assert running is not None and s.kill(running, 50_000) == 0
+        s.preempt_current(0, 50_000, 1000)  # the kill: the reference's path
+        assert fast.fallbacks == 2 and not s.is_live(running)
+        assert sum(s.is_live(r) for r in refs) == 5
+        s.set_policy("fifo")
+        assert s._fast_cycle is None and "pick_next" not in s.__dict__
+        s.set_policy("wfq")
+        assert s._fast_cycle is not None and s._fast_cycle is not fast
+    finally:
+        mp.undo()

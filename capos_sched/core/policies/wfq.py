@@ -49,6 +49,7 @@ INTERACTIVE = LatencyClass.INTERACTIVE
 class WfqPolicy:
     name = "wfq"
     builtin = True
+    __slots__ = ("__dict__", "_fronts", "queues")  # read at every pick by the C twin (_accel.c)
 
     def __init__(self, pull_threshold_ns: int | None = None) -> None:
         self.pull_threshold_ns = pull_threshold_ns
@@ -101,6 +102,7 @@ class WfqPolicy:
             self._dirty.add(victim[1])
             ctx.move_to_local(victim[1], cpu, source="steal" if own_key is None else "pull")
         elif own_key is not None:
+            self._dirty.add(cpu)
             ctx.move_to_local(own.id, cpu)
 
     def running(self, ctx: Any, thread: Any) -> None:
