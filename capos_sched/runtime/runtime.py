@@ -103,6 +103,7 @@ MAX_WORKER_CRASHES = 3
 """A thread whose worker dies under it this many slices in a row fails; fewer
 cost it only the slice in progress (it is re-queued, nothing charged)."""
 MAX_HASH_BYTES = 256 * 1024 * 1024
+DIRECT_WAIT_NS = 250_000
 
 
 class RuntimeFailure(Exception):
@@ -128,6 +129,11 @@ class RuntimeConfig:
     watchdog_threshold_ns: int | None = None
     watchdog_bypass_ns: int | None = None
     max_hash_bytes: int = MAX_HASH_BYTES
+    direct_wait_ns: int = DIRECT_WAIT_NS
+    """A request whose limit is at most this is waited for directly (a
+    blocking ``select`` on the trio thread, for at most its limit plus this)
+    when nothing else in trio is due (``Worker.request``); 0: always through
+    trio."""
     clock_ns: Callable[[], int] = time.perf_counter_ns
 
 
@@ -236,6 +242,8 @@ class Runtime(PlanHost):
         """The newest exit record logged (records are logged once, in order)."""
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
+        self._timer_fds: set[int] = set()
+        """The descriptors of the armed timers (a direct wait watches them)."""
         self.probe: SliceProbe | None = None
         """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
@@ -648,7 +656,9 @@ class Runtime(PlanHost):
                         await worker.attach(
                             rt.hash.data_id, rt.hash.fd, rt.hash.blocks, rt.hash.block_size
                         )
-                    status, _, elapsed, position, acc = await worker.request(payload)
+                    status, _, elapsed, position, acc = await worker.request(
+                        payload, *self._direct_wait(worker, limit)
+                    )
                 except WorkerDied as exc:
                     if not exc.ran and attempt == 1:
                         # Died while idle (the send failed): the thread never ran.
@@ -696,6 +706,17 @@ class Runtime(PlanHost):
         self._after_run(k, rt, elapsed, stop, end)
         if probed is not None:
             self._probe_record(probed, elapsed)
+
+    def _direct_wait(self, worker: Worker, limit: int) -> tuple[int, list[int]]:
+        """How long ``worker``'s reply may be waited for directly (0: through
+        trio), and the descriptors that must end such a wait: the other
+        CPUs' busy workers and the armed timers."""
+        slack = self.config.direct_wait_ns
+        if limit > slack:
+            return 0, []
+        watch = [w.sock.fileno() for w in self._workers if w.busy and w is not worker and w.sock]
+        watch.extend(self._timer_fds)
+        return limit + slack, watch
 
     def _probe_record(self, times: tuple[int, ...], elapsed: int) -> None:
         """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
@@ -800,7 +821,7 @@ class Runtime(PlanHost):
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
             # Precise to the kernel's hrtimer, not to epoll's millisecond.
-            await sleep_until_monotonic_ns(deadline_ns + self._epoch)
+            await sleep_until_monotonic_ns(deadline_ns + self._epoch, self._timer_fds)
         else:  # an injected clock (tests): only trio's own time is comparable
             await trio.sleep(max(0, deadline_ns - self.now_ns()) / 1e9)
         core = self.scheduler

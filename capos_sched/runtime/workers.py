@@ -14,6 +14,7 @@ import array
 import contextlib
 import mmap
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -39,8 +40,47 @@ from capos_sched.runtime.protocol import (
 
 log = structlog.get_logger("capos_sched.runtime")
 
+try:  # trio's per-thread run loop (private): see trio_has_nothing_else
+    from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN_CONTEXT
+except ImportError:  # pragma: no cover - another trio layout
+    _TRIO_RUN_CONTEXT = None
+
 START_TIMEOUT_S = 20.0
 """How long a new worker may take to say READY (Python start-up on a loaded machine)."""
+
+FD_SETSIZE = 1024
+"""``select`` takes descriptors below this only (a direct wait needs them all there)."""
+
+DIRECT_RUN_NS = 1_000_000
+"""A worker's requests go through trio at least this often: trio runs a batch
+of woken tasks one after the other, and the ones after this worker's task in
+its batch are in no queue a direct wait can see, so they run only once it
+yields."""
+
+
+def trio_has_nothing_else(within_s: float) -> bool:
+    """No other trio task is runnable, no ``run_sync_soon`` callback is queued,
+    and no trio deadline falls within ``within_s``: blocking the trio thread
+    that long in a system call delays nothing trio knows of but readiness of
+    file descriptors (which a direct wait watches itself).
+
+    Read from trio's run loop directly (0.6 us) while its layout is the one
+    known here, else from ``current_statistics`` (5 us: it also counts every
+    descriptor's waiters)."""
+    runner = getattr(_TRIO_RUN_CONTEXT, "runner", None)
+    try:
+        return (
+            not runner.runq
+            and not runner.entry_queue.size()
+            and runner.deadlines.next_deadline() - runner.current_time() > within_s
+        )
+    except AttributeError:
+        stats = trio.lowlevel.current_statistics()
+        return (
+            stats.tasks_runnable == 0
+            and stats.run_sync_soon_queue_size == 0
+            and stats.seconds_to_next_deadline > within_s
+        )
 
 
 class WorkerDied(Exception):
@@ -118,6 +158,9 @@ class Worker:
     busy: bool = False
     sent_ns: int = 0
     """CLOCK_MONOTONIC when the last request's send returned (for the probe)."""
+    trio_waited_ns: int = 0
+    """CLOCK_MONOTONIC when a reply was last waited for through trio."""
+    direct_run_ns: int = DIRECT_RUN_NS
 
     @classmethod
     def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
@@ -185,11 +228,20 @@ class Worker:
         self.pid = pid
         log.debug("worker started", cpu=self.cpu, pid=pid, nice=self.nice, core=self.core)
 
-    async def request(self, payload: bytes) -> tuple[int, int, int, int, int]:
-        """Send one run request and wait for its reply; WorkerDied if the process is gone."""
+    async def request(
+        self, payload: bytes, direct_wait_ns: int = 0, watch: Any = ()
+    ) -> tuple[int, int, int, int, int]:
+        """Send one run request and wait for its reply; WorkerDied if the process is gone.
+
+        ``direct_wait_ns`` > 0 allows a direct wait (``_recv_direct``) of at
+        most that long, with ``watch`` the other descriptors trio waits on
+        that must end it (the other CPUs' busy workers, armed timers)."""
         assert self.sock is not None
         self.busy = True
         try:
+            # Decided before the send: after it, the worker (often on this
+            # core) runs only once the trio thread blocks.
+            watched = self._direct_wait_set(direct_wait_ns, watch) if direct_wait_ns > 0 else None
             try:
                 await self._flush_detaches()
                 await self._send(payload)
@@ -197,7 +249,12 @@ class Worker:
             except OSError as exc:
                 raise WorkerDied(f"send failed: {exc}", ran=False) from exc
             try:
-                data = await self._recv()
+                data = None
+                if watched is not None:
+                    data = self._recv_direct(direct_wait_ns, watched)
+                if data is None:
+                    data = await self._recv()
+                    self.trio_waited_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"socket error: {exc}") from exc
         finally:
@@ -258,6 +315,39 @@ class Worker:
                 return self.sock.recv(REPLY.size)
             except BlockingIOError:
                 continue
+
+    def _direct_wait_set(self, wait_ns: int, watch: Any) -> list[int] | None:
+        """The descriptors a direct wait of ``wait_ns`` selects on (this
+        worker's first), or None when such a wait could delay anything trio
+        knows of: another task runnable, a callback queued, a deadline within
+        ``wait_ns``, a descriptor ``select`` cannot take, or no wait through
+        trio for ``direct_run_ns``."""
+        assert self.sock is not None
+        if time.perf_counter_ns() - self.trio_waited_ns > self.direct_run_ns:
+            return None
+        watched = [self.sock.fileno(), *watch]
+        if max(watched) >= FD_SETSIZE or not trio_has_nothing_else(wait_ns / 1e9):
+            return None
+        return watched
+
+    def _recv_direct(self, wait_ns: int, watched: list[int]) -> bytes | None:
+        """The reply, waited for in a blocking ``select`` on the trio thread,
+        or None (then the caller waits through trio) when another descriptor
+        of ``watched`` is ready first or no reply came within ``wait_ns``.
+
+        Why: through trio, a reply costs the trio thread about 28 us around its
+        ``epoll_wait`` (docs/benchmarks.md, "Runtime per-slice cost"), more than
+        the kernel's whole round trip, and a short IPC slice pays it at every
+        hop. ``select`` has a microsecond timeout (``epoll_wait``'s is a
+        millisecond), so the wait stays as short as asked."""
+        assert self.sock is not None
+        ready, _, _ = select.select(watched, (), (), wait_ns / 1e9)
+        if watched[0] not in ready:
+            return None
+        try:
+            return self.sock.recv(REPLY.size)
+        except BlockingIOError:  # pragma: no cover - readable means a record or EOF
+            return None
 
     def _close_socket(self) -> None:
         if self.sock is not None:

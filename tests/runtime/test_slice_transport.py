@@ -3,14 +3,17 @@ and the probe's breakdown (``bench slice``)."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import trio
+import trio.testing
 
 from capos_sched.runtime.probe import PHASES, SliceProbe
 from capos_sched.runtime.protocol import OP_SPIN, ST_LIMIT, encode_request
-from capos_sched.runtime.runtime import Runtime
-from capos_sched.runtime.workers import Worker, WorkerDied
+from capos_sched.runtime.runtime import Runtime, RuntimeConfig
+from capos_sched.runtime.timers import sleep_until_monotonic_ns
+from capos_sched.runtime.workers import DIRECT_RUN_NS, Worker, WorkerDied
 from capos_sched.workload import IpcClient, IpcServer, Spin
 
 from .helpers import MS, plan, thread
@@ -30,6 +33,7 @@ class TaskSteps(trio.abc.Instrument):
 
 async def _started_worker() -> Worker:
     worker = Worker.create(cpu=0, nice=0, core=None)
+    worker.direct_run_ns = DIRECT  # its own test below
     await worker.start()
     return worker
 
@@ -55,6 +59,155 @@ async def test_a_request_costs_its_task_one_trio_wake_up() -> None:
     finally:
         await worker.stop()
         worker.close()
+
+
+DIRECT = 60_000 * MS
+"""A direct wait no reply outlasts, even on a loaded host (the tests count
+wake-ups, not time)."""
+
+
+async def _steps_of_requests(worker: Worker, count: int, **direct: object) -> int:
+    """How many trio wake-ups ``count`` 100 us requests cost this task."""
+    await worker.request(encode_request(OP_SPIN, 7, 100_000))  # warm-up
+    steps = TaskSteps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        for _ in range(count):
+            status, tid, elapsed, _, _ = await worker.request(
+                encode_request(OP_SPIN, 7, 100_000), **direct
+            )
+            assert (status, tid) == (ST_LIMIT, 7) and elapsed > 0
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return steps.steps
+
+
+async def test_a_direct_wait_with_nothing_else_due_costs_no_trio_wake_up() -> None:
+    worker = await _started_worker()
+    try:
+        assert await _steps_of_requests(worker, 5, direct_wait_ns=DIRECT) == 0
+    finally:
+        await worker.stop()
+        worker.close()
+
+
+async def test_a_direct_wait_is_declined_while_another_task_is_runnable() -> None:
+    worker = await _started_worker()
+    woken = 0
+    wake = trio.Event()
+
+    async def woken_before_each_request() -> None:
+        nonlocal woken
+        while True:
+            await wake.wait()
+            woken += 1
+
+    try:
+        await worker.request(encode_request(OP_SPIN, 7, 100_000))  # warm-up
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(woken_before_each_request)
+            steps = TaskSteps(trio.lowlevel.current_task())
+            for _ in range(5):
+                await trio.testing.wait_all_tasks_blocked()
+                wake.set()  # the other task is runnable now
+                wake = trio.Event()
+                trio.lowlevel.add_instrument(steps)
+                try:
+                    await worker.request(encode_request(OP_SPIN, 7, 100_000), DIRECT)
+                finally:
+                    trio.lowlevel.remove_instrument(steps)
+            nursery.cancel_scope.cancel()
+        # Every request went through trio, so the other task ran before each reply.
+        assert steps.steps == 5 and woken == 5
+    finally:
+        await worker.stop()
+        worker.close()
+
+
+async def test_a_worker_waits_through_trio_at_least_every_direct_run() -> None:
+    # Tasks woken in the same trio batch as this one are in no run queue: they
+    # run once this task yields, so it yields at least every DIRECT_RUN_NS.
+    worker = await _started_worker()
+    try:
+        assert worker.direct_run_ns == DIRECT and DIRECT_RUN_NS < DIRECT
+        assert await _steps_of_requests(worker, 3, direct_wait_ns=DIRECT) == 0
+        # The warm-up request waits through trio; then one more after a long run.
+        steps = TaskSteps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for _ in range(3):
+                worker.trio_waited_ns = time.perf_counter_ns() - DIRECT - 1
+                await worker.request(encode_request(OP_SPIN, 7, 100_000), DIRECT)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 3
+    finally:
+        await worker.stop()
+        worker.close()
+
+
+async def test_a_direct_wait_is_declined_before_a_trio_deadline_within_it() -> None:
+    worker = await _started_worker()
+    try:
+        beyond = within = None
+        with trio.move_on_after(DIRECT / 1e9 + 3600):  # a deadline after the wait's bound
+            beyond = await _steps_of_requests(worker, 3, direct_wait_ns=DIRECT)
+        with trio.move_on_after(DIRECT / 2 / 1e9):  # within it: through trio
+            within = await _steps_of_requests(worker, 3, direct_wait_ns=DIRECT)
+        assert (beyond, within) == (0, 3)
+    finally:
+        await worker.stop()
+        worker.close()
+
+
+async def test_a_direct_wait_ends_when_a_watched_descriptor_is_ready() -> None:
+    # Another CPU's reply or a timer that fires must not wait for this one.
+    worker = await _started_worker()
+    ready, other = socket.socketpair()
+    try:
+        other.send(b"x")  # `ready` is readable for the whole test
+        steps = await _steps_of_requests(worker, 3, direct_wait_ns=DIRECT, watch=[ready.fileno()])
+        assert steps == 3
+    finally:
+        ready.close()
+        other.close()
+        await worker.stop()
+        worker.close()
+
+
+async def test_an_armed_timer_is_in_the_set_a_direct_wait_watches() -> None:
+    armed: set[int] = set()
+    seen: list[set[int]] = []
+
+    async def look() -> None:
+        await trio.sleep(0.01)
+        seen.append(set(armed))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(look)
+        await sleep_until_monotonic_ns(time.monotonic_ns() + 200 * MS, armed)
+    assert len(seen) == 1 and len(seen[0]) == 1
+    assert armed == set()
+
+
+async def test_the_runtime_waits_directly_only_for_short_requests() -> None:
+    p = plan(thread("a/hog", Spin(50 * MS)), thread("b/hog", Spin(50 * MS)), cpus=2)
+    runtime = Runtime(p, config=RuntimeConfig(direct_wait_ns=250_000))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        first, second = runtime.workers
+        second.busy = True  # as while CPU 1 waits for its reply
+        runtime._timer_fds.add(99)
+        try:
+            wait, watch = runtime._direct_wait(first, 100_000)
+            assert wait == 350_000 and sorted(watch) == sorted([second.sock.fileno(), 99])
+            assert runtime._direct_wait(first, 4 * MS) == (0, [])
+        finally:
+            runtime._timer_fds.discard(99)
+            second.busy = False
+        runtime.request_stop()
+    off = Runtime(p, config=RuntimeConfig(direct_wait_ns=0))
+    assert off._direct_wait(first, 100_000) == (0, [])
 
 
 async def test_spin_reply_carries_the_workers_receive_and_reply_times() -> None:
