@@ -40,7 +40,7 @@ from capos_sched.runtime.protocol import (
 
 log = structlog.get_logger("capos_sched.runtime")
 
-try:  # trio's per-thread run loop (private): see trio_has_nothing_else
+try:  # trio's per-thread run loop (private): see trio_idle_wakeup_fd
     from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN_CONTEXT
 except ImportError:  # pragma: no cover - another trio layout
     _TRIO_RUN_CONTEXT = None
@@ -58,29 +58,25 @@ its batch are in no queue a direct wait can see, so they run only once it
 yields."""
 
 
-def trio_has_nothing_else(within_s: float) -> bool:
-    """No other trio task is runnable, no ``run_sync_soon`` callback is queued,
-    and no trio deadline falls within ``within_s``: blocking the trio thread
-    that long in a system call delays nothing trio knows of but readiness of
-    file descriptors (which a direct wait watches itself).
+def trio_idle_wakeup_fd(within_s: float) -> int | None:
+    """trio's wake-up descriptor, when nothing else in trio is due within
+    ``within_s`` (no other task runnable, no deadline): then blocking the
+    trio thread that long in a system call that also watches this descriptor
+    delays nothing. trio's own wait watches it too: another thread's
+    ``run_sync_soon`` (the RPC thread's hand-offs) and a signal write to it,
+    and it stays readable until trio has taken the queued callbacks.
 
-    Read from trio's run loop directly (0.6 us) while its layout is the one
-    known here, else from ``current_statistics`` (5 us: it also counts every
-    descriptor's waiters)."""
+    None otherwise, and when trio's run loop (private) is not laid out as
+    known here: a direct wait that could not see a hand-off is not made.
+    Reading the run loop costs 0.6 us (``current_statistics`` 5 us, and it
+    does not give the descriptor)."""
     runner = getattr(_TRIO_RUN_CONTEXT, "runner", None)
     try:
-        return (
-            not runner.runq
-            and not runner.entry_queue.size()
-            and runner.deadlines.next_deadline() - runner.current_time() > within_s
-        )
+        if runner.runq or runner.deadlines.next_deadline() - runner.current_time() <= within_s:
+            return None
+        return int(runner.entry_queue.wakeup.wakeup_sock.fileno())
     except AttributeError:
-        stats = trio.lowlevel.current_statistics()
-        return (
-            stats.tasks_runnable == 0
-            and stats.run_sync_soon_queue_size == 0
-            and stats.seconds_to_next_deadline > within_s
-        )
+        return None
 
 
 class WorkerDied(Exception):
@@ -318,22 +314,24 @@ class Worker:
 
     def _direct_wait_set(self, wait_ns: int, watch: Any) -> list[int] | None:
         """The descriptors a direct wait of ``wait_ns`` selects on (this
-        worker's first), or None when such a wait could delay anything trio
-        knows of: another task runnable, a callback queued, a deadline within
-        ``wait_ns``, a descriptor ``select`` cannot take, or no wait through
-        trio for ``direct_run_ns``."""
+        worker's first, then trio's wake-up), or None when such a wait could
+        delay anything trio knows of: another task runnable, a callback
+        queued, a deadline within ``wait_ns``, a descriptor ``select`` cannot
+        take, or no wait through trio for ``direct_run_ns``."""
         assert self.sock is not None
         if time.perf_counter_ns() - self.trio_waited_ns > self.direct_run_ns:
             return None
-        watched = [self.sock.fileno(), *watch]
-        if max(watched) >= FD_SETSIZE or not trio_has_nothing_else(wait_ns / 1e9):
+        wakeup = trio_idle_wakeup_fd(wait_ns / 1e9)
+        if wakeup is None:
             return None
-        return watched
+        watched = [self.sock.fileno(), wakeup, *watch]
+        return None if max(watched) >= FD_SETSIZE else watched
 
     def _recv_direct(self, wait_ns: int, watched: list[int]) -> bytes | None:
         """The reply, waited for in a blocking ``select`` on the trio thread,
         or None (then the caller waits through trio) when another descriptor
-        of ``watched`` is ready first or no reply came within ``wait_ns``.
+        of ``watched`` is ready first (another CPU's reply, a timer, a
+        hand-off from another thread) or no reply came within ``wait_ns``.
 
         Why: through trio, a reply costs the trio thread about 28 us around its
         ``epoll_wait`` (docs/benchmarks.md, "Runtime per-slice cost"), more than

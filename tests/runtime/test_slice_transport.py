@@ -4,6 +4,7 @@ and the probe's breakdown (``bench slice``)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import trio
@@ -171,6 +172,34 @@ async def test_a_direct_wait_ends_when_a_watched_descriptor_is_ready() -> None:
     finally:
         ready.close()
         other.close()
+        await worker.stop()
+        worker.close()
+
+
+async def test_a_hand_off_from_another_thread_ends_a_direct_wait() -> None:
+    # The RPC thread hands every mutation to trio with run_sync_soon: it must
+    # run while a long request is in flight, not once the reply is in.
+    worker = await _started_worker()
+    token = trio.lowlevel.current_trio_token()
+    ran_before_reply = []
+    handed = threading.Event()
+
+    def hand_off() -> None:
+        while not worker.busy:
+            time.sleep(0.001)
+        time.sleep(0.1)  # the request's direct wait has begun by now
+        token.run_sync_soon(lambda: ran_before_reply.append(worker.busy))
+        handed.set()
+
+    try:
+        await worker.request(encode_request(OP_SPIN, 7, 100_000))  # warm-up
+        thread = threading.Thread(target=hand_off)
+        thread.start()
+        status, _, _, _, _ = await worker.request(encode_request(OP_SPIN, 7, 2000 * MS), DIRECT)
+        thread.join()
+        assert status == ST_LIMIT and handed.is_set()
+        assert ran_before_reply == [True]
+    finally:
         await worker.stop()
         worker.close()
 
