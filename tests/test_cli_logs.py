@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -136,3 +137,23 @@ def test_stopping_has_one_level_for_run_and_serve(tmp_path: Path) -> None:
     serve = _stopping_level(serve_args, '"serving"', tmp_path / "serve")
     assert run[0] == serve[0] == "info"
     assert (run[1], serve[1]) == (143, 0)  # as their --help says
+
+
+def test_benchmarks_run_as_modules_log_to_stderr_not_into_their_json() -> None:
+    # `python -m bench.matrix --json` once printed structlog lines on stdout,
+    # before the JSON: a bench module logs with structlog's default unless
+    # bench/__init__ configures it.
+    script = (
+        "import bench, structlog; "
+        "structlog.get_logger('capos_sched.bench').warning('a warning from a benchmark')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "a warning from a benchmark" in done.stderr
