@@ -719,22 +719,12 @@ class Runtime(PlanHost):
         return limit + slack, watch
 
     def _probe_record(self, times: tuple[int, ...], elapsed: int) -> None:
-        """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
+        """One probed dispatch's stamps (see ``capos_sched.runtime.probe``)."""
         assert self.probe is not None
-        picking, picked, t0, sent, received, replied, t1 = times
         done = time.perf_counter_ns()
         if self._clock is not time.perf_counter_ns:
             return  # an injected clock: the stamps are not comparable
-        self.probe.add(
-            pick=picked - picking if picking else 0,
-            prepare=t0 - picked,
-            send=sent - t0,
-            to_worker=received - sent,
-            worker_extra=replied - received - elapsed,
-            from_worker=t1 - replied,
-            after_run=done - t1,
-            overhead=t1 - t0 - elapsed,
-        )
+        self.probe.record((*times, done, elapsed))
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
         if stop is Stop.CALL:

@@ -295,6 +295,25 @@ async def test_the_probe_records_every_phase_of_every_probed_dispatch() -> None:
     assert sum(summary[n]["p50"] for n in wire) <= 3 * summary["overhead"]["p50"]
 
 
+def test_the_probe_derives_each_phase_from_one_dispatchs_stamps() -> None:
+    probe = SliceProbe()
+    # picking, picked, t0, sent, received, replied, t1, done, elapsed
+    probe.record((100, 110, 130, 160, 200, 1300, 1450, 1500, 1000))
+    probe.record((0, 10, 20, 30, 25, 1100, 1200, 1210, 1000))  # got it before the send returned
+    phases = {name: list(s.recent) for name, s in probe.phases.items()}
+    assert phases == {
+        "pick": [10, 0],
+        "prepare": [20, 10],
+        "send": [30, 10],
+        "to_worker": [40, 0],
+        "worker_extra": [100, 75],
+        "from_worker": [150, 100],
+        "after_run": [50, 10],
+        "overhead": [320, 180],
+    }
+    assert all(s.count == 2 for s in probe.phases.values())
+
+
 def test_bench_slice_baseline_and_goals() -> None:
     from bench import slice as bench_slice
 
