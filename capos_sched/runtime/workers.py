@@ -156,6 +156,8 @@ class Worker:
     """CLOCK_MONOTONIC when the last request's send returned (for the probe)."""
     trio_waited_ns: int = 0
     """CLOCK_MONOTONIC when a reply was last waited for through trio."""
+    send_waits: int = 0
+    """Sends that found the socket full and waited through trio (never so far)."""
     direct_run_ns: int = DIRECT_RUN_NS
 
     @classmethod
@@ -238,12 +240,15 @@ class Worker:
             # Decided before the send: after it, the worker (often on this
             # core) runs only once the trio thread blocks.
             watched = self._direct_wait_set(direct_wait_ns, watch) if direct_wait_ns > 0 else None
+            send_waits = self.send_waits
             try:
                 await self._flush_detaches()
                 await self._send(payload)
                 self.sent_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"send failed: {exc}", ran=False) from exc
+            if self.send_waits != send_waits:
+                watched = None  # other tasks ran meanwhile: the set may be stale
             try:
                 data = None
                 if watched is not None:
@@ -298,6 +303,7 @@ class Worker:
                     self.sock.sendmsg([message], ancdata)
                 return
             except BlockingIOError:
+                self.send_waits += 1
                 await trio.lowlevel.wait_writable(self.sock)
 
     async def _recv(self) -> bytes:

@@ -176,6 +176,40 @@ async def test_a_direct_wait_ends_when_a_watched_descriptor_is_ready() -> None:
         worker.close()
 
 
+async def test_a_send_that_waited_through_trio_drops_the_direct_wait() -> None:
+    # Other tasks ran while the send waited: the watched set (timers, other
+    # workers, trio's state) decided before it may be stale.
+    worker = await _started_worker()
+    try:
+        assert worker.sock is not None
+        real = worker.sock
+        full = [True]
+
+        class FullOnce:
+            def send(self, message: bytes) -> int:
+                if full.pop() if full else False:
+                    raise BlockingIOError
+                return real.send(message)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        await worker.request(encode_request(OP_SPIN, 7, 100_000))  # warm-up
+        worker.sock = FullOnce()  # type: ignore[assignment]
+        steps = TaskSteps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            status, _, _, _, _ = await worker.request(encode_request(OP_SPIN, 7, 100_000), DIRECT)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+            worker.sock = real
+        # One step for the send's wait, one for the reply's wait through trio.
+        assert status == ST_LIMIT and worker.send_waits == 1 and steps.steps == 2
+    finally:
+        await worker.stop()
+        worker.close()
+
+
 async def test_a_hand_off_from_another_thread_ends_a_direct_wait() -> None:
     # The RPC thread hands every mutation to trio with run_sync_soon: it must
     # run while a long request is in flight, not once the reply is in.
