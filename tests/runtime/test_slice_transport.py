@@ -3,6 +3,7 @@ and the probe's breakdown (``bench slice``)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -365,3 +366,30 @@ def test_bench_slice_baseline_and_goals() -> None:
         "ipc_round_trip_p50_ns": True,
         "ipc_wfq_over_fifo_p50": False,
     }
+
+
+def test_bench_slice_runs_the_workers_as_asked(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from bench import slice as bench_slice
+
+    seen: list[tuple[str, bool]] = []
+
+    def demo(duration_s: float, config: RuntimeConfig) -> dict[str, object]:
+        seen.append(("demo", config.sched_idle))
+        return {"dispatch_overhead_ns": {"p50": 1, "p99": 1}}
+
+    def ipc(runs: int, config: RuntimeConfig) -> dict[str, object]:
+        seen.append(("ipc", config.sched_idle))
+        return {"wfq": {"round_trip_ns": None}}
+
+    monkeypatch.setattr(bench_slice, "measure_demo", demo)
+    monkeypatch.setattr(bench_slice, "measure_ipc", ipc)
+    for name in ("baseline_blocking", "baseline_trio", "baseline_trio_lowlevel"):
+        monkeypatch.setattr(bench_slice, name, lambda round_trips: None)
+    for flag, idle in (("idle", True), ("nice", False)):
+        seen.clear()
+        result = CliRunner().invoke(bench_slice.slice_bench, ["--workers", flag, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["workers"] == flag
+        assert seen == [("demo", idle), ("ipc", idle)]
