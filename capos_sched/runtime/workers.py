@@ -159,6 +159,7 @@ class Worker:
     send_waits: int = 0
     """Sends that found the socket full and waited through trio (never so far)."""
     direct_run_ns: int = DIRECT_RUN_NS
+    """Direct waits stop once no reply was waited for through trio this long."""
 
     @classmethod
     def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
@@ -320,10 +321,10 @@ class Worker:
 
     def _direct_wait_set(self, wait_ns: int, watch: Any) -> list[int] | None:
         """The descriptors a direct wait of ``wait_ns`` selects on (this
-        worker's first, then trio's wake-up), or None when such a wait could
-        delay anything trio knows of: another task runnable, a callback
-        queued, a deadline within ``wait_ns``, a descriptor ``select`` cannot
-        take, or no wait through trio for ``direct_run_ns``."""
+        worker's first, then trio's wake-up, readable while callbacks are
+        queued), or None when such a wait could delay anything trio knows of:
+        another task runnable, a deadline within ``wait_ns``, a descriptor
+        ``select`` cannot take, or no wait through trio for ``direct_run_ns``."""
         assert self.sock is not None
         if time.perf_counter_ns() - self.trio_waited_ns > self.direct_run_ns:
             return None
