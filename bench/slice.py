@@ -151,9 +151,11 @@ def baseline_trio_lowlevel(round_trips: int) -> dict[str, int] | None:
 # ------------------------------------------------------------------ the runtime
 
 
-def run_manifest(name: str, policy: str | None, duration_s: float) -> Runtime:
+def run_manifest(
+    name: str, policy: str | None, duration_s: float, config: RuntimeConfig | None = None
+) -> Runtime:
     plan = load_plan(MANIFESTS / name)
-    runtime = Runtime(plan, policy, config=RuntimeConfig())
+    runtime = Runtime(plan, policy, config=config or RuntimeConfig())
     runtime.probe = SliceProbe()
     trio.run(functools.partial(runtime.run, duration_s=duration_s))
     return runtime
@@ -166,8 +168,8 @@ def breakdown(probe: SliceProbe) -> dict[str, dict[str, int] | None]:
     }
 
 
-def measure_demo(duration_s: float) -> dict[str, Any]:
-    runtime = run_manifest("default.cue", None, duration_s)
+def measure_demo(duration_s: float, config: RuntimeConfig | None = None) -> dict[str, Any]:
+    runtime = run_manifest("default.cue", None, duration_s, config)
     report = runtime.report()
     assert runtime.probe is not None
     return {
@@ -178,7 +180,7 @@ def measure_demo(duration_s: float) -> dict[str, Any]:
     }
 
 
-def measure_ipc(runs: int) -> dict[str, Any]:
+def measure_ipc(runs: int, config: RuntimeConfig | None = None) -> dict[str, Any]:
     """Each run to the manifest's own end (about 3 s), as ``bench matrix`` does:
     its FIFO round trips depend on when the hogs finish."""
     order = ["wfq", "fifo"]
@@ -189,7 +191,7 @@ def measure_ipc(runs: int) -> dict[str, Any]:
     overhead: dict[str, list[int]] = {p: [] for p in order}
     probes: dict[str, SliceProbe] = {}
     for policy in sequence:
-        runtime = run_manifest("ipc-pairs.cue", policy, IPC_CAP_S)
+        runtime = run_manifest("ipc-pairs.cue", policy, IPC_CAP_S, config)
         for rt in runtime._order:
             if rt.workload.kind == "ipcClient":
                 trips[policy].extend(rt.round_trips.recent)
@@ -229,8 +231,11 @@ def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def measure(duration_s: float, runs: int, round_trips: int) -> dict[str, Any]:
+def measure(
+    duration_s: float, runs: int, round_trips: int, workers: str = "nice"
+) -> dict[str, Any]:
     started = time.monotonic()
+    config = RuntimeConfig(sched_idle=workers == "idle")
     load_before = load_average()
     result: dict[str, Any] = {
         "benchmark": "slice",
@@ -238,6 +243,7 @@ def measure(duration_s: float, runs: int, round_trips: int) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "python": sys.version.split()[0],
         "load_average_before": load_before,
+        "workers": workers,
         "baseline": {
             "message_bytes": {"request": REQUEST.size, "reply": REPLY.size},
             "blocking_round_trip_ns": baseline_blocking(round_trips),
@@ -245,8 +251,8 @@ def measure(duration_s: float, runs: int, round_trips: int) -> dict[str, Any]:
             "trio_lowlevel_round_trip_ns": baseline_trio_lowlevel(round_trips),
         },
     }
-    result["demo"] = measure_demo(duration_s)
-    result["ipc"] = measure_ipc(runs)
+    result["demo"] = measure_demo(duration_s, config)
+    result["ipc"] = measure_ipc(runs, config)
     result["goals"] = goals(result)
     result["load_average_after"] = load_average()
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -286,6 +292,7 @@ Examples:
   capos-sched bench slice                      # 30-60 s, a text summary
   capos-sched bench slice --json               # the JSON document
   capos-sched bench slice --runs 4 --duration 3 --output bench/results/slice.json
+  capos-sched bench slice --workers idle --json  # workers as serve runs them
 """,
 )
 @click.option(
@@ -311,6 +318,14 @@ Examples:
     show_default=True,
     help="Round trips per baseline.",
 )
+@click.option(
+    "--workers",
+    type=click.Choice(["nice", "idle"]),
+    default="nice",
+    show_default=True,
+    help="How the workers yield to the daemon: reniced (as `run` starts them) or "
+    "SCHED_IDLE (as `serve` does: the daemon's wake-ups then preempt them at once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document on stdout.")
 @click.option(
     "--output",
@@ -319,12 +334,17 @@ Examples:
     help="Also write the JSON document to this file.  [default: nowhere]",
 )
 def slice_bench(
-    duration_s: float, runs: int, round_trips: int, as_json: bool, output: Path | None
+    duration_s: float,
+    runs: int,
+    round_trips: int,
+    workers: str,
+    as_json: bool,
+    output: Path | None,
 ) -> None:
     """Per-slice cost of the real runtime: dispatch overhead, IPC round trip,
     where the time goes, against raw socketpair round trips measured in the
     same run."""
-    result = measure(duration_s, runs, round_trips)
+    result = measure(duration_s, runs, round_trips, workers)
     document = json.dumps(result, indent=2)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

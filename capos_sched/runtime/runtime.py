@@ -103,6 +103,7 @@ MAX_WORKER_CRASHES = 3
 """A thread whose worker dies under it this many slices in a row fails; fewer
 cost it only the slice in progress (it is re-queued, nothing charged)."""
 MAX_HASH_BYTES = 256 * 1024 * 1024
+DIRECT_WAIT_NS = 250_000
 
 
 class RuntimeFailure(Exception):
@@ -128,6 +129,11 @@ class RuntimeConfig:
     watchdog_threshold_ns: int | None = None
     watchdog_bypass_ns: int | None = None
     max_hash_bytes: int = MAX_HASH_BYTES
+    direct_wait_ns: int = DIRECT_WAIT_NS
+    """A request whose limit is at most this is waited for directly (a
+    blocking ``select`` on the trio thread, for at most its limit plus this)
+    when nothing else in trio is due (``Worker.request``); 0: always through
+    trio."""
     clock_ns: Callable[[], int] = time.perf_counter_ns
 
 
@@ -236,6 +242,8 @@ class Runtime(PlanHost):
         """The newest exit record logged (records are logged once, in order)."""
         self.notification_sinks: list[Callable[[Any], None]] = []
         """Called with the CPU-delegation notifications of every effect acted on."""
+        self._timer_fds: set[int] = set()
+        """The descriptors of the armed timers (a direct wait watches them)."""
         self.probe: SliceProbe | None = None
         """Set before ``run`` to record where each slice's time goes (``bench slice``)."""
         super().__init__(plan, policy, cpus, guard)
@@ -648,7 +656,9 @@ class Runtime(PlanHost):
                         await worker.attach(
                             rt.hash.data_id, rt.hash.fd, rt.hash.blocks, rt.hash.block_size
                         )
-                    status, _, elapsed, position, acc = await worker.request(payload)
+                    status, _, elapsed, position, acc = await worker.request(
+                        payload, *self._direct_wait(worker, limit)
+                    )
                 except WorkerDied as exc:
                     if not exc.ran and attempt == 1:
                         # Died while idle (the send failed): the thread never ran.
@@ -697,23 +707,24 @@ class Runtime(PlanHost):
         if probed is not None:
             self._probe_record(probed, elapsed)
 
+    def _direct_wait(self, worker: Worker, limit: int) -> tuple[int, list[int]]:
+        """How long ``worker``'s reply may be waited for directly (0: through
+        trio), and the descriptors that must end such a wait: the other
+        CPUs' busy workers and the armed timers."""
+        slack = self.config.direct_wait_ns
+        if limit > slack:
+            return 0, []
+        watch = [w.sock.fileno() for w in self._workers if w.busy and w is not worker and w.sock]
+        watch.extend(self._timer_fds)
+        return limit + slack, watch
+
     def _probe_record(self, times: tuple[int, ...], elapsed: int) -> None:
-        """One probed dispatch's breakdown (see ``capos_sched.runtime.probe``)."""
+        """One probed dispatch's stamps (see ``capos_sched.runtime.probe``)."""
         assert self.probe is not None
-        picking, picked, t0, sent, received, replied, t1 = times
         done = time.perf_counter_ns()
         if self._clock is not time.perf_counter_ns:
             return  # an injected clock: the stamps are not comparable
-        self.probe.add(
-            pick=picked - picking if picking else 0,
-            prepare=t0 - picked,
-            send=sent - t0,
-            to_worker=received - sent,
-            worker_extra=replied - received - elapsed,
-            from_worker=t1 - replied,
-            after_run=done - t1,
-            overhead=t1 - t0 - elapsed,
-        )
+        self.probe.record((*times, done, elapsed))
 
     def _after_run(self, k: int, rt: RtThread, elapsed: int, stop: Stop, now: int) -> None:
         if stop is Stop.CALL:
@@ -800,7 +811,7 @@ class Runtime(PlanHost):
     async def _timer(self, rt: RtThread, deadline_ns: int) -> None:
         if self._clock in _MONOTONIC_CLOCKS:
             # Precise to the kernel's hrtimer, not to epoll's millisecond.
-            await sleep_until_monotonic_ns(deadline_ns + self._epoch)
+            await sleep_until_monotonic_ns(deadline_ns + self._epoch, self._timer_fds)
         else:  # an injected clock (tests): only trio's own time is comparable
             await trio.sleep(max(0, deadline_ns - self.now_ns()) / 1e9)
         core = self.scheduler

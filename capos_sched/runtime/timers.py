@@ -56,10 +56,12 @@ def precise_timers_available() -> bool:
     return _LIBC is not None
 
 
-async def sleep_until_monotonic_ns(deadline_ns: int) -> None:
+async def sleep_until_monotonic_ns(deadline_ns: int, armed: set[int] | None = None) -> None:
     """Sleep until CLOCK_MONOTONIC (``time.monotonic_ns``) reaches ``deadline_ns``.
 
     Never returns early; cancellation closes the timer like a normal return.
+    ``armed``, if given, holds the timer's descriptor while it is armed (the
+    runtime's direct waits watch them: ``Worker.request``).
     """
     if _LIBC is None:
         await trio.sleep(max(0, deadline_ns - time.monotonic_ns()) / 1e9)
@@ -74,7 +76,11 @@ async def sleep_until_monotonic_ns(deadline_ns: int) -> None:
         if _LIBC.timerfd_settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"timerfd_settime: {os.strerror(errno)}")
+        if armed is not None:
+            armed.add(fd)
         await trio.lowlevel.wait_readable(fd)
     finally:
+        if armed is not None:
+            armed.discard(fd)
         trio.lowlevel.notify_closing(fd)
         os.close(fd)

@@ -14,6 +14,7 @@ import array
 import contextlib
 import mmap
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -39,8 +40,43 @@ from capos_sched.runtime.protocol import (
 
 log = structlog.get_logger("capos_sched.runtime")
 
+try:  # trio's per-thread run loop (private): see trio_idle_wakeup_fd
+    from trio._core._run import GLOBAL_RUN_CONTEXT as _TRIO_RUN_CONTEXT
+except ImportError:  # pragma: no cover - another trio layout
+    _TRIO_RUN_CONTEXT = None
+
 START_TIMEOUT_S = 20.0
 """How long a new worker may take to say READY (Python start-up on a loaded machine)."""
+
+FD_SETSIZE = 1024
+"""``select`` takes descriptors below this only (a direct wait needs them all there)."""
+
+DIRECT_RUN_NS = 1_000_000
+"""A worker's requests go through trio at least this often: trio runs a batch
+of woken tasks one after the other, and the ones after this worker's task in
+its batch are in no queue a direct wait can see, so they run only once it
+yields."""
+
+
+def trio_idle_wakeup_fd(within_s: float) -> int | None:
+    """trio's wake-up descriptor, when nothing else in trio is due within
+    ``within_s`` (no other task runnable, no deadline): then blocking the
+    trio thread that long in a system call that also watches this descriptor
+    delays nothing. trio's own wait watches it too: another thread's
+    ``run_sync_soon`` (the RPC thread's hand-offs) and a signal write to it,
+    and it stays readable until trio has taken the queued callbacks.
+
+    None otherwise, and when trio's run loop (private) is not laid out as
+    known here: a direct wait that could not see a hand-off is not made.
+    Reading the run loop costs 0.6 us (``current_statistics`` 5 us, and it
+    does not give the descriptor)."""
+    runner = getattr(_TRIO_RUN_CONTEXT, "runner", None)
+    try:
+        if runner.runq or runner.deadlines.next_deadline() - runner.current_time() <= within_s:
+            return None
+        return int(runner.entry_queue.wakeup.wakeup_sock.fileno())
+    except AttributeError:
+        return None
 
 
 class WorkerDied(Exception):
@@ -118,6 +154,12 @@ class Worker:
     busy: bool = False
     sent_ns: int = 0
     """CLOCK_MONOTONIC when the last request's send returned (for the probe)."""
+    trio_waited_ns: int = 0
+    """CLOCK_MONOTONIC when a reply was last waited for through trio."""
+    send_waits: int = 0
+    """Sends that found the socket full and waited through trio (never so far)."""
+    direct_run_ns: int = DIRECT_RUN_NS
+    """Direct waits stop once no reply was waited for through trio this long."""
 
     @classmethod
     def create(cls, cpu: int, nice: int, core: int | None, sched_idle: bool = False) -> Worker:
@@ -185,19 +227,36 @@ class Worker:
         self.pid = pid
         log.debug("worker started", cpu=self.cpu, pid=pid, nice=self.nice, core=self.core)
 
-    async def request(self, payload: bytes) -> tuple[int, int, int, int, int]:
-        """Send one run request and wait for its reply; WorkerDied if the process is gone."""
+    async def request(
+        self, payload: bytes, direct_wait_ns: int = 0, watch: Any = ()
+    ) -> tuple[int, int, int, int, int]:
+        """Send one run request and wait for its reply; WorkerDied if the process is gone.
+
+        ``direct_wait_ns`` > 0 allows a direct wait (``_recv_direct``) of at
+        most that long, with ``watch`` the other descriptors trio waits on
+        that must end it (the other CPUs' busy workers, armed timers)."""
         assert self.sock is not None
         self.busy = True
         try:
+            # Decided before the send: after it, the worker (often on this
+            # core) runs only once the trio thread blocks.
+            watched = self._direct_wait_set(direct_wait_ns, watch) if direct_wait_ns > 0 else None
+            send_waits = self.send_waits
             try:
                 await self._flush_detaches()
                 await self._send(payload)
                 self.sent_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"send failed: {exc}", ran=False) from exc
+            if self.send_waits != send_waits:
+                watched = None  # other tasks ran meanwhile: the set may be stale
             try:
-                data = await self._recv()
+                data = None
+                if watched is not None:
+                    data = self._recv_direct(direct_wait_ns, watched)
+                if data is None:
+                    data = await self._recv()
+                    self.trio_waited_ns = time.perf_counter_ns()
             except OSError as exc:
                 raise WorkerDied(f"socket error: {exc}") from exc
         finally:
@@ -245,6 +304,7 @@ class Worker:
                     self.sock.sendmsg([message], ancdata)
                 return
             except BlockingIOError:
+                self.send_waits += 1
                 await trio.lowlevel.wait_writable(self.sock)
 
     async def _recv(self) -> bytes:
@@ -258,6 +318,41 @@ class Worker:
                 return self.sock.recv(REPLY.size)
             except BlockingIOError:
                 continue
+
+    def _direct_wait_set(self, wait_ns: int, watch: Any) -> list[int] | None:
+        """The descriptors a direct wait of ``wait_ns`` selects on (this
+        worker's first, then trio's wake-up, readable while callbacks are
+        queued), or None when such a wait could delay anything trio knows of:
+        another task runnable, a deadline within ``wait_ns``, a descriptor
+        ``select`` cannot take, or no wait through trio for ``direct_run_ns``."""
+        assert self.sock is not None
+        if time.perf_counter_ns() - self.trio_waited_ns > self.direct_run_ns:
+            return None
+        wakeup = trio_idle_wakeup_fd(wait_ns / 1e9)
+        if wakeup is None:
+            return None
+        watched = [self.sock.fileno(), wakeup, *watch]
+        return None if max(watched) >= FD_SETSIZE else watched
+
+    def _recv_direct(self, wait_ns: int, watched: list[int]) -> bytes | None:
+        """The reply, waited for in a blocking ``select`` on the trio thread,
+        or None (then the caller waits through trio) when another descriptor
+        of ``watched`` is ready first (another CPU's reply, a timer, a
+        hand-off from another thread) or no reply came within ``wait_ns``.
+
+        Why: through trio, a reply costs the trio thread about 28 us around its
+        ``epoll_wait`` (docs/benchmarks.md, "Runtime per-slice cost"), more than
+        the kernel's whole round trip, and a short IPC slice pays it at every
+        hop. ``select`` has a microsecond timeout (``epoll_wait``'s is a
+        millisecond), so the wait stays as short as asked."""
+        assert self.sock is not None
+        ready, _, _ = select.select(watched, (), (), wait_ns / 1e9)
+        if watched[0] not in ready:
+            return None
+        try:
+            return self.sock.recv(REPLY.size)
+        except BlockingIOError:  # pragma: no cover - readable means a record or EOF
+            return None
 
     def _close_socket(self) -> None:
         if self.sock is not None:
