@@ -44,7 +44,7 @@ from capos_sched.interpreter import ISOLATED
 from capos_sched.manifest import load_plan
 from capos_sched.runtime.probe import SliceProbe
 from capos_sched.runtime.protocol import OP_SPIN, REPLY, REQUEST, encode_request
-from capos_sched.runtime.runtime import DEFAULT_NICE, Runtime, RuntimeConfig
+from capos_sched.runtime.runtime import DEFAULT_NICE, DIRECT_WAIT_NS, Runtime, RuntimeConfig
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
@@ -232,10 +232,14 @@ def goals(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def measure(
-    duration_s: float, runs: int, round_trips: int, workers: str = "nice"
+    duration_s: float,
+    runs: int,
+    round_trips: int,
+    workers: str = "nice",
+    direct_wait_ns: int = DIRECT_WAIT_NS,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    config = RuntimeConfig(sched_idle=workers == "idle")
+    config = RuntimeConfig(sched_idle=workers == "idle", direct_wait_ns=direct_wait_ns)
     load_before = load_average()
     result: dict[str, Any] = {
         "benchmark": "slice",
@@ -244,6 +248,7 @@ def measure(
         "python": sys.version.split()[0],
         "load_average_before": load_before,
         "workers": workers,
+        "direct_wait_ns": direct_wait_ns,
         "baseline": {
             "message_bytes": {"request": REQUEST.size, "reply": REPLY.size},
             "blocking_round_trip_ns": baseline_blocking(round_trips),
@@ -293,6 +298,7 @@ Examples:
   capos-sched bench slice --json               # the JSON document
   capos-sched bench slice --runs 4 --duration 3 --output bench/results/slice.json
   capos-sched bench slice --workers idle --json  # workers as serve runs them
+  capos-sched bench slice --direct-wait-us 0 --json  # replies always waited for through trio
 """,
 )
 @click.option(
@@ -326,6 +332,14 @@ Examples:
     help="How the workers yield to the daemon: reniced (as `run` starts them) or "
     "SCHED_IDLE (as `serve` does: the daemon's wake-ups then preempt them at once).",
 )
+@click.option(
+    "--direct-wait-us",
+    type=click.IntRange(0, 10_000),
+    default=DIRECT_WAIT_NS // 1000,
+    show_default=True,
+    help="The runtime's direct wait for a short request's reply (RuntimeConfig."
+    "direct_wait_ns, in us); 0 waits for every reply through trio (for an A/B run).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document on stdout.")
 @click.option(
     "--output",
@@ -338,13 +352,14 @@ def slice_bench(
     runs: int,
     round_trips: int,
     workers: str,
+    direct_wait_us: int,
     as_json: bool,
     output: Path | None,
 ) -> None:
     """Per-slice cost of the real runtime: dispatch overhead, IPC round trip,
     where the time goes, against raw socketpair round trips measured in the
     same run."""
-    result = measure(duration_s, runs, round_trips, workers)
+    result = measure(duration_s, runs, round_trips, workers, direct_wait_us * 1000)
     document = json.dumps(result, indent=2)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
