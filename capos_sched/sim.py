@@ -5,6 +5,14 @@ timer expiries by virtual time (ties by insertion order); a seeded
 ``random.Random`` adds optional jitter to run lengths, so a run is fast and
 exactly reproducible from ``(threads, cpus, policy, seed)``.
 
+Cost per event: the heap holds a stop per CPU, pending kicks and operator
+calls, and only the *first* timer of each sleep period. A timer is set at
+``now + period`` and ``now`` never goes back, so the timers of one period
+expire in the order they were set: each period keeps a FIFO queue, and its
+head stands for it in the heap (the order of events is the heap's own,
+``(time, seq)``, unchanged). The heap's size, and so the cost of an event,
+follows the CPU count and the number of distinct periods, not the threads.
+
 Workload models (``capos_sched.workload``):
 - Spin: computes for whole budgets (until ``total_ns`` if finite);
 - Hash: computes ``blocks * block_size * rounds * HASH_NS_PER_BYTE`` ns;
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +51,10 @@ Progress = Callable[[int, int, int], None]
 """``progress(now_ns, end_ns, events)``: how far a run is (see ``Simulator.run``)."""
 PROGRESS_EVERY = 8192
 """Events between two progress calls: rare enough to cost nothing per event."""
+_LAST_CPU = LastCpu()
+"""The placement hint of every timer wake (one value, not one per wake)."""
+_EXPIRED, _SLEEP, _CALL, _FINISHED = Stop.EXPIRED, Stop.SLEEP, Stop.CALL, Stop.FINISHED
+_BLOCKED = ThreadState.BLOCKED
 
 
 @attrs.define
@@ -82,12 +95,17 @@ class Simulator:
         self._initial_policy = self.core.policy_name
         self.now_ns = 0
         self._rng = random.Random(seed)
+        self._random = self._rng.random
         self._jitter = jitter
         self._events: list[tuple[int, int, str, int]] = []
         self._seq = 0
+        self._timers: dict[int, deque[tuple[int, int, int]]] = {}
+        """period -> the pending timers ``(at, seq, tid)`` of that period, in
+        expiry order; the first stands in the heap as ``(at, seq, "timers", period)``."""
         self._threads: dict[int, SimThread] = {}
-        self._running: dict[int, tuple[SimThread, int, Stop]] = {}
-        self._stop_seq: dict[int, int] = {}
+        self._running: list[tuple[SimThread, int, Stop] | None] = [None] * cpus
+        """cpu -> what it runs: (thread, planned run length, planned stop)."""
+        self._stop_seq: list[int] = [0] * cpus
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
         self.events = 0
@@ -138,11 +156,16 @@ class Simulator:
         end = self.now_ns + duration_ns
         events = self.events
         next_progress = events + progress_every if progress is not None else -1
-        while self._events and (not self._finite or self._finite_left):
-            at, seq, kind, arg = self._events[0]
-            if at > end:
+        heap = self._events
+        heappop = heapq.heappop
+        stop_seq = self._stop_seq
+        on_stop = self._on_stop
+        on_timer = self._on_timer
+        idle = self._idle
+        while heap and (not self._finite or self._finite_left):
+            if heap[0][0] > end:
                 break
-            heapq.heappop(self._events)
+            at, seq, kind, arg = heappop(heap)
             self.now_ns = at
             events += 1
             if events == next_progress:
@@ -150,12 +173,20 @@ class Simulator:
                 progress(at, end, events)  # type: ignore[misc]
                 next_progress += progress_every
             if kind == "stop":
-                if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
-                    self._on_stop(arg)
+                if stop_seq[arg] == seq:  # else cancelled by a preemption
+                    on_stop(arg)
+            elif kind == "timers":
+                queue = self._timers[arg]
+                tid = queue.popleft()[2]
+                if queue:
+                    head_at, head_seq, _ = queue[0]
+                    heapq.heappush(heap, (head_at, head_seq, "timers", arg))
+                on_timer(tid)
             elif kind == "timer":
-                self._on_timer(arg)
-            elif kind == "kick" and arg in self._idle:
-                self._try_dispatch(arg)
+                on_timer(arg)
+            elif kind == "kick":
+                if arg in idle:
+                    self._try_dispatch(arg)
             elif kind == "call":
                 self._calls[arg]()
             elif kind == "watchdog":
@@ -239,41 +270,66 @@ class Simulator:
         if kind == "stop":
             self._stop_seq[arg] = self._seq
 
+    def _schedule_timer(self, at: int, tid: int, period: int) -> None:
+        """A timer for thread ``tid`` at ``at`` (= now + ``period``), queued
+        behind the earlier timers of its period (see the module docstring)."""
+        self._seq = seq = self._seq + 1
+        queue = self._timers.get(period)
+        if queue is None:
+            queue = self._timers[period] = deque()
+        elif queue and at < queue[-1][0]:
+            # Only if virtual time went back (an operator call set in the past):
+            # the period's queue would be out of order, so this one goes alone.
+            heapq.heappush(self._events, (at, seq, "timer", tid))
+            return
+        if not queue:
+            heapq.heappush(self._events, (at, seq, "timers", period))
+        queue.append((at, seq, tid))
+
     def _all_finite_done(self) -> bool:
         return self._finite > 0 and self._finite_left == 0
 
     def _try_dispatch(self, cpu: int) -> None:
-        dispatch = self.core.pick_next(cpu, self.now_ns)
+        now = self.now_ns
+        dispatch = self.core.pick_next(cpu, now)
         if dispatch is None:
             self._idle.add(cpu)
             return
         self._idle.discard(cpu)
         sim = self._threads[dispatch.thread.tid]
         if sim.woke_ns is not None:
-            sim.wake_latencies.add(self.now_ns - sim.woke_ns)
+            sim.wake_latencies.add(now - sim.woke_ns)
             sim.woke_ns = None
         if sim.call_started_ns is not None:
-            sim.round_trips.add(self.now_ns - sim.call_started_ns)
+            sim.round_trips.add(now - sim.call_started_ns)
             sim.call_started_ns = None
         ran, stop = sim.program.run(dispatch.budget_ns)
         if self._jitter and ran > 0:
-            ran = max(1, int(ran * (1.0 + self._rng.uniform(-self._jitter, self._jitter))))
+            # random.uniform(-j, j), spelled out: the same float, a call less
+            jitter = self._jitter
+            ran = max(1, int(ran * (1.0 + (-jitter + (jitter + jitter) * self._random()))))
         self._running[cpu] = (sim, ran, stop)
-        self._schedule(self.now_ns + ran, "stop", cpu)
+        self._seq = seq = self._seq + 1
+        heapq.heappush(self._events, (now + ran, seq, "stop", cpu))
+        self._stop_seq[cpu] = seq
 
     def _on_stop(self, cpu: int) -> None:
-        sim, ran, stop = self._running.pop(cpu)
-        sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + ran
+        sim, ran, stop = self._running[cpu]  # type: ignore[misc]
+        self._running[cpu] = None
+        per_cpu = sim.cpu_runtime_ns
+        per_cpu[cpu] = per_cpu.get(cpu, 0) + ran
         now = self.now_ns
-        if stop is Stop.CALL:
+        if stop is _CALL:
             sim.call_started_ns = now
-        effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
-        if stop is Stop.FINISHED:
+        spec = sim.program.spec
+        effects = step(self.core, cpu, now, ran, stop, spec, self._program_of)
+        if stop is _FINISHED:
             if sim.finite and sim.finished_ns is None:
                 self._finite_left -= 1
             sim.finished_ns = now
-        elif stop is Stop.SLEEP and not effects.exited:
-            self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
+        elif stop is _SLEEP and not effects.exited:
+            period = spec.period_ns  # type: ignore[union-attr]
+            self._schedule_timer(now + period, sim.ref.tid, period)
         self._act(effects)
         self._try_dispatch(cpu)
 
@@ -287,24 +343,32 @@ class Simulator:
         self._act(effects)
 
     def _act(self, effects: Effects) -> None:
-        self.notifications.extend(effects.notifications)
-        self.notifications.extend(self.core.take_notifications())
+        if effects.notifications:
+            self.notifications.extend(effects.notifications)
+        notifications = self.core.take_notifications()
+        if notifications:
+            self.notifications.extend(notifications)
         for cpu in effects.kicks:
             self._kick(cpu)
         for cpu in effects.preempts:
-            if cpu in self._running:
+            if self._running[cpu] is not None:
                 self._preempt(cpu)
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
-        if self.core.state_of(sim.ref) is not ThreadState.BLOCKED:
+        core = self.core
+        if core.state_of(sim.ref) is not _BLOCKED:
             return
         sim.program.resume()
-        wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)
-        sim.woke_ns = self.now_ns
-        self._kick(wake.kick)
-        if wake.preempt is not None and wake.preempt in self._running:
-            self._preempt(wake.preempt)
+        now = self.now_ns
+        wake = core.wake(sim.ref, now, _LAST_CPU, WakeReason.TIMER)
+        sim.woke_ns = now
+        kick = wake.kick
+        if kick is not None and kick in self._idle:
+            self._schedule(now, "kick", kick)  # the handler re-checks idleness
+        preempt = wake.preempt
+        if preempt is not None and self._running[preempt] is not None:
+            self._preempt(preempt)
 
     def _kick(self, cpu: int | None) -> None:
         if cpu is not None and cpu in self._idle:
@@ -313,8 +377,8 @@ class Simulator:
     def _preempt(self, cpu: int) -> None:
         """Cut a slice short now (wake-up preemption); a segment that ends in a
         voluntary stop is left to end by itself."""
-        sim, planned, stop = self._running[cpu]
-        if stop is not Stop.EXPIRED:
+        sim, planned, stop = self._running[cpu]  # type: ignore[misc]
+        if stop is not _EXPIRED:
             return
         started = self.core.running_since(cpu) or self.now_ns
         ran = self.now_ns - started
@@ -326,7 +390,10 @@ class Simulator:
 
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
-        for cpu, (sim, _ran, _stop) in self._running.items():
+        for cpu, running in enumerate(self._running):
+            if running is None:
+                continue
+            sim = running[0]
             started = self.core.running_since(cpu) or end
             partial = max(0, end - started)
             self.core.charge_current(cpu, partial)
