@@ -10,11 +10,16 @@ whole process: interpreter start-up, imports, manifest load and simulation):
   virtual seconds in under 60 s).
 
 Each run reports virtual seconds per wall second, events per second (events
-taken off the simulator's event heap) and peak RSS. Baseline, in the same
-child process: a pure-``heapq`` event loop of the same event count, over a
-heap of the same standing size (a stop per CPU plus a timer per sleeper),
-each event popped and one pushed at a later time (the floor of a discrete
-event simulator in Python, with no scheduling at all).
+taken off the simulator's event heap) and peak RSS. Baseline, measured in the
+parent right after the child ended (so it is not part of the timed process):
+a pure-``heapq`` event loop of the same event count, over a heap of the same
+standing size (a stop per CPU plus a timer per sleeper), each event popped
+and one pushed at a later time (the floor of a discrete event simulator in
+Python, with no scheduling at all; the simulator's own heap is smaller, as it
+holds only the first timer of each sleep period).
+
+The child ends with ``os._exit`` once its figures are written: freeing the
+run's objects one by one (seconds at this size) is no part of simulating.
 
     capos-sched bench sim --json
     capos-sched bench sim --quick --json       # a tenth of the virtual time
@@ -112,7 +117,6 @@ def run_child(
     simulated = time.perf_counter()
     events = counted[0]
     sleepers = sum(isinstance(t.workload, Sleeper) for t in plan.threads())
-    baseline_s = heapq_baseline(events, plan.machine.cpus + sleepers, seed)
     simulate_s = simulated - loaded
     return {
         "policy": report["policy"],
@@ -125,10 +129,19 @@ def run_child(
         "events": events,
         "events_per_s": round(events / simulate_s),
         "virtual_s_per_wall_s": round(report["elapsed_ns"] / 1e9 / simulate_s, 4),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def with_baseline(result: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``result`` (a child's figures) with the heapq loop of its event count."""
+    events = result["events"]
+    baseline_s = heapq_baseline(events, result["cpus"] + result["sleepers"], seed)
+    return {
+        **result,
         "heapq_baseline_s": round(baseline_s, 6),
         "heapq_events_per_s": round(events / baseline_s) if baseline_s > 0 else None,
-        "ratio_to_heapq": round(simulate_s / baseline_s, 1) if baseline_s > 0 else None,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ratio_to_heapq": round(result["simulate_s"] / baseline_s, 1) if baseline_s > 0 else None,
     }
 
 
@@ -169,7 +182,7 @@ def run_scenario(
         process_s = time.perf_counter() - start
     if child.returncode != 0:
         raise click.ClickException(f"{scenario}: the child exited {child.returncode}")
-    result = json.loads(stdout)
+    result = with_baseline(json.loads(stdout), seed)
     goal_shape = threads == GOAL_SHAPE["threads"] and cpus == GOAL_SHAPE["cpus"]
     full = goal_shape and duration_s >= FULL_DURATION_S[scenario] and policy == "wfq"
     return {
@@ -198,6 +211,8 @@ def child_main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # no teardown of the run's objects (see the module docstring)
 
 
 def _load_average() -> list[float] | None:
