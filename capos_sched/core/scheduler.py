@@ -782,12 +782,23 @@ class Scheduler:
     def block_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
         """The running thread blocked voluntarily (sleep, wait): charge, then park it."""
         cpu = self.cpus[cpu_id] if 0 <= cpu_id < self.nr_cpus else self._cpu(cpu_id)
-        thread = self._stop_current(cpu, elapsed_ns)
+        thread = cpu.current  # _stop_current, inline (a sleeper blocks once a period)
+        if thread is None:
+            raise InvalidState(f"CPU {cpu_id} is idle: nothing to stop")
+        thread.charge_runtime(elapsed_ns)
+        self._charged_ns += elapsed_ns
+        cpu.current = None
+        self._nr_busy -= 1
+        thread.owner = None
         thread.voluntary_blocks += 1
         thread.state = BLOCKED_STATE
         self.now_ns = now_ns
-        if self._cb_stopping is not None:
-            self._call("stopping", self._cb_stopping, thread, False)
+        stopping = self._cb_stopping
+        if stopping is not None:
+            try:  # _call, inline
+                stopping(self, thread, False)
+            except BaseException as exc:
+                self._fault("stopping", exc)
         if self._kill_pending:
             self._reap_if_killed(thread, now_ns)
         return thread.ref
