@@ -10,7 +10,9 @@ whole process: interpreter start-up, imports, manifest load and simulation):
   virtual seconds in under 60 s).
 
 Each run reports virtual seconds per wall second, events per second (events
-taken off the simulator's event heap) and peak RSS. Baseline, measured in the
+taken off the simulator's event heap), peak RSS and the child's CPU time
+(``process_cpu_s``, user + system: on a loaded host it moves much less than
+the wall time, so it is the figure to compare two versions by). Baseline, measured in the
 parent right after the child ended (so it is not part of the timed process):
 a pure-``heapq`` event loop of the same event count, over a heap of the same
 standing size (a stop per CPU plus a timer per sleeper), each event popped
@@ -118,6 +120,7 @@ def run_child(
     events = counted[0]
     sleepers = sum(isinstance(t.workload, Sleeper) for t in plan.threads())
     simulate_s = simulated - loaded
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "policy": report["policy"],
         "threads": len(report["threads"]),
@@ -129,7 +132,8 @@ def run_child(
         "events": events,
         "events_per_s": round(events / simulate_s),
         "virtual_s_per_wall_s": round(report["elapsed_ns"] / 1e9 / simulate_s, 4),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
     }
 
 

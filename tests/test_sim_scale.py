@@ -319,6 +319,7 @@ def test_bench_sim_reports_both_scenarios_against_heapq() -> None:
         assert s["events"] > 100 and s["events_per_s"] > 0 and s["peak_rss_mib"] > 1
         assert s["heapq_baseline_s"] > 0 and s["ratio_to_heapq"] > 0
         assert s["process_s"] >= s["load_s"] + s["simulate_s"]
+        assert 0 < s["process_cpu_s"] <= 2 * s["process_s"]  # the child's, not the parent's
         assert s["goal_met"] is None  # not the goal's size: not judged
     assert document["scenarios"][1]["sleepers"] > 30
     assert len(document["load_average"]) == 3
