@@ -334,7 +334,19 @@ class Simulator:
         elif stop is _SLEEP and not effects.exited:
             period = spec.period_ns  # type: ignore[union-attr]
             self._schedule_timer(now + period, sim.ref.tid, period)
-        self._act(effects)
+        # _act, inline (once per segment): notifications, kicks, preempts
+        if effects.notifications:
+            self.notifications.extend(effects.notifications)
+        notifications = self.core.take_notifications()
+        if notifications:
+            self.notifications.extend(notifications)
+        if effects.kicks:
+            for kicked in effects.kicks:
+                self._kick(kicked)
+        if effects.preempts:
+            for preempted in effects.preempts:
+                if self._running[preempted] is not None:
+                    self._preempt(preempted)
         self._try_dispatch(cpu)
 
     def _program_of(self, ref: ThreadRef) -> Program | None:
