@@ -20,8 +20,8 @@ and one pushed at a later time (the floor of a discrete event simulator in
 Python, with no scheduling at all; the simulator's own heap is smaller, as it
 holds only the first timer of each sleep period).
 
-The child ends with ``os._exit`` once its figures are written: freeing the
-run's objects one by one (seconds at this size) is no part of simulating.
+The child ends as ``capos-sched simulate`` does, with the interpreter's
+teardown inside the timed process.
 
     capos-sched bench sim --json
     capos-sched bench sim --quick --json       # a tenth of the virtual time
@@ -215,8 +215,6 @@ def child_main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    os._exit(0)  # no teardown of the run's objects (see the module docstring)
 
 
 def _load_average() -> list[float] | None:
