@@ -174,6 +174,29 @@ def test_per_event_work_does_not_walk_the_threads() -> None:
     assert walks[200] == walks[2000] <= 4, walks
 
 
+def test_the_event_heap_follows_the_cpus_not_the_sleepers() -> None:
+    # Kills: a timer per sleeper in the heap (its cost per event would grow
+    # with the log of the sleeper count); one per period stands there instead.
+    sizes = {}
+    for sleepers in (100, 2000):
+        sim = Simulator(8, "wfq", seed=2, jitter=0.02)
+        for k in range(sleepers):
+            period = (5 * MS, 3 * MS)[k % 2]
+            sim.add_thread(f"s{k}", Sleeper(burst_ns=20_000, period_ns=period), None, "interactive")
+        largest = [0]
+
+        def progress(
+            _now: int, _end: int, _events: int, sim: Simulator = sim, largest: list = largest
+        ) -> None:
+            largest[0] = max(largest[0], len(sim._events))  # white-box: the heap
+
+        report = sim.run(60 * MS, progress, progress_every=1)
+        assert sum(t["voluntary_blocks"] for t in report["threads"]) > sleepers  # they slept
+        sizes[sleepers] = largest[0]
+    # a stop and a kick per CPU, the first timer of each of the two periods
+    assert sizes[2000] <= 2 * 8 + 2 + 1, sizes
+
+
 def test_finite_threads_end_the_run_without_a_scan() -> None:
     sim = Simulator(2, "wfq")
     for k in range(4):
