@@ -153,6 +153,11 @@ class Program:
             self.burst_left_ns = left - budget_ns
             return budget_ns, _EXPIRED
         self.burst_left_ns = 0
+        spec = self.spec
+        if type(spec) is Sleeper:  # _burst_done's common case, inline (one per period)
+            self.completed += 1
+            count = spec.count
+            return left, _FINISHED if count is not None and self.completed >= count else _SLEEP
         return left, self._burst_done()
 
     def _burst_done(self) -> Stop:

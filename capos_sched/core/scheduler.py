@@ -837,7 +837,9 @@ class Scheduler:
 
         Waking a thread that is already runnable or running changes nothing.
         """
-        thread = self.resolve(ref)
+        thread = self._threads.get(ref.tid)  # resolve's common case, inline
+        if thread is None or thread.generation != ref.generation or thread.state is EXITED_STATE:
+            thread = self.resolve(ref)  # raises StaleThread
         if thread.state is not BLOCKED_STATE:
             return Wake(thread.ref, thread.last_cpu, None, None)
         if policy is None or type(policy) is LastCpu:  # the common hint, without the match
