@@ -72,7 +72,20 @@ class SimThread:
     when the client runs again, as in the runtime, not at the reply)."""
     round_trips: Samples = attrs.Factory(Samples)
     cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
-    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the report)."""
+    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the
+    report), but for the run ``last_run_ns`` not yet added (``runtime_by_cpu``)."""
+    last_run_cpu: int | None = None
+    last_run_ns: int = 0
+    """Run time on ``last_run_cpu`` since the thread last ran elsewhere: a thread
+    mostly stays on its CPU, so a segment adds to an int, not to the dict."""
+
+    def runtime_by_cpu(self) -> dict[int, int]:
+        """Run time per CPU, complete (``cpu_runtime_ns`` plus the pending run)."""
+        if self.last_run_cpu is not None:
+            cpu = self.last_run_cpu
+            self.cpu_runtime_ns[cpu] = self.cpu_runtime_ns.get(cpu, 0) + self.last_run_ns
+            self.last_run_cpu, self.last_run_ns = None, 0
+        return self.cpu_runtime_ns
 
 
 class Simulator:
@@ -218,7 +231,7 @@ class Simulator:
                     scheduler=self.core.scheduler_of(sim.ref)
                     if self.core.is_live(sim.ref)
                     else None,
-                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.cpu_runtime_ns.items())},
+                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.runtime_by_cpu().items())},
                 )
             )
         return {
@@ -320,8 +333,11 @@ class Simulator:
     def _on_stop(self, cpu: int) -> None:
         sim, ran, stop = self._running[cpu]  # type: ignore[misc]
         self._running[cpu] = None
-        per_cpu = sim.cpu_runtime_ns
-        per_cpu[cpu] = per_cpu.get(cpu, 0) + ran
+        if sim.last_run_cpu == cpu:
+            sim.last_run_ns += ran
+        else:
+            sim.runtime_by_cpu()
+            sim.last_run_cpu, sim.last_run_ns = cpu, ran
         now = self.now_ns
         if stop is _CALL:
             sim.call_started_ns = now
@@ -413,5 +429,6 @@ class Simulator:
             started = self.core.running_since(cpu) or end
             partial = max(0, end - started)
             self.core.charge_current(cpu, partial)
-            sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + partial
+            per_cpu = sim.runtime_by_cpu()
+            per_cpu[cpu] = per_cpu.get(cpu, 0) + partial
         self.now_ns = end
