@@ -10,11 +10,18 @@ whole process: interpreter start-up, imports, manifest load and simulation):
   virtual seconds in under 60 s).
 
 Each run reports virtual seconds per wall second, events per second (events
-taken off the simulator's event heap) and peak RSS. Baseline, in the same
-child process: a pure-``heapq`` event loop of the same event count, over a
-heap of the same standing size (a stop per CPU plus a timer per sleeper),
-each event popped and one pushed at a later time (the floor of a discrete
-event simulator in Python, with no scheduling at all).
+taken off the simulator's event heap), peak RSS and the child's CPU time
+(``process_cpu_s``, user + system: on a loaded host it moves much less than
+the wall time, so it is the figure to compare two versions by). Baseline, measured in the
+parent right after the child ended (so it is not part of the timed process):
+a pure-``heapq`` event loop of the same event count, over a heap of the same
+standing size (a stop per CPU plus a timer per sleeper), each event popped
+and one pushed at a later time (the floor of a discrete event simulator in
+Python, with no scheduling at all; the simulator's own heap is smaller, as it
+holds only the first timer of each sleep period).
+
+The child ends as ``capos-sched simulate`` does, with the interpreter's
+teardown inside the timed process.
 
     capos-sched bench sim --json
     capos-sched bench sim --quick --json       # a tenth of the virtual time
@@ -112,8 +119,8 @@ def run_child(
     simulated = time.perf_counter()
     events = counted[0]
     sleepers = sum(isinstance(t.workload, Sleeper) for t in plan.threads())
-    baseline_s = heapq_baseline(events, plan.machine.cpus + sleepers, seed)
     simulate_s = simulated - loaded
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "policy": report["policy"],
         "threads": len(report["threads"]),
@@ -125,10 +132,20 @@ def run_child(
         "events": events,
         "events_per_s": round(events / simulate_s),
         "virtual_s_per_wall_s": round(report["elapsed_ns"] / 1e9 / simulate_s, 4),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+    }
+
+
+def with_baseline(result: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``result`` (a child's figures) with the heapq loop of its event count."""
+    events = result["events"]
+    baseline_s = heapq_baseline(events, result["cpus"] + result["sleepers"], seed)
+    return {
+        **result,
         "heapq_baseline_s": round(baseline_s, 6),
         "heapq_events_per_s": round(events / baseline_s) if baseline_s > 0 else None,
-        "ratio_to_heapq": round(simulate_s / baseline_s, 1) if baseline_s > 0 else None,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ratio_to_heapq": round(result["simulate_s"] / baseline_s, 1) if baseline_s > 0 else None,
     }
 
 
@@ -169,7 +186,7 @@ def run_scenario(
         process_s = time.perf_counter() - start
     if child.returncode != 0:
         raise click.ClickException(f"{scenario}: the child exited {child.returncode}")
-    result = json.loads(stdout)
+    result = with_baseline(json.loads(stdout), seed)
     goal_shape = threads == GOAL_SHAPE["threads"] and cpus == GOAL_SHAPE["cpus"]
     full = goal_shape and duration_s >= FULL_DURATION_S[scenario] and policy == "wfq"
     return {

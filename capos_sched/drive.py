@@ -41,11 +41,14 @@ def step(
     tell the core, move the programs of the threads it woke on, and return
     what the driver must still do (see the module docstring)."""
     endpoint = getattr(workload, "endpoint", None)
-    effects = core.stop(cpu, now_ns, elapsed_ns, stop.value, endpoint)
-    for server in effects.delivered:
-        _resume(program_of(server))
-    for woken in (*effects.replied, *effects.released):
-        _resume(program_of(woken.thread))
+    # stop._value_ is stop.value without the enum property (once per segment)
+    effects = core.stop(cpu, now_ns, elapsed_ns, stop._value_, endpoint)
+    if effects.delivered:
+        for server in effects.delivered:
+            _resume(program_of(server))
+    if effects.replied or effects.released:
+        for woken in (*effects.replied, *effects.released):
+            _resume(program_of(woken.thread))
     return effects
 
 

@@ -5,6 +5,14 @@ timer expiries by virtual time (ties by insertion order); a seeded
 ``random.Random`` adds optional jitter to run lengths, so a run is fast and
 exactly reproducible from ``(threads, cpus, policy, seed)``.
 
+Cost per event: the heap holds a stop per CPU, pending kicks and operator
+calls, and only the *first* timer of each sleep period. A timer is set at
+``now + period`` and ``now`` never goes back, so the timers of one period
+expire in the order they were set: each period keeps a FIFO queue, and its
+head stands for it in the heap (the order of events is the heap's own,
+``(time, seq)``, unchanged). The heap's size, and so the cost of an event,
+follows the CPU count and the number of distinct periods, not the threads.
+
 Workload models (``capos_sched.workload``):
 - Spin: computes for whole budgets (until ``total_ns`` if finite);
 - Hash: computes ``blocks * block_size * rounds * HASH_NS_PER_BYTE`` ns;
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +51,11 @@ Progress = Callable[[int, int, int], None]
 """``progress(now_ns, end_ns, events)``: how far a run is (see ``Simulator.run``)."""
 PROGRESS_EVERY = 8192
 """Events between two progress calls: rare enough to cost nothing per event."""
+_LAST_CPU = LastCpu()
+"""The placement hint of every timer wake (one value, not one per wake)."""
+_EXPIRED, _SLEEP, _CALL, _FINISHED = Stop.EXPIRED, Stop.SLEEP, Stop.CALL, Stop.FINISHED
+_BLOCKED = ThreadState.BLOCKED
+_heappush = heapq.heappush
 
 
 @attrs.define
@@ -58,7 +72,20 @@ class SimThread:
     when the client runs again, as in the runtime, not at the reply)."""
     round_trips: Samples = attrs.Factory(Samples)
     cpu_runtime_ns: dict[int, int] = attrs.Factory(dict)
-    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the report)."""
+    """Run time per CPU, as the simulator ran it (``cpu_runtime_ns`` in the
+    report), but for the run ``last_run_ns`` not yet added (``runtime_by_cpu``)."""
+    last_run_cpu: int | None = None
+    last_run_ns: int = 0
+    """Run time on ``last_run_cpu`` since the thread last ran elsewhere: a thread
+    mostly stays on its CPU, so a segment adds to an int, not to the dict."""
+
+    def runtime_by_cpu(self) -> dict[int, int]:
+        """Run time per CPU, complete (``cpu_runtime_ns`` plus the pending run)."""
+        if self.last_run_cpu is not None:
+            cpu = self.last_run_cpu
+            self.cpu_runtime_ns[cpu] = self.cpu_runtime_ns.get(cpu, 0) + self.last_run_ns
+            self.last_run_cpu, self.last_run_ns = None, 0
+        return self.cpu_runtime_ns
 
 
 class Simulator:
@@ -82,12 +109,20 @@ class Simulator:
         self._initial_policy = self.core.policy_name
         self.now_ns = 0
         self._rng = random.Random(seed)
+        self._random = self._rng.random
         self._jitter = jitter
+        self._jitter_low, self._jitter_span = -jitter, jitter - -jitter
+        """``random.uniform(-jitter, jitter)`` is ``low + span * random()``, spelled
+        out below (the same float, a call less per dispatch)."""
         self._events: list[tuple[int, int, str, int]] = []
         self._seq = 0
+        self._timers: dict[int, deque[tuple[int, int, int]]] = {}
+        """period -> the pending timers ``(at, seq, tid)`` of that period, in
+        expiry order; the first stands in the heap as ``(at, seq, "timers", period)``."""
         self._threads: dict[int, SimThread] = {}
-        self._running: dict[int, tuple[SimThread, int, Stop]] = {}
-        self._stop_seq: dict[int, int] = {}
+        self._running: list[tuple[SimThread, int, Stop] | None] = [None] * cpus
+        """cpu -> what it runs: (thread, planned run length, planned stop)."""
+        self._stop_seq: list[int] = [0] * cpus
         """cpu -> seq of its one live stop event; older stop events are stale."""
         self._idle: set[int] = set(range(cpus))
         self.events = 0
@@ -138,11 +173,16 @@ class Simulator:
         end = self.now_ns + duration_ns
         events = self.events
         next_progress = events + progress_every if progress is not None else -1
-        while self._events and (not self._finite or self._finite_left):
-            at, seq, kind, arg = self._events[0]
-            if at > end:
+        heap = self._events
+        heappop = heapq.heappop
+        stop_seq = self._stop_seq
+        on_stop = self._on_stop
+        on_timer = self._on_timer
+        idle = self._idle
+        while heap and (not self._finite or self._finite_left):
+            if heap[0][0] > end:
                 break
-            heapq.heappop(self._events)
+            at, seq, kind, arg = heappop(heap)
             self.now_ns = at
             events += 1
             if events == next_progress:
@@ -150,12 +190,20 @@ class Simulator:
                 progress(at, end, events)  # type: ignore[misc]
                 next_progress += progress_every
             if kind == "stop":
-                if self._stop_seq.get(arg) == seq:  # else cancelled by a preemption
-                    self._on_stop(arg)
+                if stop_seq[arg] == seq:  # else cancelled by a preemption
+                    on_stop(arg)
+            elif kind == "timers":
+                queue = self._timers[arg]
+                tid = queue.popleft()[2]
+                if queue:
+                    head_at, head_seq, _ = queue[0]
+                    heapq.heappush(heap, (head_at, head_seq, "timers", arg))
+                on_timer(tid)
             elif kind == "timer":
-                self._on_timer(arg)
-            elif kind == "kick" and arg in self._idle:
-                self._try_dispatch(arg)
+                on_timer(arg)
+            elif kind == "kick":
+                if arg in idle:
+                    self._try_dispatch(arg)
             elif kind == "call":
                 self._calls[arg]()
             elif kind == "watchdog":
@@ -183,7 +231,7 @@ class Simulator:
                     scheduler=self.core.scheduler_of(sim.ref)
                     if self.core.is_live(sim.ref)
                     else None,
-                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.cpu_runtime_ns.items())},
+                    cpu_runtime_ns={str(c): ns for c, ns in sorted(sim.runtime_by_cpu().items())},
                 )
             )
         return {
@@ -239,42 +287,82 @@ class Simulator:
         if kind == "stop":
             self._stop_seq[arg] = self._seq
 
+    def _schedule_timer(self, at: int, tid: int, period: int) -> None:
+        """A timer for thread ``tid`` at ``at`` (= now + ``period``), queued
+        behind the earlier timers of its period (see the module docstring)."""
+        self._seq = seq = self._seq + 1
+        queue = self._timers.get(period)
+        if queue is None:
+            queue = self._timers[period] = deque()
+        elif queue and at < queue[-1][0]:
+            # Only if virtual time went back (an operator call set in the past):
+            # the period's queue would be out of order, so this one goes alone.
+            _heappush(self._events, (at, seq, "timer", tid))
+            return
+        if not queue:
+            _heappush(self._events, (at, seq, "timers", period))
+        queue.append((at, seq, tid))
+
     def _all_finite_done(self) -> bool:
         return self._finite > 0 and self._finite_left == 0
 
     def _try_dispatch(self, cpu: int) -> None:
-        dispatch = self.core.pick_next(cpu, self.now_ns)
+        now = self.now_ns
+        dispatch = self.core.pick_next(cpu, now)
         if dispatch is None:
             self._idle.add(cpu)
             return
         self._idle.discard(cpu)
         sim = self._threads[dispatch.thread.tid]
         if sim.woke_ns is not None:
-            sim.wake_latencies.add(self.now_ns - sim.woke_ns)
+            sim.wake_latencies.add(now - sim.woke_ns)
             sim.woke_ns = None
         if sim.call_started_ns is not None:
-            sim.round_trips.add(self.now_ns - sim.call_started_ns)
+            sim.round_trips.add(now - sim.call_started_ns)
             sim.call_started_ns = None
         ran, stop = sim.program.run(dispatch.budget_ns)
         if self._jitter and ran > 0:
-            ran = max(1, int(ran * (1.0 + self._rng.uniform(-self._jitter, self._jitter))))
+            ran = int(ran * (1.0 + (self._jitter_low + self._jitter_span * self._random())))
+            if ran < 1:
+                ran = 1
         self._running[cpu] = (sim, ran, stop)
-        self._schedule(self.now_ns + ran, "stop", cpu)
+        self._seq = seq = self._seq + 1
+        _heappush(self._events, (now + ran, seq, "stop", cpu))
+        self._stop_seq[cpu] = seq
 
     def _on_stop(self, cpu: int) -> None:
-        sim, ran, stop = self._running.pop(cpu)
-        sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + ran
+        sim, ran, stop = self._running[cpu]  # type: ignore[misc]
+        self._running[cpu] = None
+        if sim.last_run_cpu == cpu:
+            sim.last_run_ns += ran
+        else:
+            sim.runtime_by_cpu()
+            sim.last_run_cpu, sim.last_run_ns = cpu, ran
         now = self.now_ns
-        if stop is Stop.CALL:
+        if stop is _CALL:
             sim.call_started_ns = now
-        effects = step(self.core, cpu, now, ran, stop, sim.program.spec, self._program_of)
-        if stop is Stop.FINISHED:
+        spec = sim.program.spec
+        effects = step(self.core, cpu, now, ran, stop, spec, self._program_of)
+        if stop is _FINISHED:
             if sim.finite and sim.finished_ns is None:
                 self._finite_left -= 1
             sim.finished_ns = now
-        elif stop is Stop.SLEEP and not effects.exited:
-            self._schedule(now + sim.program.spec.period_ns, "timer", sim.ref.tid)
-        self._act(effects)
+        elif stop is _SLEEP and not effects.exited:
+            period = spec.period_ns  # type: ignore[union-attr]
+            self._schedule_timer(now + period, sim.ref.tid, period)
+        # _act, inline (once per segment): notifications, kicks, preempts
+        if effects.notifications:
+            self.notifications.extend(effects.notifications)
+        notifications = self.core.take_notifications()
+        if notifications:
+            self.notifications.extend(notifications)
+        if effects.kicks:
+            for kicked in effects.kicks:
+                self._kick(kicked)
+        if effects.preempts:
+            for preempted in effects.preempts:
+                if self._running[preempted] is not None:
+                    self._preempt(preempted)
         self._try_dispatch(cpu)
 
     def _program_of(self, ref: ThreadRef) -> Program | None:
@@ -287,24 +375,32 @@ class Simulator:
         self._act(effects)
 
     def _act(self, effects: Effects) -> None:
-        self.notifications.extend(effects.notifications)
-        self.notifications.extend(self.core.take_notifications())
+        if effects.notifications:
+            self.notifications.extend(effects.notifications)
+        notifications = self.core.take_notifications()
+        if notifications:
+            self.notifications.extend(notifications)
         for cpu in effects.kicks:
             self._kick(cpu)
         for cpu in effects.preempts:
-            if cpu in self._running:
+            if self._running[cpu] is not None:
                 self._preempt(cpu)
 
     def _on_timer(self, tid: int) -> None:
         sim = self._threads[tid]
-        if self.core.state_of(sim.ref) is not ThreadState.BLOCKED:
+        core = self.core
+        if core.state_of(sim.ref) is not _BLOCKED:
             return
         sim.program.resume()
-        wake = self.core.wake(sim.ref, self.now_ns, LastCpu(), WakeReason.TIMER)
-        sim.woke_ns = self.now_ns
-        self._kick(wake.kick)
-        if wake.preempt is not None and wake.preempt in self._running:
-            self._preempt(wake.preempt)
+        now = self.now_ns
+        wake = core.wake(sim.ref, now, _LAST_CPU, WakeReason.TIMER)
+        sim.woke_ns = now
+        kick = wake.kick
+        if kick is not None and kick in self._idle:
+            self._schedule(now, "kick", kick)  # the handler re-checks idleness
+        preempt = wake.preempt
+        if preempt is not None and self._running[preempt] is not None:
+            self._preempt(preempt)
 
     def _kick(self, cpu: int | None) -> None:
         if cpu is not None and cpu in self._idle:
@@ -313,8 +409,8 @@ class Simulator:
     def _preempt(self, cpu: int) -> None:
         """Cut a slice short now (wake-up preemption); a segment that ends in a
         voluntary stop is left to end by itself."""
-        sim, planned, stop = self._running[cpu]
-        if stop is not Stop.EXPIRED:
+        sim, planned, stop = self._running[cpu]  # type: ignore[misc]
+        if stop is not _EXPIRED:
             return
         started = self.core.running_since(cpu) or self.now_ns
         ran = self.now_ns - started
@@ -326,9 +422,13 @@ class Simulator:
 
     def _charge_partial(self, end: int) -> None:
         """Charge running segments up to ``end`` so the report covers the window."""
-        for cpu, (sim, _ran, _stop) in self._running.items():
+        for cpu, running in enumerate(self._running):
+            if running is None:
+                continue
+            sim = running[0]
             started = self.core.running_since(cpu) or end
             partial = max(0, end - started)
             self.core.charge_current(cpu, partial)
-            sim.cpu_runtime_ns[cpu] = sim.cpu_runtime_ns.get(cpu, 0) + partial
+            per_cpu = sim.runtime_by_cpu()
+            per_cpu[cpu] = per_cpu.get(cpu, 0) + partial
         self.now_ns = end

@@ -113,6 +113,9 @@ class Stop(enum.Enum):
     FINISHED = "finished"
 
 
+_EXPIRED, _SLEEP, _FINISHED = Stop.EXPIRED, Stop.SLEEP, Stop.FINISHED
+
+
 @attrs.define
 class Program:
     """A thread's progress through its workload.
@@ -142,17 +145,28 @@ class Program:
     def run(self, budget_ns: int) -> tuple[int, Stop]:
         """Run for at most ``budget_ns``: how long it ran and why it stopped."""
         if self.done:
-            return 0, Stop.FINISHED
-        if self.burst_left_ns is None:
-            return budget_ns, Stop.EXPIRED
-        if self.burst_left_ns > budget_ns:
-            self.burst_left_ns -= budget_ns
-            return budget_ns, Stop.EXPIRED
-        ran, self.burst_left_ns = self.burst_left_ns, 0
-        return ran, self._burst_done()
+            return 0, _FINISHED
+        left = self.burst_left_ns
+        if left is None:
+            return budget_ns, _EXPIRED
+        if left > budget_ns:
+            self.burst_left_ns = left - budget_ns
+            return budget_ns, _EXPIRED
+        self.burst_left_ns = 0
+        spec = self.spec
+        if type(spec) is Sleeper:  # _burst_done's common case, inline (one per period)
+            self.completed += 1
+            count = spec.count
+            return left, _FINISHED if count is not None and self.completed >= count else _SLEEP
+        return left, self._burst_done()
 
     def _burst_done(self) -> Stop:
-        match self.spec:
+        spec = self.spec
+        if type(spec) is Sleeper:  # the simulator's most frequent stop, without the match
+            self.completed += 1
+            count = spec.count
+            return _FINISHED if count is not None and self.completed >= count else _SLEEP
+        match spec:
             case Spin() | Hash():
                 return Stop.FINISHED
             case Sleeper(count=count):
@@ -171,7 +185,11 @@ class Program:
 
         Returns FINISHED when the workload is over, else None.
         """
-        match self.spec:
+        spec = self.spec
+        if type(spec) is Sleeper:  # the common wake (a timer), without the match
+            self.burst_left_ns = spec.burst_ns
+            return None
+        match spec:
             case Sleeper(burst_ns=burst):
                 self.burst_left_ns = burst
             case IpcClient(burst_ns=burst, count=count):

@@ -9,6 +9,7 @@ CPUs, reads every element of it).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import io
 import json
@@ -31,7 +32,7 @@ from capos_sched.manifest import load_plan_text
 from capos_sched.runtime.progress import SimProgress
 from capos_sched.runtime.simulate import simulate_plan
 from capos_sched.sim import Simulator
-from capos_sched.workload import Sleeper, Spin
+from capos_sched.workload import Hash, IpcClient, IpcServer, Sleeper, Spin
 
 MS = 1_000_000
 
@@ -86,6 +87,52 @@ def test_same_seed_same_report_at_moderate_scale() -> None:
     assert other != first  # the seed matters: the test can tell runs apart
 
 
+PINNED_REPORT_SHA256 = "964c047675a0ed8fd4cfd69e7fde6e19672e5e8302bb2032dbda2e5844a9f936"
+"""The sha256 of the sorted-key JSON report of ``pinned_run()``, as the
+simulator computed it before it was made faster (main at 6a53e57). A change
+of the simulated outcome, even of one nanosecond of one thread, changes it:
+update it only for a change of the model that is meant (and say so)."""
+
+
+def pinned_run() -> dict:
+    """Every stop kind and both timer paths: hogs, sleepers of three periods
+    (three timer queues), IPC pairs, finite spins and hashes, with jitter."""
+    sim = Simulator(16, "wfq", seed=7, jitter=0.05)
+    rng = random.Random(3)
+    for k in range(120):
+        sim.add_thread(f"hog{k}", Spin(), rng.randint(1, 4096))
+    for k in range(200):
+        period = (5 * MS, 2 * MS, 7 * MS)[k % 3]
+        sleeper = Sleeper(burst_ns=200_000, period_ns=period)
+        sim.add_thread(f"sleeper{k}", sleeper, rng.randint(1, 4096), "interactive")
+    for k in range(4):
+        sim.add_thread(f"server{k}", IpcServer(endpoint=f"e{k}", service_ns=50_000))
+        sim.add_thread(f"client{k}", IpcClient(endpoint=f"e{k}", burst_ns=100_000, count=300))
+    for k in range(6):
+        sim.add_thread(f"finite{k}", Spin(total_ns=(k + 1) * 20 * MS))
+        sim.add_thread(f"hash{k}", Hash(blocks=4, block_size=65536, rounds=k + 1))
+    return sim.run(300 * MS)
+
+
+def test_the_simulated_outcome_is_pinned() -> None:
+    # Kills: any change of what the simulator computes (an event order, a
+    # jitter draw, a wake placement) made while making it faster.
+    report = pinned_run()
+    threads = report["threads"]
+    totals = (
+        sum(t["runtime_ns"] for t in threads),
+        sum(t["context_switches"] for t in threads),
+        sum(t["voluntary_blocks"] for t in threads),
+        sum(t["preemptions"] for t in threads),
+        sum(t["migrations"] for t in threads),
+        sum((t["ipc_round_trip_ns"] or {}).get("count", 0) for t in threads),
+        sum((t["wake_latency_ns"] or {}).get("count", 0) for t in threads),
+    )
+    assert totals == (4_800_000_000, 17935, 12503, 5410, 1134, 282, 11741)  # readable first
+    digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
+    assert digest == PINNED_REPORT_SHA256
+
+
 def test_the_generated_manifests_are_a_function_of_the_seed() -> None:
     assert manifest_text("mixed", 300, 8, 1) == manifest_text("mixed", 300, 8, 1)
     assert manifest_text("mixed", 300, 8, 1) != manifest_text("mixed", 300, 8, 2)
@@ -125,6 +172,29 @@ def test_per_event_work_does_not_walk_the_threads() -> None:
         assert sim.events > 150
     # the report walks the threads once; nothing walks them per event
     assert walks[200] == walks[2000] <= 4, walks
+
+
+def test_the_event_heap_follows_the_cpus_not_the_sleepers() -> None:
+    # Kills: a timer per sleeper in the heap (its cost per event would grow
+    # with the log of the sleeper count); one per period stands there instead.
+    sizes = {}
+    for sleepers in (100, 2000):
+        sim = Simulator(8, "wfq", seed=2, jitter=0.02)
+        for k in range(sleepers):
+            period = (5 * MS, 3 * MS)[k % 2]
+            sim.add_thread(f"s{k}", Sleeper(burst_ns=20_000, period_ns=period), None, "interactive")
+        largest = [0]
+
+        def progress(
+            _now: int, _end: int, _events: int, sim: Simulator = sim, largest: list = largest
+        ) -> None:
+            largest[0] = max(largest[0], len(sim._events))  # white-box: the heap
+
+        report = sim.run(60 * MS, progress, progress_every=1)
+        assert sum(t["voluntary_blocks"] for t in report["threads"]) > sleepers  # they slept
+        sizes[sleepers] = largest[0]
+    # a stop and a kick per CPU, the first timer of each of the two periods
+    assert sizes[2000] <= 2 * 8 + 2 + 1, sizes
 
 
 def test_finite_threads_end_the_run_without_a_scan() -> None:
@@ -272,6 +342,7 @@ def test_bench_sim_reports_both_scenarios_against_heapq() -> None:
         assert s["events"] > 100 and s["events_per_s"] > 0 and s["peak_rss_mib"] > 1
         assert s["heapq_baseline_s"] > 0 and s["ratio_to_heapq"] > 0
         assert s["process_s"] >= s["load_s"] + s["simulate_s"]
+        assert 0 < s["process_cpu_s"] <= 2 * s["process_s"]  # the child's, not the parent's
         assert s["goal_met"] is None  # not the goal's size: not judged
     assert document["scenarios"][1]["sleepers"] > 30
     assert len(document["load_average"]) == 3

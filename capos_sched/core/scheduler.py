@@ -237,6 +237,7 @@ class _Tag:
 
 RUNNING, IPC_SLOT = "running", "ipcSlot"
 RUNNING_STATE, RUNNABLE_STATE = ThreadState.RUNNING, ThreadState.RUNNABLE
+BLOCKED_STATE, EXITED_STATE = ThreadState.BLOCKED, ThreadState.EXITED
 
 
 @attrs.define(eq=False)
@@ -816,14 +817,26 @@ class Scheduler:
 
     def block_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
         """The running thread blocked voluntarily (sleep, wait): charge, then park it."""
-        cpu = self._cpu(cpu_id)
-        thread = self._stop_current(cpu, elapsed_ns)
+        cpu = self.cpus[cpu_id] if 0 <= cpu_id < self.nr_cpus else self._cpu(cpu_id)
+        thread = cpu.current  # _stop_current, inline (a sleeper blocks once a period)
+        if thread is None:
+            raise InvalidState(f"CPU {cpu_id} is idle: nothing to stop")
+        thread.charge_runtime(elapsed_ns)
+        self._charged_ns += elapsed_ns
+        cpu.current = None
+        self._nr_busy -= 1
+        thread.owner = None
         thread.voluntary_blocks += 1
-        thread.state = ThreadState.BLOCKED
+        thread.state = BLOCKED_STATE
         self.now_ns = now_ns
-        if self._cb_stopping is not None:
-            self._call("stopping", self._cb_stopping, thread, False)
-        self._reap_if_killed(thread, now_ns)
+        stopping = self._cb_stopping
+        if stopping is not None:
+            try:  # _call, inline
+                stopping(self, thread, False)
+            except BaseException as exc:
+                self._fault("stopping", exc)
+        if self._kill_pending:
+            self._reap_if_killed(thread, now_ns)
         return thread.ref
 
     def exit_current(self, cpu_id: int, now_ns: int, elapsed_ns: int) -> ThreadRef:
@@ -860,14 +873,23 @@ class Scheduler:
 
         Waking a thread that is already runnable or running changes nothing.
         """
-        thread = self.resolve(ref)
-        if thread.state is not ThreadState.BLOCKED:
+        thread = self._threads.get(ref.tid)  # resolve's common case, inline
+        if thread is None or thread.generation != ref.generation or thread.state is EXITED_STATE:
+            thread = self.resolve(ref)  # raises StaleThread
+        if thread.state is not BLOCKED_STATE:
             return Wake(thread.ref, thread.last_cpu, None, None)
-        prev = self._placement_hint(thread, policy or LastCpu())
-        self._leave_endpoints(thread)
+        if policy is None or type(policy) is LastCpu:  # the common hint, without the match
+            last = thread.last_cpu
+            prev = last if last is not None else -1
+        else:
+            prev = self._placement_hint(thread, policy)
+        if self._waiting_on:
+            self._leave_endpoints(thread)
         thread.wake_reason = reason
         self.now_ns = now_ns
-        self._fresh_effects()
+        if self._fx is None:  # _fresh_effects, inline
+            self._kicks.clear()
+            self._preempts.clear()
         return self._make_runnable(thread, prev, now_ns, ENQ_WAKEUP)
 
     def kill(self, ref: ThreadRef, now_ns: int) -> int | None:
@@ -1000,13 +1022,14 @@ class Scheduler:
         ``expired``, ``sleep``, ``finished``, ``call``, ``wait`` or ``reply``
         (the last three on ``endpoint``). Returns everything the driver must
         act on. This is the one entry the drivers use (``capos_sched.drive``)."""
-        cpu = self._cpu(cpu_id)
-        if cpu.current is None:
+        cpu = self.cpus[cpu_id] if 0 <= cpu_id < self.nr_cpus else self._cpu(cpu_id)
+        current = cpu.current
+        if current is None:
             raise InvalidState(f"CPU {cpu_id} is idle: nothing to stop")
-        ref = cpu.current.ref
-        self._begin()
-        fx = self._fx
-        assert fx is not None
+        ref = current.ref
+        fx = self._fx = Effects()  # _begin, inline
+        self._kicks.clear()
+        self._preempts.clear()
         if how == "expired":
             self.preempt_current(cpu_id, now_ns, elapsed_ns)
         elif how == "sleep":
@@ -1252,18 +1275,21 @@ class Scheduler:
         fx, self._fx = self._fx, None
         assert fx is not None
         fx.thread = ref
-        fx.kicks.extend(k for k in self._kicks if k not in fx.kicks)
-        fx.preempts.extend(p for p in self._preempts if p not in fx.preempts)
+        kicks, preempts = self._kicks, self._preempts
+        if kicks:
+            fx.kicks.extend(k for k in kicks if k not in fx.kicks)
+        if preempts:
+            fx.preempts.extend(p for p in preempts if p not in fx.preempts)
         if self._deleg is not None and self._deleg.pending:
             fx.notifications.extend(self._deleg.take_notifications())
-        self._kicks.clear()
-        self._preempts.clear()
+        kicks.clear()
+        preempts.clear()
         if ref is not None:
             thread = self._threads.get(ref.tid)
             fx.exited = (
                 thread is None
                 or thread.generation != ref.generation
-                or thread.state is ThreadState.EXITED
+                or thread.state is EXITED_STATE
             )
         return fx
 
@@ -1426,13 +1452,23 @@ class Scheduler:
         self.pick_next = fast.pick_next  # type: ignore[method-assign]
 
     def _make_runnable(self, thread: Thread, prev: int, now_ns: int, flags: int) -> Wake:
-        thread.state = ThreadState.RUNNABLE
+        """Wake and spawn's common end; written flat (one wake per sleeper period)."""
+        thread.state = RUNNABLE_STATE
         thread.runnable_since_ns = now_ns
-        thread.wait_mark_ns = self.judged_time_ns(now_ns)
+        thread.wait_mark_ns = (  # judged_time_ns, inline
+            self._charged_ns
+            + self._idle_acc_ns
+            + self._nr_idle * max(0, now_ns - self._idle_changed_ns)
+        )
         cpu = prev
-        if self._cb_select_cpu is not None:
+        select_cpu = self._cb_select_cpu
+        if select_cpu is not None:
             epoch = self._epoch
-            chosen = self._call("select_cpu", self._cb_select_cpu, thread, prev)
+            try:
+                chosen = select_cpu(self, thread, prev)
+            except BaseException as exc:  # as _call
+                self._fault("select_cpu", exc)
+                chosen = None
             if self._epoch == epoch:
                 if isinstance(chosen, int) and 0 <= chosen < self.nr_cpus:
                     cpu = chosen
@@ -1448,13 +1484,21 @@ class Scheduler:
             cpu = thread.last_cpu if thread.last_cpu is not None else 0
         if thread.last_cpu != cpu:
             self._assign_cpu(thread, cpu)
-        kicks, preempts = len(self._kicks), len(self._preempts)
-        self._enqueue(thread, flags)
+        all_kicks, all_preempts = self._kicks, self._preempts
+        kicks, preempts = len(all_kicks), len(all_preempts)
+        epoch = self._epoch
+        try:  # _enqueue, inline
+            self._cb_enqueue(self, thread, flags)
+        except BaseException as exc:
+            self._fault("enqueue", exc)
+        else:
+            if thread.owner is None and self._epoch == epoch:
+                self._dropped(thread)
         return Wake(
             thread.ref,
             thread.last_cpu,
-            self._kicks[kicks] if len(self._kicks) > kicks else None,
-            self._preempts[preempts] if len(self._preempts) > preempts else None,
+            all_kicks[kicks] if len(all_kicks) > kicks else None,
+            all_preempts[preempts] if len(all_preempts) > preempts else None,
         )
 
     def _wake_result(self, thread: Thread) -> Wake:

@@ -31,7 +31,8 @@ class Samples:
     def add(self, value: int) -> None:
         self.recent.append(value)
         self.count += 1
-        if self.maximum is None or value > self.maximum:
+        maximum = self.maximum
+        if maximum is None or value > maximum:
             self.maximum = value
 
     def summary(self) -> dict[str, int] | None:
