@@ -104,6 +104,8 @@ MAX_WORKER_CRASHES = 3
 cost it only the slice in progress (it is re-queued, nothing charged)."""
 MAX_HASH_BYTES = 256 * 1024 * 1024
 DIRECT_WAIT_NS = 250_000
+"""The direct wait measured in docs/benchmarks.md (``RuntimeConfig.direct_wait_ns``,
+off by default: see there)."""
 
 
 class RuntimeFailure(Exception):
@@ -129,11 +131,15 @@ class RuntimeConfig:
     watchdog_threshold_ns: int | None = None
     watchdog_bypass_ns: int | None = None
     max_hash_bytes: int = MAX_HASH_BYTES
-    direct_wait_ns: int = DIRECT_WAIT_NS
+    direct_wait_ns: int = 0
     """A request whose limit is at most this is waited for directly (a
     blocking ``select`` on the trio thread, for at most its limit plus this)
-    when nothing else in trio is due (``Worker.request``); 0: always through
-    trio."""
+    when nothing else in trio is due (``Worker.request``); 0 (the default):
+    always through trio. Off by default because, measured on a quiet host
+    (docs/benchmarks.md, "Quiet host, evening of 2026-12-02"), it took 3-13 us
+    off the demo's median slice overhead but skewed the real runtime's
+    delegation shares (2:1 web:batch: 38-40% error with it, 20-21% without)
+    and reads trio's private run loop; ``DIRECT_WAIT_NS`` is the value measured."""
     clock_ns: Callable[[], int] = time.perf_counter_ns
 
 
