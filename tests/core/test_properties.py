@@ -213,3 +213,14 @@ class CoreMachine(RuleBasedStateMachine):
 
 CoreMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 TestCoreMachine = CoreMachine.TestCase
+
+
+def test_wfq_dispatch_that_moves_its_own_front_marks_its_load_dirty() -> None:
+    # The state machine above found it (replayed: "CPU 0: load leaf 2 != 0"):
+    # dispatch moved CPU 0's own front to its local DSQ and left the load tree
+    # leaf of CPU 0 stale, which a least-loaded placement then reads.
+    s = Scheduler(2, "wfq")
+    s.spawn("t0", 0, 1, LatencyClass.INTERACTIVE, QueueCpu(0))
+    s.spawn("t1", 0, 1, LatencyClass.INTERACTIVE, LeastLoaded())
+    s.policy_object.dispatch(s, 0)
+    s.check_invariants()
