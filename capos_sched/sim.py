@@ -350,19 +350,7 @@ class Simulator:
         elif stop is _SLEEP and not effects.exited:
             period = spec.period_ns  # type: ignore[union-attr]
             self._schedule_timer(now + period, sim.ref.tid, period)
-        # _act, inline (once per segment): notifications, kicks, preempts
-        if effects.notifications:
-            self.notifications.extend(effects.notifications)
-        notifications = self.core.take_notifications()
-        if notifications:
-            self.notifications.extend(notifications)
-        if effects.kicks:
-            for kicked in effects.kicks:
-                self._kick(kicked)
-        if effects.preempts:
-            for preempted in effects.preempts:
-                if self._running[preempted] is not None:
-                    self._preempt(preempted)
+        self._act(effects)
         self._try_dispatch(cpu)
 
     def _program_of(self, ref: ThreadRef) -> Program | None:
@@ -395,9 +383,7 @@ class Simulator:
         now = self.now_ns
         wake = core.wake(sim.ref, now, _LAST_CPU, WakeReason.TIMER)
         sim.woke_ns = now
-        kick = wake.kick
-        if kick is not None and kick in self._idle:
-            self._schedule(now, "kick", kick)  # the handler re-checks idleness
+        self._kick(wake.kick)
         preempt = wake.preempt
         if preempt is not None and self._running[preempt] is not None:
             self._preempt(preempt)

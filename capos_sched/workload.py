@@ -153,27 +153,15 @@ class Program:
             self.burst_left_ns = left - budget_ns
             return budget_ns, _EXPIRED
         self.burst_left_ns = 0
-        spec = self.spec
-        if type(spec) is Sleeper:  # _burst_done's common case, inline (one per period)
-            self.completed += 1
-            count = spec.count
-            return left, _FINISHED if count is not None and self.completed >= count else _SLEEP
         return left, self._burst_done()
 
     def _burst_done(self) -> Stop:
-        spec = self.spec
-        if type(spec) is Sleeper:  # the simulator's most frequent stop, without the match
-            self.completed += 1
-            count = spec.count
-            return _FINISHED if count is not None and self.completed >= count else _SLEEP
-        match spec:
+        match self.spec:
+            case Sleeper(count=count):  # first: the simulator's most frequent stop
+                self.completed += 1
+                return _FINISHED if count is not None and self.completed >= count else _SLEEP
             case Spin() | Hash():
                 return Stop.FINISHED
-            case Sleeper(count=count):
-                self.completed += 1
-                return (
-                    Stop.FINISHED if count is not None and self.completed >= count else Stop.SLEEP
-                )
             case IpcClient():
                 return Stop.CALL
             case IpcServer():
@@ -185,12 +173,8 @@ class Program:
 
         Returns FINISHED when the workload is over, else None.
         """
-        spec = self.spec
-        if type(spec) is Sleeper:  # the common wake (a timer), without the match
-            self.burst_left_ns = spec.burst_ns
-            return None
-        match spec:
-            case Sleeper(burst_ns=burst):
+        match self.spec:
+            case Sleeper(burst_ns=burst):  # first: the common wake (a timer)
                 self.burst_left_ns = burst
             case IpcClient(burst_ns=burst, count=count):
                 self.completed += 1
