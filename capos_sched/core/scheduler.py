@@ -1417,8 +1417,8 @@ class Scheduler:
         WFQ on accelerated queues and no sub-scheduler routes the callbacks;
         otherwise (and under CAPOS_SCHED_PURE) the methods below run. The twin
         checks the rest of the common case at every call and calls these
-        methods outside it, so both stay interchangeable."""
-        self._unbind_fast_cycle()
+        methods outside it, so both stay interchangeable. Called by ``_install``
+        only, after its ``_unbind_fast_cycle``."""
         from .policies.wfq import WfqPolicy
 
         if (
