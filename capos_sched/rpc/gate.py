@@ -141,10 +141,8 @@ class Framer:
     def _in_place(self, data: bytes | memoryview, pos: int, end: int) -> int:
         """A message starts at ``pos``: read its head where it lies if ``data``
         holds it whole (the usual case), else start buffering it."""
-        count = _U32.unpack_from(data, pos)[0] + 1
-        if count > MAX_SEGMENTS:
-            raise ValueError(f"a message declares {count} segments (at most {MAX_SEGMENTS})")
-        header = (4 + 4 * count + 7) & ~7
+        count = _segment_count(data, pos)
+        header = _table_bytes(count)
         if end - pos >= header:
             if count == 1:
                 first = total = _U32.unpack_from(data, pos + 4)[0]
@@ -163,10 +161,7 @@ class Framer:
     def _advance(self) -> None:
         buf = self._buf
         if self._stage == 0:
-            count = _U32.unpack_from(buf, 0)[0] + 1
-            if count > MAX_SEGMENTS:
-                raise ValueError(f"a message declares {count} segments (at most {MAX_SEGMENTS})")
-            self._need = (4 + 4 * count + 7) & ~7
+            self._need = _table_bytes(_segment_count(buf, 0))
             self._stage = 1
         elif self._stage == 1:
             count = _U32.unpack_from(buf, 0)[0] + 1
@@ -182,6 +177,21 @@ class Framer:
             self._buf = bytearray()
             self._need = 4
             self._stage = 0
+
+
+def _segment_count(data: bytes | bytearray | memoryview, at: int) -> int:
+    """The segment count a message starting at ``data[at]`` declares; raises
+    ValueError beyond ``MAX_SEGMENTS``."""
+    count = _U32.unpack_from(data, at)[0] + 1
+    if count > MAX_SEGMENTS:
+        raise ValueError(f"a message declares {count} segments (at most {MAX_SEGMENTS})")
+    return count
+
+
+def _table_bytes(count: int) -> int:
+    """Bytes of the segment table of a ``count``-segment message (its count
+    word included, padded to a word)."""
+    return (4 + 4 * count + 7) & ~7
 
 
 def read_head(data: bytes | bytearray | memoryview, at: int, words: int) -> Head:
