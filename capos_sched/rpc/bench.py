@@ -57,8 +57,6 @@ processes: {
 """
 
 GOAL_RATIO = 0.80
-MAX_ANSWERS = DEFAULT_MAX_ANSWERS
-"""serve's ``--max-answers`` default (rpc/gate.py), the bound bench rpc measures."""
 GOAL_LOADED_P99_MS = 2.0
 LOADED_DURING_MIN_CPU_S_PER_S = 0.5
 """The loaded verdict needs the workers to get at least this much CPU during the
@@ -567,10 +565,12 @@ def _run_bench(
         with _daemon(manifest, workdir, kind, "idle") as (listen, _admin, grants, pid):
             token = (grants / "client.token").read_bytes().strip()
             # Memory first, on fresh servers (later the heap has room left by the in-flight runs).
-            memory["daemon"] = asyncio.run(_held_answers(listen, token, pid, MAX_ANSWERS + 100))
+            memory["daemon"] = asyncio.run(
+                _held_answers(listen, token, pid, DEFAULT_MAX_ANSWERS + 100)
+            )
             gated_addr, gated_proc = servers["echo_gated"]
             memory["echo_gated"] = asyncio.run(
-                _held_answers(gated_addr, b"x", gated_proc.pid, MAX_ANSWERS + 100)
+                _held_answers(gated_addr, b"x", gated_proc.pid, DEFAULT_MAX_ANSWERS + 100)
             )
             for _ in range(rounds):  # interleaved, so a change in the host's load hits all alike
                 for name, (addr, proc) in servers.items():
